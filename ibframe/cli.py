@@ -1,0 +1,222 @@
+"""The ``ibframe`` command line (Typer). Errors a user can cause print one line and exit 1."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ibframe.errors import IbframeError, ParameterError
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="ibframe",
+    help="Measure information flow in noisy neural networks (Goldfeld et al., ICML 2019).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def progress_bar() -> Progress:
+    """A rich progress bar on stderr, shared by the long-running commands."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    )
+
+
+def parse_epochs(text: str | None) -> list[int] | None:
+    """``"0,5,10"`` or ``"0:100"`` (inclusive start, exclusive stop) or ``"0:100:10"``."""
+    if text is None:
+        return None
+    epochs: list[int] = []
+    try:
+        for part in text.split(","):
+            if ":" in part:
+                bounds = [int(v) for v in part.split(":")]
+                epochs.extend(range(*bounds))
+            elif part.strip():
+                epochs.append(int(part))
+    except (ValueError, TypeError) as err:
+        msg = f"--epochs expects numbers like 0,5,10 or a range 0:100[:step], got {text!r}"
+        raise ParameterError(msg) from err
+    return epochs
+
+
+def parse_params(items: list[str], names: list[str]) -> dict[str, dict[str, str]]:
+    """``-p key=value`` for every estimator that declares ``key``; ``-p name.key=value`` for one."""
+    from ibframe.plugins import estimator_registry
+
+    registry = estimator_registry()
+    out: dict[str, dict[str, str]] = {name: {} for name in names}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            msg = f"-p expects key=value or estimator.key=value, got {item!r}"
+            raise ParameterError(msg)
+        owner, dot, param = key.rpartition(".")
+        if dot:
+            if owner not in out:
+                msg = f"-p {item!r}: estimator {owner!r} is not among -e {', '.join(names)}"
+                raise ParameterError(msg)
+            out[owner][param] = value
+            continue
+        takers = [n for n in names if key in {p.name for p in registry.get(n).parameters()}]
+        if not takers:
+            msg = f"-p {item!r}: no estimator among {', '.join(names)} has a parameter {key!r}"
+            raise ParameterError(msg)
+        for name in takers:
+            out[name][key] = value
+    return {k: v for k, v in out.items() if v}
+
+
+@app.command()
+def info(run: Annotated[Path, typer.Argument(help="A run store (.zarr directory).")]) -> None:
+    """Show what a run store holds: layers, epochs, noise, metrics and cached results."""
+    from ibframe.store import open_run
+
+    r = open_run(run)
+    attrs = r.attrs
+    epochs = r.epochs
+    console.print(f"[bold]{r.path}[/bold]  (ibframe_format {attrs['ibframe_format']}, "
+                  f"written by ibframe {attrs.get('ibframe_version')})")
+    console.print(f"dataset: {attrs.get('dataset')}   samples: {r.n_samples}   "
+                  f"labels: {'yes' if r.has_labels else 'no'}   beta: {r.beta}   "
+                  f"conditional draws: {r.draws}")
+    span = f"{epochs[0]}..{epochs[-1]}" if epochs.size else "none"
+    console.print(f"epochs: {epochs.size} recorded ({span})")
+    table = Table("layer", "units", "shape", "activation", "S given x", "draws")
+    for name in r.layers:
+        la = r.layer_attrs(name)
+        cond = r.conditional(name)
+        table.add_row(
+            name, str(la["units"]), "x".join(map(str, la["shape"])), str(la.get("activation")),
+            "deterministic" if la["deterministic_given_x"] else "random",
+            "-" if cond is None else f"{cond.sizes['draw']} x {cond.sizes['cond_sample']} samples",
+        )
+    console.print(table)
+    metrics = r.metrics()
+    if metrics.data_vars:
+        last = {k: float(v[-1]) for k, v in metrics.data_vars.items()}
+        console.print("metrics at the last epoch: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items()))
+    results = r.path / "results"
+    if results.exists():
+        cached = sorted(p.name for p in results.iterdir() if p.is_dir())
+        console.print("cached results: " + (", ".join(cached) or "none"))
+
+
+@app.command()
+def estimators() -> None:
+    """List every registered estimator, its parameters and the plugin it comes from."""
+    from ibframe.plugins import estimator_registry
+
+    registry = estimator_registry()
+    for name in registry:
+        cls = registry.get(name)
+        console.print(f"[bold]{escape(name)}[/bold]  [dim](plugin {escape(registry.plugin_of(name))}, "
+                      f"version {escape(cls.version)})[/dim]")
+        console.print(f"  {escape(cls.description)}", soft_wrap=True)
+        for p in cls.parameters():
+            line = f"    {p.name}: {p.type_name} = {p.default!r}"
+            console.print(escape(line) + (f"  [dim]{escape(p.help)}[/dim]" if p.help else ""),
+                          soft_wrap=True)
+        console.print()
+
+
+@app.command()
+def estimate(
+    run: Annotated[Path, typer.Argument(help="A run store (.zarr directory).")],
+    estimator: Annotated[list[str], typer.Option("-e", "--estimator", help="Estimator name; repeat for several.")],
+    param: Annotated[list[str], typer.Option("-p", "--param", help="key=value, or estimator.key=value.")] = [],  # noqa: B006
+    layers: Annotated[str | None, typer.Option(help="Comma-separated layer names (default all).")] = None,
+    epochs: Annotated[str | None, typer.Option(help="0,5,10 or 0:100[:step] (default all).")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="threads, synchronous, processes, or tcp://host:port.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write results to .nc or .zarr.")] = None,
+    cache: Annotated[bool, typer.Option(help="Read and write cached results in the run store.")] = True,
+) -> None:
+    """Run estimators on a run store, show a summary, and optionally write the results."""
+    from ibframe.engine import estimate as run_estimate
+    from ibframe.engine import save_results
+
+    params = parse_params(param, estimator)
+    bar = progress_bar()
+    task = bar.add_task("estimating", total=None)
+
+    def report(done: int, total: int) -> None:
+        bar.start()
+        bar.update(task, completed=done, total=total)
+
+    try:
+        ds = run_estimate(
+            run, estimator, params=params,
+            layers=layers.split(",") if layers else None, epochs=parse_epochs(epochs),
+            scheduler=scheduler, device=device, cache=cache, progress=report,
+        )
+    finally:
+        bar.stop()
+    print_summary(ds)
+    if output is not None:
+        ds.attrs["history"] += f"\n{' '.join(['ibframe', *sys.argv[1:]])}"
+        save_results(ds, output)
+        console.print(f"results written to {output}")
+
+
+def print_summary(ds: Any) -> None:
+    """A table of every scalar-per-(epoch, layer) variable at the first and last epoch."""
+    epochs = ds["epoch"].values
+    table = Table("variable", "layer", f"epoch {epochs[0]}", f"epoch {epochs[-1]}", "units")
+    for name, var in ds.data_vars.items():
+        if "layer" not in var.dims:
+            continue
+        extra = [d for d in var.dims if d not in ("epoch", "layer")]
+        reduced = var.isel({d: 0 for d in extra}) if extra else var
+        label = name + (f" ({', '.join(f'{d}={var[d].values[0]}' for d in extra if d in var.coords)})" if extra else "")
+        for layer in ds["layer"].values:
+            values = reduced.sel(layer=layer).values
+            table.add_row(label, str(layer), f"{values[0]:.4g}", f"{values[-1]:.4g}",
+                          str(var.attrs.get("units", "")))
+    console.print(table)
+
+
+def _register_plugin_commands() -> None:
+    from ibframe.plugins import get_plugin_manager
+
+    get_plugin_manager().hook.ibframe_register_commands(app=app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app, turning ibframe errors into one line."""
+    try:
+        _register_plugin_commands()
+        app(args=argv, standalone_mode=False)
+    except IbframeError as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
+    except typer.Exit as exit_:
+        raise SystemExit(exit_.exit_code) from None
+    except typer.Abort:
+        raise SystemExit(1) from None
+    except Exception as err:
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            raise SystemExit(err.exit_code) from None
+        raise
+    raise SystemExit(0)
+
+

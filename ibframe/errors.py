@@ -1,0 +1,64 @@
+"""Exceptions and warnings that ibframe raises.
+
+Every error a user can cause derives from :class:`IbframeError` and from the matching builtin,
+so ``except FileNotFoundError`` and ``except ibframe.IbframeError`` both work. The CLI prints
+the message of an ``IbframeError`` as one line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+
+class IbframeError(Exception):
+    """Root of every error ibframe raises on purpose."""
+
+
+class StoreError(IbframeError, ValueError):
+    """A run store is foreign, of an unknown format version, or would be corrupted by a write."""
+
+
+class StoreNotFoundError(IbframeError, FileNotFoundError):
+    """No run store exists at the given path."""
+
+
+class ActivationError(IbframeError, ValueError):
+    """Activations handed to the store have the wrong shape or hold NaN/inf."""
+
+
+class EstimatorNotFoundError(IbframeError, LookupError):
+    """An estimator name is not registered; the message lists the known names."""
+
+
+class ExperimentNotFoundError(IbframeError, LookupError):
+    """An experiment name is not registered; the message lists the known names."""
+
+
+class ParameterError(IbframeError, ValueError):
+    """An estimator parameter is unknown, of the wrong type, or out of range."""
+
+
+class EstimatorRequirementError(IbframeError, ValueError):
+    """A run lacks what an estimator needs (labels, conditional draws, noise, several epochs)."""
+
+
+class PluginError(IbframeError, TypeError):
+    """A plugin registered something that is not a valid estimator."""
+
+
+class ResultConventionError(IbframeError, ValueError):
+    """A result Dataset breaks the conventions of docs/results.md."""
+
+
+class TrainingError(IbframeError, RuntimeError):
+    """Training diverged (NaN/inf loss) or was configured inconsistently."""
+
+
+class IbframeWarning(UserWarning):
+    """Root of ibframe's warnings."""
+
+
+class PluginLoadWarning(IbframeWarning):
+    """A third-party plugin failed to load and was skipped."""
+
+
+class SampleSizeWarning(IbframeWarning):
+    """The number of samples is far below what the theory asks for an unbiased estimate."""

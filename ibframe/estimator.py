@@ -1,0 +1,308 @@
+"""The estimator contract: what a plugin implements and what the engine hands it.
+
+An estimator is a frozen, keyword-only dataclass whose fields are its parameters. The fields'
+types and defaults are the parameter declaration: ``ibframe estimators`` lists them, the CLI
+coerces ``-p key=value`` strings through them, and ``__post_init__`` validates values by raising
+:class:`~ibframe.errors.ParameterError`. The engine calls :meth:`Estimator.compute` once per
+(layer, epoch) :class:`Block`, caches what it returns, and, for estimators that look across
+epochs, calls :meth:`Estimator.finalize_layer` on the epochs of one layer stacked together.
+
+A minimal estimator::
+
+    @dataclass(frozen=True, kw_only=True)
+    class MeanActivation(Estimator):
+        name: ClassVar[str] = "mean-activation"
+        description: ClassVar[str] = "Mean of S over samples and units."
+        scale: float = field(default=1.0, metadata={"help": "multiplies the mean"})
+
+        def compute(self, block: Block) -> xr.Dataset:
+            value = self.scale * float(block.s.mean())
+            return xr.Dataset({"mean_s": ((), value, {"long_name": "mean of S", "units": "1"})})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+import xarray as xr
+
+from ibframe.errors import EstimatorRequirementError, ParameterError
+
+if typing.TYPE_CHECKING:
+    from ibframe.store import Run
+
+
+@dataclass(frozen=True)
+class Block:
+    """One layer at one epoch, as numpy arrays: the unit of work of an estimator.
+
+    Attributes
+    ----------
+    layer, epoch
+        Which layer and epoch these activations are.
+    layer_index
+        Position of the layer among the run's hidden layers, counting from 1.
+    s
+        Pre-noise outputs S (sample, unit) of the unconditional pass (draw 0), float32.
+    s_cond
+        Conditional draws of S (cond_sample, draw, unit), each pass with fresh noise in the layers
+        before this one, or ``None`` when the run recorded none.
+    cond_index
+        For each conditional sample, its index into ``s`` (cond_sample,), or ``None``.
+    y
+        Integer class labels (sample,), or ``None``.
+    beta
+        The run's noise standard deviation; 0 for a deterministic network.
+    deterministic_given_x
+        True when S of this layer is a deterministic function of x (no noise before it), so the
+        conditional entropy h(T|X) is the closed form of the noise alone.
+    device
+        Torch device string the engine chose for this task ("cpu", "cuda", "cuda:1").
+    layer_attrs
+        The layer's stored attributes (shape, units, activation, kind, ...).
+    context
+        What :meth:`Estimator.layer_context` returned for this layer (shared bins, ranges).
+    """
+
+    layer: str
+    epoch: int
+    layer_index: int
+    s: npt.NDArray[np.floating]
+    s_cond: npt.NDArray[np.floating] | None
+    cond_index: npt.NDArray[np.integer] | None
+    y: npt.NDArray[np.integer] | None
+    beta: float
+    deterministic_given_x: bool
+    device: str = "cpu"
+    layer_attrs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    context: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def rng(self, seed: int | None) -> np.random.Generator:
+        """A generator seeded from ``seed`` and this block's (layer, epoch), so tasks differ but
+        every rerun of the same task draws the same numbers."""
+        return np.random.default_rng(self.seed_sequence(seed))
+
+    def seed_sequence(self, seed: int | None) -> np.random.SeedSequence:
+        """The seed sequence behind :meth:`rng`, for torch generators and child streams."""
+        entropy = 0 if seed is None else int(seed)
+        return np.random.SeedSequence([entropy, zlib.crc32(self.layer.encode()), self.epoch])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Estimator:
+    """Base class of every estimator. Subclasses are ``@dataclass(frozen=True, kw_only=True)``.
+
+    Class variables declare the metadata; dataclass fields declare the parameters, each with a
+    default and, in ``field(metadata={"help": ...})``, a one-line description.
+    """
+
+    #: Unique kebab-case name, e.g. ``"sp-mi"``.
+    name: ClassVar[str]
+    #: One sentence shown by ``ibframe estimators``.
+    description: ClassVar[str]
+    #: Bump when results change for the same parameters: it is part of the cache key.
+    version: ClassVar[str] = "1"
+    #: The run must hold class labels.
+    needs_labels: ClassVar[bool] = False
+    #: The run (or the ``beta`` parameter) must give a noise level > 0.
+    needs_noise: ClassVar[bool] = False
+    #: The estimator looks across epochs: :meth:`finalize_layer` needs at least two.
+    needs_epochs: ClassVar[bool] = False
+    #: Parameters that change only speed, not results: left out of the cache key.
+    execution_params: ClassVar[frozenset[str]] = frozenset()
+
+    def compute(self, block: Block) -> xr.Dataset:
+        """Estimate on one (layer, epoch) block.
+
+        Returns a Dataset without ``epoch`` and ``layer`` dimensions; the engine adds them. Each
+        variable carries ``long_name`` and ``units`` attributes.
+        """
+        raise NotImplementedError
+
+    def layer_context(self, run: Run, layer: str) -> dict[str, Any]:
+        """Values shared by every epoch of a layer, computed once before the blocks.
+
+        Use it for what must be common across epochs, such as histogram edges taken from the
+        whole run. It is part of the cache key, so results computed under another context (say,
+        before new epochs widened a range) are recomputed. Must be JSON-serialisable. Default: {}.
+        """
+        return {}
+
+    def finalize_layer(self, ds: xr.Dataset) -> xr.Dataset:
+        """Combine the per-epoch results of one layer (``ds`` has an ``epoch`` dimension).
+
+        The default returns ``ds`` unchanged. Estimators with ``needs_epochs`` add variables
+        computed across epochs here (slopes, shared bins); it must be cheap, since it is rerun
+        whenever results are assembled.
+        """
+        return ds
+
+    def check_run(self, run: Run, layers: typing.Sequence[str]) -> None:
+        """Refuse early, with :class:`EstimatorRequirementError`, a run this estimator cannot use."""
+        if self.needs_labels and not run.has_labels:
+            msg = f"{self.name} needs class labels, and run {run.path} has none"
+            raise EstimatorRequirementError(msg)
+
+    # -- parameters ------------------------------------------------------------------------
+
+    def params(self) -> dict[str, Any]:
+        """The parameter values, JSON-serialisable, in declaration order."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def cache_params(self) -> dict[str, Any]:
+        """The parameters that define the result (all but :attr:`execution_params`)."""
+        return {k: v for k, v in self.params().items() if k not in self.execution_params}
+
+    @classmethod
+    def parameters(cls) -> list[Parameter]:
+        """The declared parameters, for listings and for coercing strings from the CLI."""
+        hints = typing.get_type_hints(cls)
+        return [
+            Parameter(
+                name=f.name,
+                annotation=hints[f.name],
+                default=f.default if f.default is not dataclasses.MISSING else None,
+                help=str(f.metadata.get("help", "")),
+            )
+            for f in dataclasses.fields(cls)
+        ]
+
+    @classmethod
+    def from_params(cls, params: typing.Mapping[str, Any] | None = None) -> Estimator:
+        """Build an instance, turning strings into the declared types; unknown names are refused."""
+        params = dict(params or {})
+        known = {p.name: p for p in cls.parameters()}
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            listing = ", ".join(known) or "none"
+            msg = f"{cls.name} has no parameter {unknown[0]!r} (its parameters: {listing})"
+            raise ParameterError(msg)
+        values = {k: known[k].coerce(v, cls.name) for k, v in params.items()}
+        try:
+            return cls(**values)
+        except TypeError as err:
+            msg = f"{cls.name}: {err}"
+            raise ParameterError(msg) from err
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"<{self.name} {args}: {self.description}>"
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One declared estimator parameter."""
+
+    name: str
+    annotation: Any
+    default: Any
+    help: str
+
+    @property
+    def type_name(self) -> str:
+        """The annotation as a user reads it, e.g. ``float | None``."""
+        return _type_name(self.annotation)
+
+    def coerce(self, value: Any, owner: str) -> Any:
+        """Turn ``value`` (often a CLI string) into the declared type, or raise ParameterError."""
+        options = _union_members(self.annotation)
+        if isinstance(value, str):
+            for option in options:
+                try:
+                    return _from_string(value, option)
+                except (ValueError, TypeError):
+                    continue
+        else:
+            for option in options:
+                if _is_instance(value, option):
+                    return list(value) if isinstance(value, tuple) else value
+        msg = f"{owner}: parameter {self.name!r} expects {self.type_name}, got {value!r}"
+        raise ParameterError(msg)
+
+
+def _union_members(annotation: Any) -> tuple[Any, ...]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "None"
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) in (list, tuple):
+        args = typing.get_args(annotation)
+        return f"list[{_type_name(args[0])}]" if args else "list"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _from_string(text: str, option: Any) -> Any:
+    origin = typing.get_origin(option)
+    if option is type(None):
+        if text.lower() in ("none", "null", ""):
+            return None
+        raise ValueError(text)
+    if origin is typing.Literal:
+        for choice in typing.get_args(option):
+            if str(choice) == text:
+                return choice
+        raise ValueError(text)
+    if option is bool:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(text)
+    if option is int:
+        return int(text)
+    if option is float:
+        return float(text)
+    if option is str:
+        return text
+    if origin in (list, tuple):
+        (item,) = typing.get_args(option)[:1] or (str,)
+        parts = [p for p in text.strip("[]()").split(",") if p.strip()]
+        return [_from_string(p.strip(), item) for p in parts]
+    raise TypeError(option)
+
+
+def _is_instance(value: Any, option: Any) -> bool:
+    origin = typing.get_origin(option)
+    if option is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in typing.get_args(option)
+    if option is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if option is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        args = typing.get_args(option)
+        return isinstance(value, list | tuple) and all(_is_instance(v, args[0]) for v in value)
+    return isinstance(value, option)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def params_json(params: typing.Mapping[str, Any]) -> str:
+    """Canonical JSON of parameters, as stored in ``estimator_params`` and hashed for the cache."""
+    return json.dumps(dict(params), sort_keys=True, separators=(",", ":"))

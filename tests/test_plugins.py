@@ -1,0 +1,155 @@
+"""Plugins: entry points of real (test) distributions, validation, and broken plugins skipped."""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+import xarray as xr
+
+from ibframe import plugins
+from ibframe.errors import PluginError, PluginLoadWarning
+from ibframe.estimator import Block, Estimator
+from ibframe.registry import EstimatorRegistry
+
+GOOD_PLUGIN = '''
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import xarray as xr
+
+import ibframe
+from ibframe.hookspecs import hookimpl
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaxS(ibframe.Estimator):
+    name: ClassVar[str] = "max-s"
+    description: ClassVar[str] = "Largest activation."
+    offset: float = field(default=0.0, metadata={"help": "added to the maximum"})
+
+    def compute(self, block):
+        value = float(block.s.max()) + self.offset
+        return xr.Dataset({"max_s": ((), value, {"long_name": "max of S", "units": "1"})})
+
+
+@hookimpl
+def ibframe_register_estimators(registry):
+    registry.add(MaxS)
+'''
+
+
+def _install(site, dist: str, module: str, source: str, entry: str | None = None) -> None:
+    """Write a module and a .dist-info with an ``ibframe`` entry point: a real distribution."""
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{dist}-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text(f"[ibframe]\n{entry or dist} = {module}\n")
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch, fresh_plugins):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_entry_point_plugin_is_loaded_and_used(site, tmp_path):
+    _install(site, "maxplug", "maxplug_hooks", GOOD_PLUGIN)
+    registry = plugins.estimator_registry()
+    assert "max-s" in registry and "binned-entropy" in registry
+    assert registry.plugin_of("max-s") == "maxplug"
+    assert registry.plugin_of("binned-entropy") == "ibframe.estimators.binned"
+    assert plugins.plugin_version("maxplug") == "0.3"
+
+    from ibframe.engine import estimate
+    from ibframe.testing import make_test_run
+
+    run = make_test_run(tmp_path / "r.zarr", epochs=2)
+    ds = estimate(run, ["max-s"], params={"max-s": {"offset": "1.5"}}, device="cpu")
+    expected = float(run.activations("h1").sel(epoch=1).max()) + 1.5
+    assert ds["max_s"].sel(layer="h1", epoch=1).item() == pytest.approx(expected)
+    assert ds["max_s"].attrs["estimator_plugin"] == "maxplug 0.3"
+
+
+def test_plugin_that_fails_to_import_is_named_and_skipped(site):
+    _install(site, "goodplug", "goodplug_hooks", GOOD_PLUGIN)
+    _install(site, "brokenplug", "brokenplug_hooks", "raise ImportError('needs libfoo')\n")
+    with pytest.warns(PluginLoadWarning, match="'brokenplug'.*needs libfoo"):
+        registry = plugins.estimator_registry()
+    assert "max-s" in registry and "binned-entropy" in registry
+
+
+def test_plugin_registering_an_invalid_estimator_is_skipped(site):
+    bad = textwrap.dedent('''
+        from ibframe.hookspecs import hookimpl
+
+        class NotAnEstimator:
+            name = "bad"
+
+        @hookimpl
+        def ibframe_register_estimators(registry):
+            registry.add(NotAnEstimator)
+    ''')
+    _install(site, "badplug", "badplug_hooks", bad)
+    with pytest.warns(PluginLoadWarning, match="'badplug'.*not an ibframe.Estimator"):
+        registry = plugins.estimator_registry()
+    assert "bad" not in registry and "binned-entropy" in registry
+
+
+def test_blocked_plugins_are_not_loaded(site, monkeypatch):
+    _install(site, "maxplug", "maxplug_hooks", GOOD_PLUGIN)
+    monkeypatch.setenv("IBFRAME_DISABLE_PLUGINS", "maxplug")
+    plugins.reset()
+    assert "max-s" not in plugins.estimator_registry()
+
+
+def _estimator(**overrides):
+    @dataclass(frozen=True, kw_only=True)
+    class Probe(Estimator):
+        name: ClassVar[str] = overrides.get("name", "probe")
+        description: ClassVar[str] = overrides.get("description", "a probe")
+
+        def compute(self, block: Block) -> xr.Dataset:
+            return xr.Dataset()
+
+    return Probe
+
+
+def test_registry_validates_the_contract():
+    registry = EstimatorRegistry()
+    registry.current_plugin = "tests"
+    registry.add(_estimator())
+    with pytest.raises(PluginError, match="kebab-case"):
+        registry.add(_estimator(name="Bad_Name"))
+    with pytest.raises(PluginError, match="needs a description"):
+        registry.add(_estimator(name="no-desc", description=""))
+    with pytest.raises(PluginError, match="already taken by plugin 'tests'"):
+        registry.add(_estimator())
+
+    class NotDataclass(Estimator):
+        name: ClassVar[str] = "plain"
+        description: ClassVar[str] = "x"
+
+    with pytest.raises(PluginError, match="@dataclass"):
+        registry.add(NotDataclass)
+
+    @dataclass(frozen=True, kw_only=True)
+    class NoCompute(Estimator):
+        name: ClassVar[str] = "no-compute"
+        description: ClassVar[str] = "x"
+
+    with pytest.raises(PluginError, match="does not implement compute"):
+        registry.add(NoCompute)
+
+
+def test_every_hook_is_documented():
+    from ibframe import hookspecs
+
+    names = [n for n in dir(hookspecs) if n.startswith("ibframe_")]
+    assert names
+    for name in names:
+        doc = getattr(hookspecs, name).__doc__ or ""
+        assert ":param" in doc and "versionadded" in doc, name
