@@ -48,6 +48,10 @@ class ResultConventionError(IbframeError, ValueError):
     """A result Dataset breaks the conventions of docs/results.md."""
 
 
+class DatasetError(IbframeError, ValueError):
+    """A data file is missing, unreadable, or does not match what it should hold."""
+
+
 class TrainingError(IbframeError, RuntimeError):
     """Training diverged (NaN/inf loss) or was configured inconsistently."""
 

@@ -1,0 +1,536 @@
+"""The paper's training set-ups for ``ibframe train``, and the training loop that records them.
+
+An :class:`ExperimentSpec` bundles a dataset, a model builder, a loss, metrics and the default
+:class:`TrainSettings`. The built-in specs (:data:`BUILTIN_EXPERIMENTS`) are registered through
+the ``ibframe_register_experiments`` hook like any plugin's; :func:`train` looks names up in
+:func:`ibframe.plugins.experiment_registry`, so a plugin's experiments train the same way::
+
+    @ibframe.hookspecs.hookimpl
+    def ibframe_register_experiments(registry):
+        registry.add(ExperimentSpec(name="my-net", description=..., ...))
+
+Defaults follow the paper (Goldfeld et al., ICML 2019) and the SZT code of Saxe et al. (2018):
+the SZT network trained with Adam at learning rate 4e-4 on minibatches of 256 with an 80/20
+split, every input recorded; the MNIST CNN of Appendix B.3 with plain SGD, minibatches of 32 and a
+learning rate decaying geometrically from 5e-3 to 5e-4; the single neuron of Section 4 (beta
+0.01, squared loss, gradient descent at 0.01, w from 0); the leaky-ReLU pair of Appendix A
+(gradient descent at 0.001, squared loss).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ibframe import datasets
+from ibframe.datasets import Dataset
+from ibframe.errors import ParameterError, TrainingError
+from ibframe.hookspecs import hookimpl
+from ibframe.nn import NoisyNetwork, mnist_cnn, orthonormal_step, spiral_mlp, szt_mlp
+from ibframe.nn import leaky_relu_pair as leaky_relu_pair_net
+from ibframe.nn import single_neuron as single_neuron_net
+from ibframe.recorder import MetricsFn, Recorder, classification_metrics
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+EpochCallback = Callable[[int, Mapping[str, float]], None]
+
+_SMALL_MODEL = 100_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSettings:
+    """Training and recording settings; every field can be overridden in :func:`train`.
+
+    Attributes
+    ----------
+    epochs
+        Training epochs; epochs 0 (the initial network) to ``epochs`` can be recorded.
+    beta
+        Noise standard deviation after each hidden layer (0: deterministic network).
+    activation
+        Hidden nonlinearity, one of the experiment's ``activations``.
+    lr, lr_final
+        Learning rate, and the rate reached at the last epoch by a geometric decay (None: constant).
+    optimizer
+        "adam" or "sgd" (plain gradient descent, no momentum).
+    batch_size
+        Minibatch size; None trains on the full training set at each step.
+    record
+        Which epochs to record (see :meth:`ibframe.recorder.RecordSchedule.parse`).
+    draws
+        Conditional draws n_x per conditional sample (0: none).
+    conditional_samples
+        Inputs that get conditional draws, a seeded subset of this size; None: all.
+    samples
+        Inputs recorded, a seeded subset of this size (all of them when None).
+    orthonormal
+        alpha of the orthonormality step W <- W - alpha (W W^T - I) W after each update
+        (Appendix B.1); None: off.
+    """
+
+    epochs: int
+    beta: float
+    lr: float
+    activation: str = "tanh"
+    lr_final: float | None = None
+    optimizer: Literal["adam", "sgd"] = "adam"
+    batch_size: int | None = None
+    record: str = "log:100"
+    draws: int = 0
+    conditional_samples: int | None = None
+    samples: int | None = None
+    orthonormal: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentSpec:
+    """A training set-up for ``ibframe train``.
+
+    Attributes
+    ----------
+    name
+        Kebab-case name, unique among the registered experiments.
+    description
+        One line for ``ibframe train --help`` listings.
+    load_data
+        ``load_data(path)`` returns the :class:`ibframe.datasets.Dataset`; ``path`` is the
+        user's ``--data`` or None for the experiment's own data.
+    build_model
+        ``build_model(data, beta, activation)`` returns the :class:`ibframe.nn.NoisyNetwork`,
+        drawing its initial weights from the global torch RNG (seeded by :func:`train`).
+    loss
+        ``loss(output, y)``: the scalar training loss of a batch.
+    metrics
+        ``metrics(output, y)``: e.g. ``{"loss": ..., "accuracy": ...}``, recorded per split part.
+    defaults
+        The :class:`TrainSettings` used where :func:`train` is not told otherwise.
+    activations
+        The nonlinearities ``build_model`` accepts.
+    """
+
+    name: str
+    description: str
+    load_data: Callable[[str | Path | None], Dataset]
+    build_model: Callable[[Dataset, float, str], NoisyNetwork]
+    loss: LossFn
+    metrics: MetricsFn
+    defaults: TrainSettings
+    activations: tuple[str, ...] = ("tanh",)
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+def _szt_data(path: str | Path | None) -> Dataset:
+    """var_u.mat (with Saxe et al.'s split file when it lies beside it), or the generated set."""
+    if path is None:
+        return datasets.szt_like()
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent
+    split = directory / datasets.SAXE_SPLIT_FILE
+    return datasets.load_szt(path, split=split if split.is_file() else None)
+
+
+def _generated_only(make: Callable[[], Dataset]) -> Callable[[str | Path | None], Dataset]:
+    def load(path: str | Path | None) -> Dataset:
+        if path is not None:
+            msg = "this experiment generates its own data; do not pass a data path"
+            raise ParameterError(msg)
+        return make()
+
+    return load
+
+
+def _mnist_data(path: str | Path | None) -> Dataset:
+    """MNIST IDX files from ``path``; without one, scikit-learn's 8x8 digits."""
+    return datasets.load_digits() if path is None else datasets.load_mnist(path)
+
+
+# -- losses and metrics ---------------------------------------------------------------------------
+
+
+def _mse_to(target: Callable[[torch.Tensor], torch.Tensor]) -> LossFn:
+    def loss(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(output, target(y))
+
+    return loss
+
+
+def _regression_metrics(
+    target: Callable[[torch.Tensor], torch.Tensor], threshold: float
+) -> MetricsFn:
+    def metrics(output: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        return {
+            "loss": float(F.mse_loss(output, target(y))),
+            "accuracy": float(((output > threshold).long() == y).float().mean()),
+        }
+
+    return metrics
+
+
+def _neuron_target(y: torch.Tensor) -> torch.Tensor:
+    return 2.0 * y.float() - 1.0
+
+
+def _pair_target(y: torch.Tensor) -> torch.Tensor:
+    return y.float() / 4
+
+
+# -- the built-in experiments ---------------------------------------------------------------------
+
+_SZT_DEFAULTS = TrainSettings(
+    epochs=10000,
+    beta=0.005,
+    lr=4e-4,
+    batch_size=256,
+    record="log:100",
+    draws=32,
+    conditional_samples=512,
+)
+
+BUILTIN_EXPERIMENTS: dict[str, ExperimentSpec] = {
+    spec.name: spec
+    for spec in (
+        ExperimentSpec(
+            name="szt",
+            description=(
+                "SZT network 12-10-7-5-4-3-2 on the 12-bit data (Section 5.1); --data: "
+                "var_u.mat or its directory, else generated SZT-style data"
+            ),
+            load_data=_szt_data,
+            build_model=lambda data, beta, activation: szt_mlp(beta=beta, activation=activation),
+            loss=F.cross_entropy,
+            metrics=classification_metrics,
+            defaults=_SZT_DEFAULTS,
+            activations=("tanh", "relu", "linear"),
+        ),
+        ExperimentSpec(
+            name="spiral",
+            description="2-3-3-3-3-3-2 network on generated two-spiral data (Appendix B.2)",
+            load_data=_generated_only(datasets.spiral),
+            build_model=lambda data, beta, activation: spiral_mlp(beta=beta, activation=activation),
+            loss=F.cross_entropy,
+            metrics=classification_metrics,
+            defaults=_SZT_DEFAULTS,
+            activations=("tanh", "relu", "linear"),
+        ),
+        ExperimentSpec(
+            name="mnist-cnn",
+            description=(
+                "MNIST CNN with Gaussian noise (Appendix B.3); --data: directory of MNIST IDX "
+                "files, else scikit-learn's 8x8 digits"
+            ),
+            load_data=_mnist_data,
+            build_model=lambda data, beta, activation: mnist_cnn(
+                beta=beta, input_size=data.x.shape[-1], n_classes=10
+            ),
+            loss=F.cross_entropy,
+            metrics=classification_metrics,
+            defaults=TrainSettings(
+                epochs=128,
+                beta=0.1,
+                lr=5e-3,
+                lr_final=5e-4,
+                optimizer="sgd",
+                batch_size=32,
+                record="log:30",
+                draws=8,
+                conditional_samples=64,
+                samples=1000,
+            ),
+        ),
+        ExperimentSpec(
+            name="mnist-cnn-dropout",
+            description=(
+                "MNIST CNN with dropout p=0.2 instead of noise (Appendix B.3), recorded "
+                "deterministically; --data as for mnist-cnn"
+            ),
+            load_data=_mnist_data,
+            build_model=lambda data, beta, activation: mnist_cnn(
+                beta=0.0, regulariser="dropout", input_size=data.x.shape[-1], n_classes=10
+            ),
+            loss=F.cross_entropy,
+            metrics=classification_metrics,
+            defaults=TrainSettings(
+                epochs=128,
+                beta=0.0,
+                lr=5e-3,
+                lr_final=5e-4,
+                optimizer="sgd",
+                batch_size=32,
+                record="log:30",
+                samples=1000,
+            ),
+        ),
+        ExperimentSpec(
+            name="neuron",
+            description="single noisy tanh neuron on x in {-3,-1,1,3} (Section 4)",
+            load_data=_generated_only(datasets.neuron_data),
+            build_model=lambda data, beta, activation: single_neuron_net(beta=beta),
+            loss=_mse_to(_neuron_target),
+            metrics=_regression_metrics(_neuron_target, 0.0),
+            defaults=TrainSettings(
+                epochs=20000, beta=0.01, lr=0.01, optimizer="sgd", record="log:200"
+            ),
+        ),
+        ExperimentSpec(
+            name="leaky-relu-pair",
+            description="two noisy leaky-ReLU neurons on x in {1..8} (Appendix A)",
+            load_data=_generated_only(datasets.leaky_relu_pair_data),
+            build_model=lambda data, beta, activation: leaky_relu_pair_net(beta=beta),
+            loss=_mse_to(_pair_target),
+            metrics=_regression_metrics(_pair_target, 0.125),
+            defaults=TrainSettings(
+                epochs=20000,
+                beta=0.01,
+                lr=0.001,
+                activation="leaky_relu",
+                optimizer="sgd",
+                record="log:200",
+                draws=64,
+            ),
+            activations=("leaky_relu",),
+        ),
+    )
+}
+
+
+@hookimpl
+def ibframe_register_experiments(registry: Any) -> None:
+    """Register the built-in experiments."""
+    for spec in BUILTIN_EXPERIMENTS.values():
+        registry.add(spec)
+
+
+# -- training -------------------------------------------------------------------------------------
+
+
+def demo_config() -> dict[str, Any]:
+    """Keyword arguments of :func:`train` for ``ibframe demo``: a small, quick, noisy SZT run.
+
+    The SZT network with tanh units and beta = 0.05 on the generated SZT-style data (no file
+    needed), 800 epochs of Adam (lr 4e-3) on minibatches of 256, 25 log-spaced recorded epochs
+    with 32 conditional draws for 256 inputs: about 15 s on 2 CPU cores, and I(X;T) of the
+    deeper layers rises, then falls. Call ``train(**demo_config(), out=...)``.
+    """
+    return {
+        "experiment": "szt",
+        "epochs": 800,
+        "beta": 0.05,
+        "activation": "tanh",
+        "lr": 4e-3,
+        "record": "log:25",
+        "draws": 32,
+        "conditional_samples": 256,
+    }
+
+
+def _settings(spec: ExperimentSpec, overrides: Mapping[str, Any]) -> TrainSettings:
+    settings = dataclasses.replace(
+        spec.defaults, **{k: v for k, v in overrides.items() if v is not None}
+    )
+    if settings.activation not in spec.activations:
+        msg = (
+            f"experiment {spec.name!r} takes activation {' or '.join(spec.activations)}, "
+            f"not {settings.activation!r}"
+        )
+        raise ParameterError(msg)
+    if settings.optimizer not in ("adam", "sgd"):
+        msg = f"optimizer must be 'adam' or 'sgd', got {settings.optimizer!r}"
+        raise ParameterError(msg)
+    if settings.epochs < 0 or settings.lr <= 0 or not math.isfinite(settings.lr):
+        msg = f"need epochs >= 0 and a finite lr > 0, got {settings.epochs} and {settings.lr}"
+        raise ParameterError(msg)
+    if settings.batch_size is not None and settings.batch_size < 1:
+        msg = f"batch_size must be >= 1, got {settings.batch_size}"
+        raise ParameterError(msg)
+    if settings.beta == 0 and settings.draws:
+        settings = dataclasses.replace(settings, draws=0)
+    return settings
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _diverged(
+    name: str, epoch: int, what: str, settings: TrainSettings, recorder: Recorder
+) -> NoReturn:
+    msg = (
+        f"training {name!r} diverged at epoch {epoch}: {what} (lr {settings.lr}, "
+        f"{settings.optimizer}); try a smaller learning rate. The {len(recorder.run.epochs)} "
+        f"epoch(s) recorded so far stay readable in {recorder.run.path}"
+    )
+    raise TrainingError(msg)
+
+
+def _recorded_subset(data: Dataset, size: int | None, seed: int) -> Dataset:
+    if size is None or size >= len(data.y):
+        return data
+    chosen = np.random.default_rng(seed).choice(len(data.y), size=size, replace=False)
+    return data.subset(np.sort(chosen))
+
+
+def train(
+    experiment: str | ExperimentSpec,
+    *,
+    out: str | Path,
+    data: str | Path | None = None,
+    epochs: int | None = None,
+    beta: float | None = None,
+    activation: str | None = None,
+    lr: float | None = None,
+    optimizer: Literal["adam", "sgd"] | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    record: str | None = None,
+    draws: int | None = None,
+    conditional_samples: int | None = None,
+    samples: int | None = None,
+    orthonormal: float | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    overwrite: bool = False,
+    on_epoch: EpochCallback | None = None,
+) -> Path:
+    """Train one experiment and record it into a run store; returns the store's path.
+
+    Arguments left as None take the experiment's defaults (:attr:`ExperimentSpec.defaults`; see
+    :class:`TrainSettings` for their meaning). The network is recorded at epoch 0 (before
+    training) and after the epochs the ``record`` schedule names, through
+    :class:`ibframe.recorder.Recorder`, which leaves the training RNG stream alone.
+
+    Parameters
+    ----------
+    experiment
+        A registered experiment's name (built-in or from a plugin) or an :class:`ExperimentSpec`.
+    out
+        Path of the run store to write (a ``.zarr`` directory).
+    data
+        The experiment's data file or directory (e.g. ``var_u.mat``, MNIST IDX files).
+    epochs, beta, activation, lr, optimizer, batch_size, record, draws, conditional_samples,
+    samples, orthonormal
+        Override the experiment's :class:`TrainSettings`.
+    seed
+        Seeds the initial weights, the minibatch order, the recorded subsets and the recording
+        noise. The data sets themselves use their own fixed seeds, so runs with different seeds
+        see the same data and split.
+    device
+        Torch device to train on ("cpu", "cuda", ...).
+    threads
+        Torch's CPU threads while training, restored afterwards. None: 1 for networks of under
+        100,000 parameters, whose operations are too small for threads to pay (on a busy
+        2-core machine two threads made the SZT network 50 times slower), else torch's setting.
+    overwrite
+        Replace an existing store at ``out``.
+    on_epoch
+        Called after every epoch with the epoch and its metrics: ``loss`` (the mean training loss
+        of the epoch's minibatches) and, at recorded epochs, what was recorded (``loss_train``,
+        ``accuracy_test``, ...). Drives a progress bar.
+
+    Raises
+    ------
+    TrainingError
+        The loss became NaN or infinite; the epochs recorded before stay readable in ``out``.
+    """
+    from ibframe.plugins import experiment_registry
+
+    spec = experiment_registry().get(experiment) if isinstance(experiment, str) else experiment
+    settings = _settings(
+        spec,
+        {
+            "epochs": epochs,
+            "beta": beta,
+            "activation": activation,
+            "lr": lr,
+            "optimizer": optimizer,
+            "batch_size": batch_size,
+            "record": record,
+            "draws": draws,
+            "conditional_samples": conditional_samples,
+            "samples": samples,
+            "orthonormal": orthonormal,
+        },
+    )
+    dataset = spec.load_data(data)
+    torch.manual_seed(seed)
+    network = spec.build_model(dataset, settings.beta, settings.activation)
+    if network.beta != settings.beta:
+        msg = f"experiment {spec.name!r} builds networks with beta {network.beta}, not {settings.beta}"
+        raise ParameterError(msg)
+    model = network.model.to(device)
+    if threads is None:
+        small = sum(p.numel() for p in model.parameters()) < _SMALL_MODEL
+        threads = 1 if small else torch.get_num_threads()
+    train_index = dataset.indices("train")
+    x_train = torch.as_tensor(dataset.x[train_index], device=device)
+    y_train = torch.as_tensor(dataset.y[train_index], device=device)
+    batch = settings.batch_size or len(train_index)
+    optim_class = torch.optim.Adam if settings.optimizer == "adam" else torch.optim.SGD
+    optim = optim_class(model.parameters(), lr=settings.lr)
+    gamma = 1.0
+    if settings.lr_final is not None and settings.epochs > 1:
+        gamma = (settings.lr_final / settings.lr) ** (1 / (settings.epochs - 1))
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optim, gamma)
+    order = torch.Generator().manual_seed(seed)
+
+    recorder = Recorder.for_network(
+        network,
+        out,
+        _recorded_subset(dataset, settings.samples, seed),
+        draws=settings.draws,
+        conditional_samples=settings.conditional_samples,
+        schedule=settings.record,
+        epochs=settings.epochs,
+        seed=seed,
+        metrics_fn=spec.metrics,
+        overwrite=overwrite,
+        attrs={
+            "experiment": spec.name,
+            "training": {**dataclasses.asdict(settings), "seed": seed, "device": device},
+            "dataset_description": dataset.description,
+        },
+    )
+    with recorder, _torch_threads(threads):
+        recorded = recorder.step(0) or {}
+        if on_epoch is not None:
+            on_epoch(0, recorded)
+        for epoch in range(1, settings.epochs + 1):
+            model.train()
+            permutation = torch.randperm(len(train_index), generator=order).to(device)
+            total = 0.0
+            for start in range(0, len(train_index), batch):
+                rows = permutation[start : start + batch]
+                optim.zero_grad()
+                loss = spec.loss(model(x_train[rows]), y_train[rows])
+                value = loss.item()
+                if not math.isfinite(value):
+                    _diverged(spec.name, epoch, f"the loss is {value}", settings, recorder)
+                loss.backward()
+                optim.step()
+                if settings.orthonormal:
+                    orthonormal_step(model, settings.orthonormal)
+                total += value * len(rows)
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                _diverged(spec.name, epoch, "a parameter is NaN or inf", settings, recorder)
+            scheduler.step()
+            metrics = {"loss": total / len(train_index)}
+            metrics.update(recorder.step(epoch) or {})
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+    return Path(out)

@@ -1,0 +1,597 @@
+"""Record a network's hidden representations into a run store while it trains.
+
+The recorder follows the paper's definitions (DESIGN.md §1). At a recorded epoch it
+
+1. runs every input through the network once, with the noise on: forward hooks capture S_l, the
+   output of the module *before* the noise of layer l, while the noisy T_l = S_l + Z_l flows on
+   into layer l+1. This is the unconditional sample of every layer;
+2. for the conditional samples (all inputs or a seeded subset), feeds each input ``draws`` more
+   times, each pass with fresh noise in every layer: the samples of S_l given X = x. The passes
+   are batched (inputs repeated row-wise), not looped per sample;
+3. writes S, the conditional draws, the model's parameters (its ``state_dict``) and the metrics to
+   the run store (:mod:`ibframe.store`).
+
+The network runs in ``eval()`` mode while recording (batch-norm uses its running statistics and
+updates nothing) with the noise modules forced on and fed from a dedicated ``torch.Generator``
+seeded from (seed, epoch): the global RNG that drives training is not touched, each module's
+train/eval mode is restored afterwards, and any epoch's noise can be regenerated with
+:meth:`Recorder.noise_generator`.
+
+In a training loop of your own::
+
+    net = ibframe.nn.szt_mlp(beta=0.01)            # or any model, naming its modules
+    with Recorder.for_network(net, "run.zarr", data, draws=32, schedule="log:30",
+                              epochs=500, metrics_fn=classification_metrics) as rec:
+        for epoch in range(501):
+            if epoch:
+                train_one_epoch(net.model)
+            rec.step(epoch)
+
+For a model of your own, pass ``layers={"h1": "encoder.act1", ...}`` (store name -> qualified
+name of the module whose output is S_l) and ``noise=["encoder.noise1", ...]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ibframe.datasets import Dataset
+from ibframe.errors import ParameterError, StoreError
+from ibframe.nn import GaussianNoise, HiddenLayer, NoisyNetwork, controlled_noise
+from ibframe.store import Run, create_run, open_run
+
+MetricsFn = Callable[[torch.Tensor, torch.Tensor], Mapping[str, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordSchedule:
+    """Which epochs to record. Build one with :meth:`parse`.
+
+    Epoch e is the state after e epochs of training; epoch 0 is the initial network.
+
+    Attributes
+    ----------
+    kind
+        "all" (every epoch), "every" (multiples of ``value``), "log" (``value`` epochs spaced
+        logarithmically over the run, dense early and sparse late, as in Saxe et al. 2018) or
+        "list" (the epochs in ``explicit``).
+    value
+        k for "every", the number of epochs for "log".
+    explicit
+        The epochs for "list", increasing.
+    """
+
+    kind: Literal["all", "every", "log", "list"]
+    value: int = 0
+    explicit: tuple[int, ...] = ()
+
+    @classmethod
+    def parse(cls, spec: str | RecordSchedule) -> RecordSchedule:
+        """Parse ``"all"``, ``"every:K"``, ``"log:N"`` or a comma-separated list ``"0,1,2,10"``."""
+        if isinstance(spec, RecordSchedule):
+            return spec
+        text = spec.strip().lower()
+        try:
+            if text == "all":
+                return cls("all")
+            if text.startswith(("every:", "log:")):
+                kind, _, number = text.partition(":")
+                value = int(number)
+                if value < 1:
+                    raise ValueError(number)
+                return cls("every" if kind == "every" else "log", value)
+            epochs = sorted({int(part) for part in text.split(",")})
+            if epochs[0] < 0:
+                raise ValueError(epochs[0])
+            return cls("list", explicit=tuple(epochs))
+        except ValueError:
+            msg = (
+                f"invalid record schedule {spec!r}: use 'all', 'every:K', 'log:N' (K, N >= 1) or "
+                "a comma-separated list of epochs such as '0,1,2,10'"
+            )
+            raise ParameterError(msg) from None
+
+    def __str__(self) -> str:
+        if self.kind == "all":
+            return "all"
+        if self.kind == "list":
+            return ",".join(map(str, self.explicit))
+        return f"{self.kind}:{self.value}"
+
+    def epochs(self, last_epoch: int) -> npt.NDArray[np.int64]:
+        """The recorded epochs among 0..``last_epoch``.
+
+        ``log:N`` gives ``min(N, last_epoch + 1)`` distinct epochs, the rounded points of a
+        geometric grid from 1 to ``last_epoch + 1`` shifted down by one, so 0 and ``last_epoch``
+        are always among them.
+        """
+        span = np.arange(last_epoch + 1, dtype=np.int64)
+        if self.kind == "all":
+            return span
+        if self.kind == "every":
+            return span[:: self.value]
+        if self.kind == "list":
+            chosen = np.asarray(self.explicit, dtype=np.int64)
+            return chosen[chosen <= last_epoch]
+        return np.array(_log_epochs(self.value, last_epoch), dtype=np.int64)
+
+    def includes(self, epoch: int, last_epoch: int | None = None) -> bool:
+        """Whether ``epoch`` is recorded; "log" needs the run's ``last_epoch``."""
+        if self.kind == "all":
+            return True
+        if self.kind == "every":
+            return epoch % self.value == 0
+        if self.kind == "list":
+            return epoch in self.explicit
+        if last_epoch is None:
+            msg = f"schedule {self} needs the number of epochs of the run (pass epochs=...)"
+            raise ParameterError(msg)
+        return epoch in _log_epochs(self.value, last_epoch)
+
+
+@functools.lru_cache(maxsize=16)
+def _log_epochs(count: int, last_epoch: int) -> tuple[int, ...]:
+    """The epochs of ``log:count`` over 0..``last_epoch``; cached, as loops ask every epoch."""
+    want = min(count, last_epoch + 1)
+    points = max(want, 2)
+    while True:
+        grid = np.geomspace(1, last_epoch + 1, points)
+        epochs = np.unique(np.round(grid).astype(np.int64) - 1)
+        if epochs.size >= want:
+            return tuple(epochs.tolist())
+        points += 1
+
+
+def classification_metrics(output: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Cross-entropy ``loss`` and ``accuracy`` of logits (sample, class) against labels."""
+    return {
+        "loss": float(F.cross_entropy(output, y)),
+        "accuracy": float((output.argmax(dim=1) == y).float().mean()),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layer:
+    name: str
+    module: str
+    attrs: dict[str, Any]
+
+
+def _normalise_layers(
+    layers: Mapping[str, str] | Sequence[str] | Sequence[HiddenLayer],
+) -> list[_Layer]:
+    if isinstance(layers, Mapping):
+        return [_Layer(name, module, {}) for name, module in layers.items()]
+    out = []
+    for layer in layers:
+        if isinstance(layer, HiddenLayer):
+            attrs = {"activation": layer.activation, "kind": layer.kind}
+            out.append(_Layer(layer.name, layer.module, attrs))
+        else:
+            out.append(_Layer(layer, layer, {}))
+    if not out:
+        msg = "name at least one layer to record"
+        raise ParameterError(msg)
+    return out
+
+
+def _noise_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+class Recorder:
+    """Record S_l of named modules of any ``torch.nn.Module`` into a run store.
+
+    Parameters
+    ----------
+    model
+        The network. Its parameters' device is used for the recording passes.
+    path
+        The run store (``.zarr`` directory) to create, or to append to with ``resume=True``.
+    x, y, split
+        The inputs that are recorded (all of them, every recorded epoch), their integer labels
+        and "train"/"test" marks. Metrics are computed per part of the split.
+    layers
+        The hidden layers: ``{store name: qualified module name}``, a list of module names (used
+        as store names), or :class:`ibframe.nn.HiddenLayer` objects. Each module's output is S_l;
+        conv outputs are flattened to units and their shape is kept as the layer's attribute.
+    noise
+        Qualified names of the noise modules, each adding N(0, beta^2 I) to its input. While
+        recording they compute ``x + beta * Z`` with Z from the recorder's generator, whatever
+        their own implementation. None: every :class:`ibframe.nn.GaussianNoise` in the model.
+    beta
+        Noise standard deviation; None takes it from the noise modules (which must then be
+        ``GaussianNoise`` with one common beta, or absent for a deterministic network).
+    draws
+        Conditional passes n_x per conditional sample (0: none); needs beta > 0.
+    conditional_samples
+        Which inputs get conditional draws: None for all, an int m for m inputs drawn without
+        replacement with ``seed``, or an array of indices. Stored in the run.
+    schedule
+        Which epochs :meth:`step` records (see :meth:`RecordSchedule.parse`).
+    epochs
+        The last epoch of the run; needed by a "log" schedule.
+    seed
+        Seeds the conditional subset and, with the epoch, each epoch's recording noise.
+    batch_size
+        Rows per recording forward pass (conditional passes are batched across inputs and draws).
+    metrics_fn
+        ``metrics_fn(output, y)`` on the unconditional pass's model output for each part of the
+        split, returning e.g. ``{"loss": ..., "accuracy": ...}``; stored as ``loss_train``,
+        ``accuracy_test``, ... (see :func:`classification_metrics`). The metrics are those of the
+        noisy network, as it is recorded.
+    record_params
+        Store the model's ``state_dict`` (parameters and buffers) at each recorded epoch.
+    model_info, dataset, attrs
+        Provenance for the store (a JSON-able model description, a dataset name, more attrs).
+    resume
+        Append to an existing store at ``path`` instead of creating one; its beta, draws,
+        conditional samples and recording seed are used, and its layers and inputs must match.
+    overwrite
+        Replace an existing store at ``path`` (ignored with ``resume=True``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        path: str | Path,
+        *,
+        x: npt.ArrayLike | torch.Tensor,
+        layers: Mapping[str, str] | Sequence[str] | Sequence[HiddenLayer],
+        y: npt.ArrayLike | None = None,
+        split: npt.ArrayLike | None = None,
+        noise: Sequence[str] | None = None,
+        beta: float | None = None,
+        draws: int = 0,
+        conditional_samples: int | npt.ArrayLike | None = None,
+        schedule: str | RecordSchedule = "all",
+        epochs: int | None = None,
+        seed: int = 0,
+        batch_size: int = 8192,
+        metrics_fn: MetricsFn | None = None,
+        record_params: bool = True,
+        model_info: Mapping[str, Any] | None = None,
+        dataset: str | None = None,
+        attrs: Mapping[str, Any] | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
+    ) -> None:
+        self.model = model
+        self.schedule = RecordSchedule.parse(schedule)
+        self.last_epoch = epochs
+        self.batch_size = batch_size
+        self.metrics_fn = metrics_fn
+        self.record_params = record_params
+        self._layers = _normalise_layers(layers)
+        modules = dict(model.named_modules())
+        missing = [layer.module for layer in self._layers if layer.module not in modules]
+        if noise is None:
+            noise = [name for name, m in modules.items() if isinstance(m, GaussianNoise)]
+        missing += [name for name in noise if name not in modules]
+        if missing:
+            msg = f"the model has no module(s) named {missing}"
+            raise ParameterError(msg)
+        self._noise = list(noise)
+        self.beta = self._resolve_beta(beta, modules)
+        param = next(model.parameters(), None)
+        self.device = param.device if param is not None else torch.device("cpu")
+        self._x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
+        self._y = None if y is None else np.asarray(y)
+        # without a split, every sample counts as training data for the metrics
+        self._split = np.full(len(self._x), "train") if split is None else np.asarray(split)
+        shapes, self._deterministic = self._probe()
+
+        self.run: Run
+        path = Path(path)
+        if resume and path.exists():
+            self.run = open_run(path, mode="a")
+            self._check_resumable()
+            self.seed = int(self.run.attrs.get("record_seed", seed))
+            self.draws = self.run.draws
+            cond = self.run.conditional(self.run.layers[0])
+            self._cond_index = None if cond is None else cond["cond_sample"].values
+            return
+        self.seed = seed
+        self.draws = draws
+        self._cond_index = self._conditional_index(conditional_samples)
+        layer_specs = {
+            layer.name: {
+                "shape": list(shapes[layer.name]),
+                "kind": "conv" if len(shapes[layer.name]) > 1 else "dense",
+                **layer.attrs,
+                "module": layer.module,
+                "deterministic_given_x": self._deterministic[layer.name],
+            }
+            for layer in self._layers
+        }
+        self.run = create_run(
+            path,
+            x=self._x.cpu().numpy(),
+            y=self._y,
+            split=split,
+            beta=self.beta,
+            layers=layer_specs,
+            draws=draws,
+            conditional_samples=self._cond_index,
+            model=model_info,
+            dataset=dataset,
+            seed=seed,
+            attrs={
+                "record_seed": seed,
+                "record_schedule": str(self.schedule),
+                "noise_modules": self._noise,
+                **(attrs or {}),
+            },
+            overwrite=overwrite,
+        )
+
+    @classmethod
+    def for_network(
+        cls, network: NoisyNetwork, path: str | Path, data: Dataset, **kwargs: Any
+    ) -> Recorder:
+        """A recorder for a network built by :mod:`ibframe.nn`, on all samples of ``data``.
+
+        ``kwargs`` are the other keyword arguments of :class:`Recorder`.
+        """
+        return cls(
+            network.model,
+            path,
+            x=data.x,
+            y=data.y,
+            split=data.split,
+            layers=network.layers,
+            noise=network.noise_modules,
+            beta=network.beta,
+            model_info=network.description,
+            dataset=data.name,
+            **kwargs,
+        )
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def _resolve_beta(self, beta: float | None, modules: Mapping[str, nn.Module]) -> float:
+        if beta is None:
+            betas = set()
+            for name in self._noise:
+                if not isinstance(modules[name], GaussianNoise):
+                    msg = f"noise module {name!r} is not a GaussianNoise; pass beta explicitly"
+                    raise ParameterError(msg)
+                betas.add(modules[name].beta)
+            if len(betas) > 1:
+                msg = f"the noise modules have different betas {sorted(betas)}; ibframe needs one"
+                raise ParameterError(msg)
+            beta = betas.pop() if betas else 0.0
+        if beta < 0:
+            msg = f"beta must be >= 0, got {beta}"
+            raise ParameterError(msg)
+        if beta > 0 and not self._noise:
+            msg = f"beta is {beta} but the model has no noise modules; name them with noise=[...]"
+            raise ParameterError(msg)
+        return float(beta)
+
+    def _conditional_index(
+        self, samples: int | npt.ArrayLike | None
+    ) -> npt.NDArray[np.int64] | None:
+        n = len(self._x)
+        if self.draws == 0:
+            return None
+        if samples is None:
+            return np.arange(n, dtype=np.int64)
+        if np.ndim(samples) == 0:
+            m = int(samples)  # type: ignore[arg-type]
+            if m < 1:
+                msg = f"conditional_samples must be >= 1, got {m}"
+                raise ParameterError(msg)
+            if m >= n:
+                return np.arange(n, dtype=np.int64)
+            return np.sort(np.random.default_rng(self.seed).choice(n, size=m, replace=False))
+        return np.asarray(samples, dtype=np.int64)
+
+    def _probe(self) -> tuple[dict[str, tuple[int, ...]], dict[str, bool]]:
+        """One small pass to learn each layer's shape and whether noise runs before it."""
+        calls: list[tuple[str, torch.Tensor | None]] = []
+        noise = set(self._noise)
+        watched = noise | {layer.module for layer in self._layers}
+        with self._recording(torch.Generator(device=self.device)):
+            hooks = [
+                module.register_forward_hook(
+                    lambda _m, _i, out, name=name: calls.append(
+                        (name, out if isinstance(out, torch.Tensor) else None)
+                    )
+                )
+                for name, module in self.model.named_modules()
+                if name in watched
+            ]
+            try:
+                self.model(self._x[:2])
+            finally:
+                for hook in hooks:
+                    hook.remove()
+        order = [name for name, _ in calls]
+        shapes, deterministic = {}, {}
+        for layer in self._layers:
+            seen = [i for i, name in enumerate(order) if name == layer.module]
+            if len(seen) != 1:
+                msg = (
+                    f"module {layer.module!r} (layer {layer.name!r}) ran {len(seen)} times in one "
+                    "forward pass; record a module that runs exactly once"
+                )
+                raise ParameterError(msg)
+            out = calls[seen[0]][1]
+            if out is None:
+                msg = f"module {layer.module!r} does not return a tensor"
+                raise ParameterError(msg)
+            shapes[layer.name] = tuple(out.shape[1:])
+            deterministic[layer.name] = self.beta == 0 or not any(
+                name in noise for name in order[: seen[0]]
+            )
+        return shapes, deterministic
+
+    def _check_resumable(self) -> None:
+        names = [layer.name for layer in self._layers]
+        problems = []
+        if self.run.layers != names:
+            problems.append(f"layers {self.run.layers} != {names}")
+        if self.run.beta != self.beta:
+            problems.append(f"beta {self.run.beta} != {self.beta}")
+        stored = self.run.x
+        if not np.array_equal(stored, self._x.cpu().numpy()):
+            problems.append("the inputs x differ")
+        if problems:
+            msg = f"cannot resume {self.run.path}: " + "; ".join(problems)
+            raise StoreError(msg)
+
+    # -- recording ------------------------------------------------------------------------------
+
+    @property
+    def conditional_index(self) -> npt.NDArray[np.int64] | None:
+        """Indices of the inputs that get conditional draws, or None."""
+        return self._cond_index
+
+    def noise_generator(self, epoch: int) -> torch.Generator:
+        """The generator of epoch ``epoch``'s recording noise, freshly seeded from (seed, epoch).
+
+        It is consumed by the unconditional pass and then the conditional passes, batch by batch,
+        each batch drawing the noise of its noise modules in the order they run.
+        """
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(_noise_seed(self.seed, epoch))
+        return generator
+
+    @contextlib.contextmanager
+    def _recording(self, generator: torch.Generator) -> Iterator[None]:
+        """eval() mode, forced noise from ``generator``, no autograd, global RNG state restored."""
+        modes = [(module, module.training) for module in self.model.modules()]
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                self.model.eval()
+                if self.beta > 0:
+                    with controlled_noise(self.model, self._noise, self.beta, generator):
+                        yield
+                else:
+                    yield
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    def _passes(
+        self, rows: npt.NDArray[np.int64] | None, keep_output: bool
+    ) -> tuple[dict[str, npt.NDArray[np.float32]], torch.Tensor | None]:
+        """Forward the inputs at ``rows`` (None: all, in order) in batches; S per layer."""
+        captured: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in self._layers}
+        modules = dict(self.model.named_modules())
+        hooks = [
+            modules[layer.module].register_forward_hook(
+                lambda _m, _i, out, name=layer.name: captured[name].append(
+                    out.detach().reshape(out.shape[0], -1).float().cpu()
+                )
+            )
+            for layer in self._layers
+        ]
+        outputs = []
+        total = len(self._x) if rows is None else len(rows)
+        try:
+            for start in range(0, total, self.batch_size):
+                stop = min(start + self.batch_size, total)
+                batch = self._x[start:stop] if rows is None else self._x[rows[start:stop]]
+                out = self.model(batch)
+                if keep_output:
+                    outputs.append(out.detach())
+        finally:
+            for hook in hooks:
+                hook.remove()
+        s = {name: torch.cat(parts).numpy() for name, parts in captured.items()}
+        return s, (torch.cat(outputs) if keep_output else None)
+
+    def _metrics(self, output: torch.Tensor) -> dict[str, float]:
+        if self.metrics_fn is None or self._y is None:
+            return {}
+        y = torch.as_tensor(self._y, device=output.device)
+        values = {}
+        for part in ("train", "test"):
+            mask = torch.as_tensor(self._split == part, device=output.device)
+            if bool(mask.any()):
+                for key, value in self.metrics_fn(output[mask], y[mask]).items():
+                    values[f"{key}_{part}"] = float(value)
+        return values
+
+    def capture(
+        self, epoch: int
+    ) -> tuple[
+        dict[str, npt.NDArray[np.float32]],
+        dict[str, npt.NDArray[np.float32]] | None,
+        torch.Tensor | None,
+    ]:
+        """Run the recording passes of ``epoch`` without writing anything.
+
+        Returns S per layer (sample, unit), the conditional draws per layer
+        (cond_sample, draws, unit) or None, and the model's output on the unconditional pass
+        (None without a ``metrics_fn``).
+        """
+        with self._recording(self.noise_generator(epoch)):
+            s, output = self._passes(None, keep_output=self.metrics_fn is not None)
+            conditional = None
+            if self._cond_index is not None:
+                rows = np.repeat(self._cond_index, self.draws)
+                draws, _ = self._passes(rows, keep_output=False)
+                m = len(self._cond_index)
+                conditional = {}
+                for name, values in draws.items():
+                    if self._deterministic[name]:
+                        # S_l is a function of x alone: its draws are the unconditional S, copied
+                        # rather than recomputed, so that they are identical to the last bit
+                        # instead of differing by the rounding of differently batched matmuls.
+                        values = np.repeat(s[name][self._cond_index], self.draws, axis=0)
+                    conditional[name] = values.reshape(m, self.draws, -1)
+        return s, conditional, output
+
+    def record(self, epoch: int, metrics: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Record ``epoch`` now, whatever the schedule; returns the metrics it stored.
+
+        ``metrics`` are stored beside those of ``metrics_fn`` and take precedence on a clash.
+        """
+        s, conditional, output = self.capture(epoch)
+        values = self._metrics(output) if output is not None else {}
+        values.update(metrics or {})
+        params = None
+        if self.record_params:
+            params = {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+        self.run.append_epoch(epoch, s, conditional=conditional, metrics=values, params=params)
+        return values
+
+    def should_record(self, epoch: int) -> bool:
+        """Whether the schedule records ``epoch`` and it comes after the last recorded epoch."""
+        last = self.run.epochs[-1:]
+        if last.size and epoch <= last[0]:
+            return False
+        return self.schedule.includes(epoch, self.last_epoch)
+
+    def step(
+        self, epoch: int, metrics: Mapping[str, float] | None = None
+    ) -> dict[str, float] | None:
+        """Record ``epoch`` if the schedule asks for it; returns the stored metrics, or None."""
+        if not self.should_record(epoch):
+            return None
+        return self.record(epoch, metrics)
+
+    def close(self) -> None:
+        """Close the run store (each recorded epoch is already on disk)."""
+        self.run.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

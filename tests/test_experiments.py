@@ -1,0 +1,166 @@
+"""The built-in experiments and the training loop of ``ibframe train``."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import ibframe
+from ibframe.errors import ExperimentNotFoundError, ParameterError, TrainingError
+from ibframe.experiments import (
+    BUILTIN_EXPERIMENTS,
+    ExperimentSpec,
+    demo_config,
+    ibframe_register_experiments,
+    train,
+)
+from ibframe.registry import ExperimentRegistry
+
+#: Small settings per experiment, so that each trains for two epochs in about a second.
+QUICK: dict[str, dict[str, Any]] = {
+    "szt": {"draws": 4, "conditional_samples": 16},
+    "spiral": {"draws": 4, "conditional_samples": 16},
+    "mnist-cnn": {"samples": 60, "draws": 2, "conditional_samples": 8, "batch_size": 128},
+    "mnist-cnn-dropout": {"samples": 60, "batch_size": 128},
+    "neuron": {},
+    "leaky-relu-pair": {"draws": 8},
+}
+
+
+def test_every_builtin_experiment_has_quick_settings() -> None:
+    assert set(QUICK) == set(BUILTIN_EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", sorted(QUICK))
+def test_experiment_trains_and_writes_a_readable_store(name: str, tmp_path: Path) -> None:
+    if name.startswith("mnist"):
+        pytest.importorskip("sklearn")
+    seen: list[tuple[int, Mapping[str, float]]] = []
+    path = train(
+        BUILTIN_EXPERIMENTS[name],
+        out=tmp_path / "run.zarr",
+        epochs=2,
+        record="all",
+        on_epoch=lambda epoch, metrics: seen.append((epoch, dict(metrics))),
+        **QUICK[name],
+    )
+    run = ibframe.open_run(path)
+    assert run.epochs.tolist() == [0, 1, 2]
+    assert run.attrs["experiment"] == name
+    metrics = run.metrics()
+    assert np.all(np.isfinite(metrics["loss_train"].values))
+    assert np.all((metrics["accuracy_train"] >= 0) & (metrics["accuracy_train"] <= 1))
+    for layer in run.layers:
+        assert np.all(np.isfinite(run.activations(layer).values))
+    spec = BUILTIN_EXPERIMENTS[name]
+    draws = QUICK[name].get("draws", spec.defaults.draws) if spec.defaults.beta > 0 else 0
+    assert run.draws == draws
+    assert [epoch for epoch, _ in seen] == [0, 1, 2]
+    assert all("loss_train" in metrics for _, metrics in seen)
+    assert all("loss" in metrics for _, metrics in seen[1:])
+
+
+def test_szt_defaults_follow_the_paper() -> None:
+    defaults = BUILTIN_EXPERIMENTS["szt"].defaults
+    assert (defaults.optimizer, defaults.lr, defaults.batch_size) == ("adam", 4e-4, 256)
+    neuron = BUILTIN_EXPERIMENTS["neuron"].defaults
+    assert (neuron.beta, neuron.lr, neuron.optimizer, neuron.batch_size) == (
+        0.01,
+        0.01,
+        "sgd",
+        None,
+    )
+    cnn = BUILTIN_EXPERIMENTS["mnist-cnn"].defaults
+    assert (cnn.optimizer, cnn.batch_size, cnn.lr, cnn.lr_final) == ("sgd", 32, 5e-3, 5e-4)
+
+
+def test_szt_on_the_real_file_uses_saxes_split(tmp_path: Path) -> None:
+    data_dir = os.environ.get("IBFRAME_TEST_DATA")
+    if not data_dir:
+        pytest.skip("IBFRAME_TEST_DATA is not set (the directory holding var_u.mat)")
+    path = train("szt", data=Path(data_dir) / "var_u.mat", out=tmp_path / "r.zarr", epochs=1,
+                 record="all", draws=2, conditional_samples=8)  # fmt: skip
+    run = ibframe.open_run(path)
+    assert run.n_samples == 4096 and int(run.y.sum()) == 2118
+    assert (run.split == "test").sum() == 819
+    assert "IB_data" in run.attrs["dataset_description"]
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_recorded_epochs(tmp_path: Path) -> None:
+    calls = {"n": 0}
+    base = BUILTIN_EXPERIMENTS["szt"]
+
+    def poisoned(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        loss = base.loss(output, y)
+        return loss * float("nan") if calls["n"] > 3 else loss
+
+    spec = dataclasses.replace(base, name="poisoned", loss=poisoned)
+    with pytest.raises(TrainingError, match=r"diverged at epoch 4: the loss is nan.*The 4 epoch"):
+        train(spec, out=tmp_path / "run.zarr", epochs=10, batch_size=4096, record="all")
+    run = ibframe.open_run(tmp_path / "run.zarr")
+    assert run.epochs.tolist() == [0, 1, 2, 3]
+    assert np.all(np.isfinite(run.activations("h5").values))
+
+
+def test_divergent_learning_rate_raises_training_error(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="smaller learning rate"):
+        train("szt", out=tmp_path / "run.zarr", epochs=5, lr=1e38, optimizer="sgd",
+              activation="relu", record="all", draws=0)  # fmt: skip
+    assert ibframe.open_run(tmp_path / "run.zarr").epochs.tolist() == [0]
+
+
+def test_training_is_reproducible(tmp_path: Path) -> None:
+    kwargs = {"epochs": 2, "record": "all", "draws": 2, "conditional_samples": 4}
+    a = ibframe.open_run(train("szt", out=tmp_path / "a.zarr", **kwargs))
+    b = ibframe.open_run(train("szt", out=tmp_path / "b.zarr", **kwargs))
+    c = ibframe.open_run(train("szt", out=tmp_path / "c.zarr", seed=1, **kwargs))
+    assert np.array_equal(a.conditional("h4").values, b.conditional("h4").values)
+    assert not np.array_equal(a.activations("h4").values, c.activations("h4").values)
+
+
+def test_orthonormal_option_is_recorded(tmp_path: Path) -> None:
+    path = train("spiral", out=tmp_path / "run.zarr", epochs=1, orthonormal=5e-5, draws=0)
+    assert ibframe.open_run(path).attrs["training"]["orthonormal"] == 5e-5
+
+
+def test_bad_settings(tmp_path: Path) -> None:
+    with pytest.raises(ParameterError, match="activation"):
+        train("neuron", out=tmp_path / "a.zarr", activation="relu")
+    with pytest.raises(ParameterError, match="optimizer"):
+        train("neuron", out=tmp_path / "b.zarr", optimizer="rmsprop")  # type: ignore[arg-type]
+    with pytest.raises(ParameterError, match="generates its own data"):
+        train("spiral", out=tmp_path / "c.zarr", data=tmp_path)
+    with pytest.raises(ExperimentNotFoundError, match="szt"):
+        train("nope", out=tmp_path / "d.zarr")
+
+
+def test_beta_the_network_cannot_have_is_refused(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    with pytest.raises(ParameterError, match=r"beta 0\.0, not 0\.1"):
+        train("mnist-cnn-dropout", out=tmp_path / "a.zarr", beta=0.1)
+
+
+def test_builtins_register_through_the_hook() -> None:
+    registry = ExperimentRegistry()
+    ibframe_register_experiments(registry)
+    assert sorted(registry) == sorted(BUILTIN_EXPERIMENTS)
+    assert all(isinstance(registry.get(n), ExperimentSpec) for n in registry)
+    assert all(spec.description for spec in BUILTIN_EXPERIMENTS.values())
+
+
+def test_demo_config_is_a_valid_call_of_train(tmp_path: Path) -> None:
+    config = demo_config()
+    inspect.signature(train).bind(**config, out=tmp_path / "demo.zarr")
+    path = train(**{**config, "epochs": 3}, out=tmp_path / "demo.zarr")
+    run = ibframe.open_run(path)
+    assert run.draws == 32 and run.conditional("h1").sizes["cond_sample"] == 256
+    assert run.epochs[-1] == 3

@@ -1,0 +1,186 @@
+"""Noise module, model builders, noise control and the orthonormality step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ibframe.nn import (
+    GaussianNoise,
+    controlled_noise,
+    leaky_relu_pair,
+    mnist_cnn,
+    noisy_mlp,
+    orthonormal_step,
+    single_neuron,
+    spiral_mlp,
+    szt_mlp,
+    weight_matrices,
+)
+
+
+def test_noise_is_active_in_training_and_identity_in_eval() -> None:
+    noise = GaussianNoise(0.5)
+    x = torch.zeros(20000, 3)
+    noisy = noise(x)
+    assert noisy.std().item() == pytest.approx(0.5, rel=0.02)
+    assert noisy.mean().item() == pytest.approx(0.0, abs=0.01)
+    noise.eval()
+    assert torch.equal(noise(x), x)
+
+
+def test_noise_always_on_and_zero_beta() -> None:
+    x = torch.zeros(1000, 2)
+    always = GaussianNoise(0.1, always_on=True).eval()
+    assert always(x).std().item() == pytest.approx(0.1, rel=0.1)
+    assert torch.equal(GaussianNoise(0.0)(x), x)
+    with pytest.raises(ValueError, match="beta"):
+        GaussianNoise(-1.0)
+
+
+def test_controlled_noise_is_reproducible_and_leaves_global_rng_alone() -> None:
+    net = szt_mlp(beta=0.1)
+    model = net.model.eval()
+    x = torch.rand(64, 12)
+    deterministic = model(x)
+    state = torch.random.get_rng_state()
+    outputs = []
+    for _ in range(2):
+        generator = torch.Generator().manual_seed(7)
+        with controlled_noise(model, net.noise_modules, 0.1, generator):
+            outputs.append(model(x))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(outputs[0], outputs[1])
+    assert not torch.allclose(outputs[0], deterministic)
+    # afterwards the modules are GaussianNoise again: identity in eval mode
+    assert torch.equal(model(x), deterministic)
+
+
+def test_controlled_noise_rejects_unknown_module() -> None:
+    with (
+        pytest.raises(KeyError, match="nope"),
+        controlled_noise(nn.Sequential(nn.Tanh()), ["nope"], 0.1, torch.Generator()),
+    ):
+        pass
+
+
+def test_eval_network_is_deterministic_and_matches_hand_computation() -> None:
+    net = noisy_mlp((12, 6, 4, 2), beta=0.3)
+    model = net.model.eval()
+    x = torch.rand(32, 12)
+    fc1, fc2, out = model.fc1, model.fc2, model.out
+    expected = out(torch.tanh(fc2(torch.tanh(fc1(x)))))
+    assert torch.equal(model(x), model(x))
+    torch.testing.assert_close(model(x), expected)
+
+
+@pytest.mark.parametrize(
+    ("activation", "module_type"), [("tanh", nn.Tanh), ("relu", nn.ReLU), ("linear", nn.Identity)]
+)
+def test_szt_mlp_architecture(activation: str, module_type: type[nn.Module]) -> None:
+    net = szt_mlp(beta=0.005, activation=activation)
+    linears = [m for m in net.model if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (12, 10), (10, 7), (7, 5), (5, 4), (4, 3), (3, 2)
+    ]  # fmt: skip
+    modules = dict(net.model.named_modules())
+    assert [layer.name for layer in net.layers] == ["h1", "h2", "h3", "h4", "h5"]
+    assert [layer.shape for layer in net.layers] == [(10,), (7,), (5,), (4,), (3,)]
+    for layer in net.layers:
+        assert isinstance(modules[layer.module], module_type)
+        assert isinstance(modules[layer.noise], GaussianNoise)
+    # the noise comes right after the module whose output is S_l
+    names = list(modules)
+    for layer in net.layers:
+        assert names.index(layer.noise) == names.index(layer.module) + 1
+    assert net.description["widths"] == [12, 10, 7, 5, 4, 3, 2]
+
+
+def test_deterministic_mlp_has_no_noise_modules() -> None:
+    net = spiral_mlp(beta=0.0)
+    assert net.noise_modules == []
+    assert not any(isinstance(m, GaussianNoise) for m in net.model.modules())
+    assert [layer.shape for layer in net.layers] == [(3,)] * 5
+    assert net.model(torch.rand(5, 2)).shape == (5, 2)
+
+
+def test_unknown_activation() -> None:
+    with pytest.raises(ValueError, match="sigmoid"):
+        noisy_mlp((2, 3, 2), beta=0.1, activation="sigmoid")
+
+
+@pytest.mark.parametrize("size", [28, 8])
+def test_mnist_cnn_follows_appendix_b3(size: int) -> None:
+    net = mnist_cnn(beta=0.1, input_size=size)
+    model = net.model
+    order = [name for name, _ in model.named_children()]
+    assert order == [
+        "conv1", "bn1", "tanh1", "noise1", "pool1",
+        "conv2", "bn2", "tanh2", "noise2", "pool2",
+        "flatten", "fc3", "bn3", "tanh3", "noise3", "out",
+    ]  # fmt: skip
+    assert model.conv1.kernel_size == (5, 5) and model.conv1.padding == (2, 2)
+    assert model.conv1.out_channels == 16 and model.conv2.out_channels == 32
+    assert model.fc3.in_features == 32 * (size // 4) ** 2 and model.fc3.out_features == 128
+    assert [layer.shape for layer in net.layers] == [
+        (16, size, size),
+        (32, size // 2, size // 2),
+        (128,),
+    ]
+    assert [layer.kind for layer in net.layers] == ["conv", "conv", "dense"]
+    assert model.eval()(torch.rand(3, 1, size, size)).shape == (3, 10)
+
+
+def test_mnist_cnn_dropout_variant_is_recorded_deterministically() -> None:
+    net = mnist_cnn(beta=0.1, regulariser="dropout")
+    assert net.beta == 0.0 and net.noise_modules == []
+    dropouts = [m for m in net.model.modules() if isinstance(m, nn.Dropout)]
+    assert len(dropouts) == 3 and all(m.p == 0.2 for m in dropouts)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        mnist_cnn(beta=0.1, input_size=10)
+
+
+def test_single_neuron_starts_at_zero_weight() -> None:
+    net = single_neuron()
+    assert net.beta == 0.01
+    assert net.model.fc1.weight.item() == 0.0
+    out = net.model.eval()(torch.tensor([[-3.0], [3.0]]))
+    assert out.shape == (2,)
+    torch.testing.assert_close(out, torch.zeros(2))
+
+
+def test_leaky_relu_pair() -> None:
+    net = leaky_relu_pair(beta=0.0, w1=-1.0, b1=2.0, w2=1.0, b2=0.0)
+    x = torch.tensor([[1.0], [5.0]])
+    # R(u) = max(u, u/10): layer 1 gives R(-1 + 2) = 1 and R(-5 + 2) = -0.3, layer 2 R(1) = 1
+    # and R(-0.3) = -0.03
+    torch.testing.assert_close(net.model(x), torch.tensor([1.0, -0.03]))
+    assert [layer.name for layer in net.layers] == ["h1", "h2"]
+
+
+@torch.no_grad()
+def _orthonormality_gap(model: nn.Module) -> list[float]:
+    gaps = []
+    for w in weight_matrices(model):
+        gram = w @ w.T
+        gaps.append(float(torch.linalg.norm(gram - torch.eye(len(gram)))))
+    return gaps
+
+
+def test_orthonormal_step_reduces_the_gap() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 10), nn.Linear(10, 7), nn.Conv2d(2, 3, 3))
+    before = _orthonormality_gap(model)
+    for _ in range(20):
+        orthonormal_step(model, 0.05)
+    after = _orthonormality_gap(model)
+    assert all(a < b for a, b in zip(after, before, strict=True))
+
+
+def test_orthonormal_step_leaves_orthonormal_rows_alone() -> None:
+    layer = nn.Linear(4, 3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(4)[:3])
+    orthonormal_step(layer, 0.1)
+    torch.testing.assert_close(layer.weight, torch.eye(4)[:3])
