@@ -1,0 +1,530 @@
+"""The paper's figures from estimator results, with matplotlib, headless.
+
+Each figure kind is a function that takes a results Dataset (as :func:`ibframe.engine.estimate`
+returns it) and returns a :class:`matplotlib.figure.Figure`; :data:`PLOT_KINDS` lists them and
+:func:`plot_results` writes several at once as PNG, SVG or PDF files::
+
+    from ibframe.plot import plot_results
+    paths = plot_results("results.nc", ["mi-epochs", "distance-histograms"], "figures/")
+
+Figures are built on :class:`~matplotlib.figure.Figure` directly, never through ``pyplot``, so
+nothing depends on a display or on a global backend, and nothing is kept alive after saving.
+A results Dataset that lacks what a figure needs raises
+:class:`~ibframe.errors.ResultConventionError` naming the missing variable and the estimator that
+makes it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize, SymLogNorm
+from matplotlib.figure import Figure
+
+from ibframe.errors import ParameterError, ResultConventionError
+from ibframe.store import Run, open_run
+
+#: The estimator that produces each variable a figure reads, for error messages.
+_PRODUCERS: typing.Final = {
+    "mi_x_t": "sp-mi",
+    "mi_t_y": "sp-mi",
+    "entropy_bin": "binned-entropy",
+    "distance_density": "distance-histogram",
+    "distance_scale": "distance-histogram",
+    "unit_entropy_slope": "unit-entropy-slopes",
+    "cosine_density": "cosine-similarity",
+}
+#: File formats :func:`plot_results` writes.
+FORMATS: typing.Final = ("png", "svg", "pdf")
+#: At most this many epochs side by side when a figure shows chosen epochs.
+_MAX_EPOCHS: typing.Final = 4
+_PANEL: typing.Final = 3.2  # inches per panel
+
+
+def _require(results: xr.Dataset, kind: str, needs: dict[str, tuple[str, ...]]) -> None:
+    """Raise ResultConventionError naming the first variable (or dimension) the results lack.
+
+    ``needs`` maps each variable a figure reads to the dimensions it must have.
+    """
+    held = ", ".join(map(str, results.data_vars)) or "nothing"
+    for name, dims in needs.items():
+        if name not in results.data_vars:
+            producer = _PRODUCERS.get(name)
+            hint = f" (estimator {producer!r} computes it)" if producer else ""
+            msg = f"plot {kind!r} needs variable {name!r}{hint}; the results hold: {held}"
+            raise ResultConventionError(msg)
+        missing = [d for d in dims if d not in results[name].dims]
+        if missing:
+            msg = (
+                f"plot {kind!r}: variable {name!r} has dims {results[name].dims}, "
+                f"without {missing[0]!r}"
+            )
+            raise ResultConventionError(msg)
+
+
+def _layers(var: xr.DataArray, layers: Sequence[str] | None) -> list[str]:
+    """The layers to draw: those asked for, else every layer where ``var`` holds a value."""
+    if "layer" not in var.dims:
+        msg = f"variable {var.name!r} has no 'layer' dimension"
+        raise ResultConventionError(msg)
+    known = [str(v) for v in var["layer"].values]
+    if layers is not None:
+        unknown = [name for name in layers if name not in known]
+        if unknown:
+            msg = f"no layer {unknown[0]!r} in the results (layers: {', '.join(known)})"
+            raise ParameterError(msg)
+        return list(layers)
+    others = [d for d in var.dims if d != "layer"]
+    present = var.notnull().any(others) if others else var.notnull()
+    return [name for name, keep in zip(known, present.values, strict=True) if keep]
+
+
+def _present(var: xr.DataArray, dim: str) -> np.ndarray:
+    """Values of ``dim`` at which ``var`` holds any value.
+
+    Merged results take the union of coordinates such as ``bin_size`` over estimators, so a
+    variable can be all NaN at values another estimator asked for.
+    """
+    others = [d for d in var.dims if d != dim]
+    keep = var.notnull().any(others).values if others else var.notnull().values
+    return var[dim].values[keep]
+
+
+def _edges(results: xr.Dataset, coord: str) -> np.ndarray:
+    """Bin edges of a binned coordinate, from its bounds (or, without them, its centres)."""
+    bounds = results[coord].attrs.get("bounds")
+    if bounds in results.variables:
+        pairs = results[bounds].values
+        return np.append(pairs[:, 0], pairs[-1, 1])
+    centres = results[coord].values
+    half = np.diff(centres) / 2
+    inner = centres[:-1] + half
+    return np.concatenate([[centres[0] - half[0]], inner, [centres[-1] + half[-1]]])
+
+
+def _pick_epochs(available: Sequence[int], epochs: Sequence[int] | None) -> list[int]:
+    """The epochs asked for (checked), else up to four spread evenly on a log scale.
+
+    Training changes fast early and slowly late, so log spacing (first, last, and between them
+    geometrically) shows the stages the paper's figures show.
+    """
+    values = sorted(int(e) for e in available)
+    if not values:
+        msg = "the results hold no epoch"
+        raise ResultConventionError(msg)
+    if epochs is not None:
+        missing = [e for e in epochs if int(e) not in values]
+        if missing:
+            msg = f"epoch {missing[0]} is not in the results ({values[0]}..{values[-1]})"
+            raise ParameterError(msg)
+        return [int(e) for e in epochs]
+    targets = np.geomspace(values[0] + 1, values[-1] + 1, min(_MAX_EPOCHS, len(values))) - 1
+    chosen = {min(values, key=lambda v, t=t: abs(np.log1p(v) - np.log1p(t))) for t in targets}
+    return sorted(chosen)
+
+
+def _epoch_axis(ax: Axes, epochs: np.ndarray) -> None:
+    """A log epoch axis (symmetric-log when epoch 0 is there) when epochs span decades."""
+    low, high = float(np.min(epochs)), float(np.max(epochs))
+    if high < 10 or (low > 0 and high / low < 10):
+        ax.set_xscale("linear")
+    elif low > 0:
+        ax.set_xscale("log")
+    else:
+        ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel("epoch")
+
+
+def _epoch_norm(epochs: np.ndarray) -> Normalize:
+    high = float(np.max(epochs))
+    if high > 100:
+        return SymLogNorm(linthresh=1.0, vmin=float(np.min(epochs)), vmax=high)
+    return Normalize(vmin=float(np.min(epochs)), vmax=max(high, float(np.min(epochs)) + 1))
+
+
+def _grid(count: int, columns: int = 3) -> tuple[Figure, list[Axes]]:
+    cols = min(count, columns)
+    rows = -(-count // cols)
+    fig = Figure(figsize=(_PANEL * cols + 0.8, _PANEL * 0.8 * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return fig, axes[:count]
+
+
+# -- figure kinds --------------------------------------------------------------------------------
+
+
+def plot_mi_epochs(results: xr.Dataset, *, layers: Sequence[str] | None = None) -> Figure:
+    """I(X;T_l) of each layer over epochs, above the train and test losses (Fig. 5, left).
+
+    Needs ``mi_x_t`` (epoch, layer); draws ``loss_train`` and ``loss_test`` (epoch) when present.
+    The epoch axis is logarithmic when the epochs span decades, as in the paper.
+    """
+    _require(results, "mi-epochs", {"mi_x_t": ("epoch", "layer")})
+    mi = results["mi_x_t"]
+    names = _layers(mi, layers)
+    losses = [name for name in ("loss_train", "loss_test") if name in results.data_vars]
+    fig = Figure(figsize=(6.4, 5.6 if losses else 4.0), layout="constrained")
+    axes = fig.subplots(
+        2 if losses else 1, 1, sharex=True, squeeze=False,
+        gridspec_kw={"height_ratios": [3, 1.4]} if losses else None,
+    ).ravel()
+    epochs = mi["epoch"].values
+    for name in names:
+        axes[0].plot(epochs, mi.sel(layer=name).values, marker=".", label=name)
+    axes[0].set_ylabel(f"I(X;T_l) ({mi.attrs.get('units', 'nat')})")
+    axes[0].legend(title="layer", fontsize="small")
+    axes[0].set_title("Mutual information between input and layer")
+    for name in losses:
+        axes[1].plot(epochs, results[name].values, label=name.replace("loss_", ""))
+    if losses:
+        axes[1].set_ylabel("loss")
+        axes[1].legend(fontsize="small")
+    for ax in axes:
+        _epoch_axis(ax, epochs)
+    return fig
+
+
+def plot_information_plane(
+    results: xr.Dataset, *, layers: Sequence[str] | None = None
+) -> Figure:
+    """The information plane: I(X;T_l) against I(T_l;Y), one path per layer, coloured by epoch.
+
+    Needs ``mi_x_t`` and ``mi_t_y`` (epoch, layer).
+    """
+    _require(
+        results, "info-plane", {"mi_x_t": ("epoch", "layer"), "mi_t_y": ("epoch", "layer")}
+    )
+    mi_x, mi_y = results["mi_x_t"], results["mi_t_y"]
+    names = _layers(mi_x, layers)
+    epochs = mi_x["epoch"].values
+    norm, cmap = _epoch_norm(epochs), colormaps["viridis"]
+    fig = Figure(figsize=(6.4, 4.8), layout="constrained")
+    ax = fig.subplots()
+    markers = "osD^v<>ph*"
+    for i, name in enumerate(names):
+        x, y = mi_x.sel(layer=name).values, mi_y.sel(layer=name).values
+        ax.plot(x, y, color="0.7", linewidth=0.8, zorder=1)
+        ax.scatter(x, y, c=epochs, cmap=cmap, norm=norm, s=18, zorder=2,
+                   marker=markers[i % len(markers)], label=name, edgecolors="none")
+    ax.set_xlabel(f"I(X;T_l) ({mi_x.attrs.get('units', 'nat')})")
+    ax.set_ylabel(f"I(T_l;Y) ({mi_y.attrs.get('units', 'nat')})")
+    ax.set_title("Information plane")
+    legend = ax.legend(title="layer", fontsize="small")
+    for handle in legend.legend_handles:
+        if handle is not None:
+            handle.set_color("0.3")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="epoch")
+    return fig
+
+
+def plot_binned_entropy(results: xr.Dataset, *, layers: Sequence[str] | None = None) -> Figure:
+    """H(Bin(T_l)) of each layer over epochs, one panel per bin size (Fig. 1; Fig. 5, bottom).
+
+    Needs ``entropy_bin`` (epoch, layer[, bin_size]).
+    """
+    _require(results, "binned-entropy", {"entropy_bin": ("epoch", "layer")})
+    entropy = results["entropy_bin"]
+    names = _layers(entropy, layers)
+    extra = [d for d in entropy.dims if d not in ("epoch", "layer")]
+    if len(extra) > 1:
+        msg = f"plot 'binned-entropy': entropy_bin has unexpected dimensions {extra}"
+        raise ResultConventionError(msg)
+    panels = (
+        [(f"{extra[0]} = {v:g}", entropy.sel({extra[0]: v})) for v in _present(entropy, extra[0])]
+        if extra
+        else [("", entropy)]
+    )
+    fig, axes = _grid(len(panels))
+    epochs = entropy["epoch"].values
+    for ax, (title, values) in zip(axes, panels, strict=True):
+        for name in names:
+            ax.plot(epochs, values.sel(layer=name).values, label=name)
+        _epoch_axis(ax, epochs)
+        ax.set_ylabel(f"H(Bin(T_l)) ({entropy.attrs.get('units', 'nat')})")
+        ax.set_title(title, fontsize="medium")
+    axes[0].legend(title="layer", fontsize="small")
+    fig.suptitle("Binned entropy over training")
+    return fig
+
+
+def plot_distance_histograms(
+    results: xr.Dataset,
+    *,
+    layers: Sequence[str] | None = None,
+    epochs: Sequence[int] | None = None,
+) -> Figure:
+    """Within-class and between-class pairwise-distance histograms, layers by epochs (Figs. 6, 8).
+
+    Needs ``distance_density`` (epoch, layer, pair, distance_bin) and ``distance_scale``
+    (epoch, layer) from ``distance-histogram``; the x axis is the distance itself
+    (``distance_bin * distance_scale``) and the y axis its probability density.
+    """
+    _require(
+        results,
+        "distance-histograms",
+        {
+            "distance_density": ("epoch", "layer", "pair", "distance_bin"),
+            "distance_scale": ("epoch", "layer"),
+        },
+    )
+    density, scale = results["distance_density"], results["distance_scale"]
+    names = _layers(density, layers)
+    chosen = _pick_epochs(density["epoch"].values, epochs)
+    fig = Figure(
+        figsize=(_PANEL * len(chosen) + 0.6, _PANEL * 0.7 * len(names) + 0.6),
+        layout="constrained",
+    )
+    axes = fig.subplots(len(names), len(chosen), squeeze=False)
+    colours = {"within": "tab:blue", "between": "tab:orange"}
+    relative_edges = _edges(results, "distance_bin")
+    for row, name in enumerate(names):
+        for col, epoch in enumerate(chosen):
+            ax = axes[row, col]
+            d = float(scale.sel(layer=name, epoch=epoch))
+            for pair in density["pair"].values:
+                # density per unit of relative distance -> per unit of distance
+                values = density.sel(layer=name, epoch=epoch, pair=pair).values / d
+                colour = colours.get(str(pair))
+                ax.stairs(values, relative_edges * d, fill=True, alpha=0.35, color=colour,
+                          label=f"{pair}-class")
+                ax.stairs(values, relative_edges * d, color=colour, linewidth=0.8)
+            ax.set_title(f"{name}, epoch {epoch}", fontsize="medium")
+            ax.set_xlim(0, d)
+            if row == len(names) - 1:
+                ax.set_xlabel("pairwise distance")
+            if col == 0:
+                ax.set_ylabel("density")
+    axes[0, 0].legend(fontsize="small")
+    fig.suptitle("Pairwise distances between samples' representations")
+    return fig
+
+
+def plot_unit_slopes(results: xr.Dataset, *, layers: Sequence[str] | None = None) -> Figure:
+    """Slopes of per-unit binned entropy over epochs, per bin size, with mean ± std (Sec. 5.2).
+
+    Needs ``unit_entropy_slope`` (layer, bin_size, unit) from ``unit-entropy-slopes``. Each dot
+    is a unit; the bar is the layer's mean slope ± one standard deviation. Negative slopes are
+    units that compress.
+    """
+    _require(results, "unit-slopes", {"unit_entropy_slope": ("layer", "bin_size", "unit")})
+    slopes = results["unit_entropy_slope"]
+    names = _layers(slopes, layers)
+    fig, axes = _grid(len(names))
+    sizes = _present(slopes, "bin_size")
+    positions = np.arange(sizes.size)
+    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, slopes.sizes["unit"])
+    for ax, name in zip(axes, names, strict=True):
+        layer = slopes.sel(layer=name, bin_size=sizes)
+        for i, size in enumerate(sizes):
+            values = layer.sel(bin_size=size).values
+            ax.scatter(positions[i] + jitter, values, s=6, color="tab:blue", alpha=0.5)
+        mean = layer.mean("unit").values
+        std = layer.std("unit").values
+        ax.errorbar(positions, mean, yerr=std, fmt="o", color="black", capsize=3,
+                    label="mean ± std")
+        ax.axhline(0.0, color="0.5", linewidth=0.8)
+        ax.set_xticks(positions, [f"{s:g}" for s in sizes])
+        ax.set_xlabel("bin size")
+        ax.set_ylabel(f"entropy slope ({slopes.attrs.get('units', 'nat/epoch')})")
+        ax.set_title(f"layer {name}", fontsize="medium")
+    axes[0].legend(fontsize="small")
+    fig.suptitle("Per-unit binned entropy slopes over training")
+    return fig
+
+
+def plot_cosine_similarity(
+    results: xr.Dataset,
+    *,
+    layers: Sequence[str] | None = None,
+    epochs: Sequence[int] | None = None,
+) -> Figure:
+    """Histograms of the per-input cosine similarity between two runs, per layer (Fig. 3).
+
+    Needs ``cosine_density`` (epoch, layer, cosine_bin) from ``cosine-similarity``; one curve per
+    chosen epoch.
+    """
+    _require(
+        results, "cosine-similarity", {"cosine_density": ("epoch", "layer", "cosine_bin")}
+    )
+    density = results["cosine_density"]
+    names = _layers(density, layers)
+    chosen = _pick_epochs(density["epoch"].values, epochs)
+    fig, axes = _grid(len(names))
+    norm, cmap = _epoch_norm(np.asarray(chosen)), colormaps["viridis"]
+    edges = _edges(results, "cosine_bin")
+    for ax, name in zip(axes, names, strict=True):
+        for epoch in chosen:
+            ax.stairs(density.sel(layer=name, epoch=epoch).values, edges,
+                      color=cmap(norm(epoch)), label=f"epoch {epoch}")
+        ax.set_xlim(-1, 1)
+        ax.set_xlabel("cosine similarity")
+        ax.set_ylabel("density")
+        ax.set_title(f"layer {name}", fontsize="medium")
+    axes[0].legend(fontsize="small")
+    fig.suptitle("Cosine similarity between the two runs' representations")
+    return fig
+
+
+def plot_activation_scatter(
+    results: xr.Dataset | None = None,
+    *,
+    run: Run | str | os.PathLike[str] | None = None,
+    layer: str | None = None,
+    epochs: Sequence[int] | None = None,
+    max_points: int = 2000,
+) -> Figure:
+    """Scatter of a 2- or 3-unit layer's S at chosen epochs, coloured by class (Fig. 5, right).
+
+    Reads the run store: ``run``, else the results' ``source`` attribute. ``layer`` defaults to
+    the deepest layer of 2 or 3 units; ``epochs`` to up to four of the results' epochs (the run's
+    when no results are given), spread on a log scale. At most ``max_points`` samples are drawn
+    (a seeded subset), which keeps the figure light.
+    """
+    store = _scatter_run(results, run)
+    widths = {name: int(store.layer_attrs(name)["units"]) for name in store.layers}
+    if layer is None:
+        small = [name for name, units in widths.items() if units in (2, 3)]
+        if not small:
+            listing = ", ".join(f"{k} ({v})" for k, v in widths.items())
+            msg = f"plot 'scatter' needs a layer of 2 or 3 units; run {store.path} has {listing}"
+            raise ParameterError(msg)
+        layer = small[-1]
+    if widths.get(layer) not in (2, 3):
+        msg = f"plot 'scatter' draws a layer of 2 or 3 units; {layer!r} has {widths.get(layer)}"
+        raise ParameterError(msg)
+    available = (
+        results["epoch"].values if results is not None and "epoch" in results.coords
+        else store.epochs
+    )
+    chosen = _pick_epochs(available, epochs)
+    activations = store.activations(layer)
+    labels = store.y
+    n = store.n_samples
+    rows = np.arange(n)
+    if n > max_points:
+        rows = np.sort(np.random.default_rng(0).choice(n, max_points, replace=False))
+    dims = widths[layer]
+    fig = Figure(figsize=(_PANEL * len(chosen) + 0.8, _PANEL + 0.4), layout="constrained")
+    cmap = colormaps["tab10"]
+    for i, epoch in enumerate(chosen):
+        s = np.asarray(activations.sel(epoch=epoch).values)[rows]
+        ax = fig.add_subplot(1, len(chosen), i + 1, **({"projection": "3d"} if dims == 3 else {}))
+        colours = cmap(labels[rows] % 10) if labels is not None else "tab:blue"
+        ax.scatter(*s.T, c=colours, s=4, alpha=0.6, **({"depthshade": False} if dims == 3 else {}))
+        ax.set_title(f"{layer}, epoch {epoch}", fontsize="medium")
+        ax.set_xlabel("unit 0")
+        ax.set_ylabel("unit 1")
+        if dims == 3:
+            ax.set_zlabel("unit 2")
+    fig.suptitle(f"Representations of layer {layer}, coloured by class")
+    return fig
+
+
+def _scatter_run(results: xr.Dataset | None, run: Run | str | os.PathLike[str] | None) -> Run:
+    if isinstance(run, Run):
+        return run
+    if run is not None:
+        return open_run(run)
+    source = None if results is None else results.attrs.get("source")
+    if not source or not Path(source).exists():
+        where = f"its source {source!r} does not exist" if source else "they name no source"
+        msg = f"plot 'scatter' needs the run store: pass run=PATH (the results: {where})"
+        raise ResultConventionError(msg)
+    return open_run(source)
+
+
+#: Figure kinds: name -> (function, description). Each function takes the results Dataset first.
+PLOT_KINDS: dict[str, tuple[Callable[..., Figure], str]] = {
+    "mi-epochs": (plot_mi_epochs, "I(X;T_l) per layer over epochs with train/test loss (Fig. 5)"),
+    "info-plane": (plot_information_plane, "I(X;T_l) against I(T_l;Y), coloured by epoch"),
+    "binned-entropy": (plot_binned_entropy, "H(Bin(T_l)) over epochs per bin size (Fig. 1)"),
+    "distance-histograms": (
+        plot_distance_histograms,
+        "within/between-class pairwise-distance histograms at chosen epochs (Figs. 6, 8)",
+    ),
+    "unit-slopes": (plot_unit_slopes, "per-unit binned-entropy slopes, mean ± std (Sec. 5.2)"),
+    "cosine-similarity": (
+        plot_cosine_similarity,
+        "per-input cosine similarity between two runs' representations (Fig. 3)",
+    ),
+    "scatter": (
+        plot_activation_scatter,
+        "a 2- or 3-unit layer at chosen epochs coloured by class (Fig. 5, right; needs the run)",
+    ),
+}
+
+
+def plot_results(
+    results: xr.Dataset | str | os.PathLike[str],
+    kinds: Sequence[str] | None = None,
+    out_dir: str | os.PathLike[str] = ".",
+    formats: Sequence[str] = ("png",),
+    run: Run | str | os.PathLike[str] | None = None,
+) -> list[Path]:
+    """Draw figure kinds and write each as ``OUT_DIR/KIND.FORMAT``.
+
+    Parameters
+    ----------
+    results
+        A results Dataset, or the path of one written by :func:`ibframe.engine.save_results`.
+    kinds
+        Names from :data:`PLOT_KINDS`. ``None`` draws every kind the results hold the variables
+        for, and raises only if there is none; a kind named explicitly whose variables are
+        missing raises :class:`~ibframe.errors.ResultConventionError`.
+    out_dir
+        Directory for the files, created if needed.
+    formats
+        Any of ``"png"``, ``"svg"``, ``"pdf"``.
+    run
+        The run store, for ``scatter``; default the results' ``source`` attribute.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written, kind by kind, format by format.
+    """
+    if not isinstance(results, xr.Dataset):
+        from ibframe.engine import load_results
+
+        results = load_results(results)
+    unknown = [k for k in (kinds or []) if k not in PLOT_KINDS]
+    if unknown:
+        msg = f"unknown plot kind {unknown[0]!r}; known kinds: {', '.join(PLOT_KINDS)}"
+        raise ParameterError(msg)
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        msg = f"plot formats must be among {', '.join(FORMATS)}; got {list(formats)}"
+        raise ParameterError(msg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    skipped: list[str] = []
+    for kind in kinds if kinds is not None else list(PLOT_KINDS):
+        function = PLOT_KINDS[kind][0]
+        takes_run = "run" in inspect.signature(function).parameters
+        try:
+            fig = function(results, run=run) if takes_run else function(results)
+        except ResultConventionError as err:
+            if kinds is not None:
+                raise
+            skipped.append(f"{kind}: {err}")
+            continue
+        for fmt in formats:
+            path = out / f"{kind}.{fmt}"
+            fig.savefig(path, dpi=150)
+            written.append(path)
+    if not written:
+        msg = "the results hold nothing to plot:\n  " + "\n  ".join(skipped)
+        raise ResultConventionError(msg)
+    return written

@@ -1,0 +1,133 @@
+"""The figure API: every kind renders from a small real run; missing results give clear errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+from matplotlib.image import imread
+
+from ibframe.engine import estimate, save_results
+from ibframe.errors import ParameterError, ResultConventionError, SampleSizeWarning
+from ibframe.plot import (
+    PLOT_KINDS,
+    plot_activation_scatter,
+    plot_binned_entropy,
+    plot_distance_histograms,
+    plot_mi_epochs,
+    plot_results,
+)
+from ibframe.testing import make_test_run
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Every estimator a figure reads, on a small noisy tanh run (last layer: 2 units)."""
+    where = tmp_path_factory.mktemp("plot")
+    run = make_test_run(where / "run.zarr", n=64, epochs=4)
+    twin = make_test_run(where / "twin.zarr", n=64, epochs=4, beta=0.05)
+    with warnings.catch_warnings():  # 64 samples are too few for SP, and fine for figures
+        warnings.simplefilter("ignore", SampleSizeWarning)
+        return estimate(
+            run,
+            {
+                "sp-mi": {"n_mc": 2},
+                "binned-entropy": {"bin_size": [0.1, 0.5]},
+                "distance-histogram": {"bins": 20},
+                "unit-entropy-slopes": {"bin_sizes": [0.01, 0.1]},
+                "cosine-similarity": {"other": str(twin.path), "bins": 20},
+            },
+            device="cpu",
+            cache=False,
+        )
+
+
+def _assert_png(path):
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
+    image = imread(path)
+    assert image.ndim == 3 and min(image.shape[:2]) > 100
+
+
+def test_every_kind_renders_png_and_svg(results, tmp_path):
+    paths = plot_results(results, None, tmp_path / "figures", formats=("png", "svg"))
+    assert paths == [
+        tmp_path / "figures" / f"{kind}.{fmt}" for kind in PLOT_KINDS for fmt in ("png", "svg")
+    ]
+    for path in paths[::2]:
+        _assert_png(path)
+    svg = (tmp_path / "figures" / "info-plane.svg").read_text()
+    assert "<svg" in svg and "epoch" in svg
+
+
+def test_from_a_results_file(results, tmp_path):
+    path = save_results(results, tmp_path / "results.nc")
+    written = plot_results(path, ["distance-histograms", "scatter"], tmp_path)
+    for png in written:
+        _assert_png(png)
+
+
+def test_missing_variable_names_it(results, tmp_path):
+    with pytest.raises(ResultConventionError, match=r"'mi_x_t'.*sp-mi"):
+        plot_results(results.drop_vars("mi_x_t"), ["mi-epochs"], tmp_path)
+    with pytest.raises(ResultConventionError, match="'distance_density'"):
+        plot_results(results.drop_vars("distance_density"), ["distance-histograms"], tmp_path)
+    with pytest.raises(ResultConventionError, match="'mi_t_y'"):
+        plot_results(results.drop_vars("mi_t_y"), ["info-plane"], tmp_path)
+    with pytest.raises(ResultConventionError, match="without 'epoch'"):
+        plot_mi_epochs(results.isel(epoch=0))
+
+
+def test_kinds_default_skips_what_is_missing_but_not_everything(results, tmp_path):
+    only_slopes = results[["unit_entropy_slope"]].assign_attrs(source="")  # no run: no scatter
+    paths = plot_results(only_slopes, None, tmp_path)
+    assert [p.name for p in paths] == ["unit-slopes.png"]
+    with pytest.raises(ResultConventionError, match="nothing to plot"):
+        plot_results(results[["loss_train"]].assign_attrs(source=""), None, tmp_path)
+
+
+def test_bad_requests_are_refused(results, tmp_path):
+    with pytest.raises(ParameterError, match="unknown plot kind 'fig9'"):
+        plot_results(results, ["fig9"], tmp_path)
+    with pytest.raises(ParameterError, match="formats"):
+        plot_results(results, ["mi-epochs"], tmp_path, formats=("bmp",))
+    with pytest.raises(ParameterError, match="epoch 7"):
+        plot_distance_histograms(results, epochs=[7])
+    with pytest.raises(ParameterError, match="no layer 'h9'"):
+        plot_distance_histograms(results, layers=["h9"])
+
+
+def test_scatter_needs_the_run_and_a_small_layer(results):
+    with pytest.raises(ResultConventionError, match="needs the run store"):
+        plot_activation_scatter(results.assign_attrs(source=""))
+    with pytest.raises(ParameterError, match="2 or 3 units"):
+        plot_activation_scatter(results, layer="h1")
+    fig = plot_activation_scatter(results, epochs=[0, 3])
+    assert [ax.get_title() for ax in fig.axes] == ["h3, epoch 0", "h3, epoch 3"]
+
+
+def test_hand_built_results_follow_the_conventions():
+    """Results built without the engine: long trainings get a log epoch axis."""
+    epochs = np.array([0, 1, 10, 100, 1000])
+    rng = np.random.default_rng(0)
+    ds = xr.Dataset(
+        {
+            "mi_x_t": (("epoch", "layer"), rng.random((5, 2)), {"units": "nat"}),
+            "entropy_bin": (
+                ("epoch", "layer", "bin_size"),
+                rng.random((5, 2, 3)),
+                {"units": "nat"},
+            ),
+            "loss_train": ("epoch", rng.random(5)),
+        },
+        coords={"epoch": epochs, "layer": ["a", "b"], "bin_size": [0.01, 0.1, 1.0]},
+    )
+    fig = plot_mi_epochs(ds)
+    assert [ax.get_xscale() for ax in fig.axes] == ["symlog", "symlog"]
+    assert fig.axes[0].get_ylabel() == "I(X;T_l) (nat)"
+    assert len(plot_binned_entropy(ds).axes) == 3
+    assert len(plot_mi_epochs(ds[["mi_x_t"]]).axes) == 1  # no losses: no loss panel
