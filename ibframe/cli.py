@@ -175,15 +175,118 @@ def estimate(
         console.print(f"results written to {output}")
 
 
+@app.command()
+def train(
+    experiment: Annotated[str, typer.Argument(help="szt, spiral, mnist-cnn, neuron, leaky-relu-pair, or a plugin's.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run store to write (.zarr).")],
+    data: Annotated[Path | None, typer.Option(help="Data file or directory (var_u.mat, MNIST IDX files).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
+    beta: Annotated[float | None, typer.Option(help="Noise std after each hidden layer (0: deterministic).")] = None,
+    activation: Annotated[str | None, typer.Option(help="Hidden nonlinearity: tanh, relu, linear, ...")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adam or sgd.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Minibatch size (default: the experiment's).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of weights, batches, subsets and recording noise.")] = 0,
+    record: Annotated[str | None, typer.Option(help="Epochs to record: all, every:K, log:N, or 0,1,5.")] = None,
+    draws: Annotated[int | None, typer.Option(help="Conditional draws n_x per conditional input.")] = None,
+    conditional_samples: Annotated[int | None, typer.Option(help="Inputs with conditional draws, a seeded subset.")] = None,
+    samples: Annotated[int | None, typer.Option(help="Inputs recorded, a seeded subset (default all).")] = None,
+    orthonormal: Annotated[float | None, typer.Option(help="alpha of the orthonormality step (App. B.1).")] = None,
+    device: Annotated[str, typer.Option(help="Torch device to train on.")] = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run store.")] = False,
+) -> None:
+    """Train one of the paper's set-ups and record it into a run store."""
+    from ibframe.experiments import train as run_training
+    from ibframe.plugins import experiment_registry
+
+    spec = experiment_registry().get(experiment)
+    total = epochs if epochs is not None else spec.defaults.epochs
+    with progress_bar() as bar:
+        task = bar.add_task(f"training {experiment}", total=total + 1)
+
+        def report(epoch: int, metrics: Any) -> None:
+            loss = metrics.get("loss")
+            bar.update(task, completed=epoch + 1,
+                       description=f"training {experiment}" + (f" loss {loss:.4f}" if loss else ""))
+
+        path = run_training(
+            experiment, out=out, data=data, epochs=epochs, beta=beta, activation=activation,
+            lr=lr, optimizer=optimizer, batch_size=batch_size, seed=seed, record=record,
+            draws=draws, conditional_samples=conditional_samples, samples=samples,
+            orthonormal=orthonormal,
+            device=device, overwrite=overwrite, on_epoch=report,
+        )
+    console.print(f"recorded {path}; next: ibframe info {path}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the run, results and figures.")] = Path("ibframe-demo"),
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (default 800).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N for the estimators.")] = "auto",
+) -> None:
+    """Train a noisy SZT-style network on embedded data, record, estimate and plot."""
+    from ibframe.demo import run_demo
+    from ibframe.experiments import demo_config
+
+    total = epochs if epochs is not None else demo_config()["epochs"]
+    with progress_bar() as bar:
+        training = bar.add_task("training", total=total + 1)
+        estimating = bar.add_task("estimating", total=None, visible=False)
+
+        def on_epoch(epoch: int, metrics: Any) -> None:
+            bar.update(training, completed=epoch + 1)
+
+        def on_estimate(done: int, count: int) -> None:
+            bar.update(estimating, completed=done, total=count, visible=True)
+
+        outputs = run_demo(out, epochs=epochs, on_epoch=on_epoch, on_estimate=on_estimate,
+                           device=device)
+    from ibframe.engine import load_results
+
+    print_summary(load_results(outputs.results)[["mi_x_t", "mi_t_y", "entropy_bin"]])
+    console.print(f"run store:  {outputs.run}")
+    console.print(f"results:    {outputs.results}")
+    for figure in outputs.figures:
+        console.print(f"figure:     {figure}")
+
+
+@app.command()
+def plot(
+    results: Annotated[list[Path], typer.Argument(help="Results files (.nc/.zarr) or run stores.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the figures.")] = Path("figures"),
+    kind: Annotated[list[str], typer.Option("--kind", "-k", help="Figure kind; repeat (default: all that the results allow).")] = [],  # noqa: B006
+    format: Annotated[list[str], typer.Option("--format", "-f", help="png and/or svg.")] = ["png"],  # noqa: B006
+    run: Annotated[Path | None, typer.Option(help="Run store for scatter plots of the activations.")] = None,
+) -> None:
+    """Draw the paper's figures from results (information plane, I(X;T) over epochs, ...)."""
+    from ibframe.engine import load_results
+    from ibframe.plot import plot_results
+
+    for source in results:
+        if (source / "layers").is_dir():
+            msg = (
+                f"{source} is a run store, not results: run `ibframe estimate {source} -e ... "
+                f"-o results.nc` first, and pass the run with --run for scatter plots"
+            )
+            raise ParameterError(msg)
+        ds = load_results(source)
+        target = out / source.stem if len(results) > 1 else out
+        paths = plot_results(ds, kinds=kind or None, out_dir=target, formats=tuple(format),
+                             run=run)
+        for path in paths:
+            console.print(f"figure: {path}")
+
+
 def print_summary(ds: Any) -> None:
     """A table of every scalar-per-(epoch, layer) variable at the first and last epoch."""
     epochs = ds["epoch"].values
     table = Table("variable", "layer", f"epoch {epochs[0]}", f"epoch {epochs[-1]}", "units")
     for name, var in ds.data_vars.items():
-        if "layer" not in var.dims:
+        if not {"layer", "epoch"} <= set(var.dims):
             continue
         extra = [d for d in var.dims if d not in ("epoch", "layer")]
-        reduced = var.isel({d: 0 for d in extra}) if extra else var
+        reduced = var.isel(dict.fromkeys(extra, 0)) if extra else var
         label = name + (f" ({', '.join(f'{d}={var[d].values[0]}' for d in extra if d in var.coords)})" if extra else "")
         for layer in ds["layer"].values:
             values = reduced.sel(layer=layer).values

@@ -71,6 +71,9 @@ class Block:
         The layer's stored attributes (shape, units, activation, kind, ...).
     context
         What :meth:`Estimator.layer_context` returned for this layer (shared bins, ranges).
+    run_path
+        The run store this block comes from, for estimators that need more of it (the inputs
+        x, say) than the block holds; ``ibframe.open_run(block.run_path)`` opens it.
     """
 
     layer: str
@@ -85,6 +88,7 @@ class Block:
     device: str = "cpu"
     layer_attrs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     context: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    run_path: str | None = None
 
     def rng(self, seed: int | None) -> np.random.Generator:
         """A generator seeded from ``seed`` and this block's (layer, epoch), so tasks differ but

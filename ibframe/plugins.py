@@ -24,6 +24,9 @@ from ibframe.registry import EstimatorRegistry, ExperimentRegistry
 #: Modules inside ibframe registered as plugins; a failure in one of them is a bug and raises.
 DEFAULT_PLUGINS: typing.Final = (
     "ibframe.estimators.binned",
+    "ibframe.estimators.sp_mi",
+    "ibframe.estimators.clustering",
+    "ibframe.experiments",
 )
 
 
@@ -49,7 +52,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
             _DIST_VERSIONS[ep.name] = ep.dist.version if ep.dist is not None else "unknown"
-        except Exception as err:  # a broken third-party plugin must not take the others down
+        except Exception as err:  # noqa: BLE001 - a broken plugin must not take the others down
             warnings.warn(
                 f"ibframe plugin {ep.name!r} ({ep.value}) failed to load and was skipped: "
                 f"{type(err).__name__}: {err}",

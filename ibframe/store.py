@@ -304,7 +304,7 @@ class Run:
 
     # -- context manager -------------------------------------------------------------------
 
-    def __enter__(self) -> Run:
+    def __enter__(self) -> typing.Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -467,6 +467,7 @@ class Run:
             device=device,
             layer_attrs=dict(attrs),
             context=dict(context or {}),
+            run_path=str(self.path),
         )
 
     # -- writing ------------------------------------------------------------------------------
@@ -516,7 +517,7 @@ class Run:
                 _append(group["S_cond"], n, s_cond)
             _append(group["epoch"], n, np.int64(epoch))
         metrics_group = typing.cast(zarr.Group, self._root["metrics"])
-        for name, value in metric_values.items():
+        for name in metric_values:
             if name not in metrics_group:
                 metrics_group.create_array(
                     name, shape=(n,), chunks=(1,), dtype="float64",
@@ -616,9 +617,9 @@ class Run:
         for group_path in ["metrics", "params", *[f"layers/{name}" for name in self.layers]]:
             group = typing.cast(zarr.Group, self._root[group_path])
             for _, array in group.arrays():
-                if array.metadata.dimension_names and array.metadata.dimension_names[0] == "epoch":
-                    if array.shape[0] > n:
-                        array.resize((n, *array.shape[1:]))
+                dims = array.metadata.dimension_names or ()
+                if dims[:1] == ("epoch",) and array.shape[0] > n:
+                    array.resize((n, *array.shape[1:]))
 
 
 def _append(array: zarr.Array, n: int, value: Any) -> None:

@@ -11,6 +11,7 @@ A plugin author checks an estimator by subclassing :class:`EstimatorChecks` in t
 
 from __future__ import annotations
 
+import itertools
 import json
 import typing
 from pathlib import Path
@@ -31,7 +32,8 @@ _REQUIRED_VAR_ATTRS = ("long_name", "units", "estimator", "estimator_params", "e
 def validate_result(ds: xr.Dataset) -> None:
     """Raise :class:`ResultConventionError` where ``ds`` breaks the result conventions.
 
-    Checks: ``epoch`` and ``layer`` dims on every estimator variable, no positional ``dim_N``
+    Checks: ``epoch`` and ``layer`` dims on every estimator variable (``epoch`` may be missing
+    only from summaries across epochs, marked ``over_epochs=1``), no positional ``dim_N``
     names, the required variable attributes with JSON ``estimator_params``, ``units="nat"``
     rather than ``"nit"``, and consistent bin bounds (``<q>_bin`` with ``bounds`` naming a
     ``(<q>_bin, nv)`` variable whose midpoints are the bin centres).
@@ -49,8 +51,14 @@ def validate_result(ds: xr.Dataset) -> None:
             if attr not in var.attrs:
                 msg = f"variable {name!r} lacks the {attr!r} attribute"
                 raise ResultConventionError(msg)
-        if not {"epoch", "layer"} <= set(var.dims):
-            msg = f"variable {name!r} has dims {var.dims}; it needs 'epoch' and 'layer'"
+        if "layer" not in var.dims:
+            msg = f"variable {name!r} has dims {var.dims}; it needs 'layer'"
+            raise ResultConventionError(msg)
+        if "epoch" not in var.dims and not var.attrs.get("over_epochs"):
+            msg = (
+                f"variable {name!r} has no 'epoch' dim; only summaries across epochs (made in "
+                "finalize_layer, with attribute over_epochs=1) may lack it"
+            )
             raise ResultConventionError(msg)
         if var.attrs["units"] == "nit":
             msg = f"variable {name!r}: information is in 'nat', never 'nit'"
@@ -99,7 +107,7 @@ def make_test_run(
     x = rng.integers(0, 2, size=(n, 8)).astype(np.float32)
     y = (x[:, :3].sum(axis=1) % 2).astype(np.int64)
     sizes = (8, *widths)
-    weights = [rng.standard_normal((a, b)) / np.sqrt(a) for a, b in zip(sizes[:-1], sizes[1:])]
+    weights = [rng.standard_normal((a, b)) / np.sqrt(a) for a, b in itertools.pairwise(sizes)]
     layers = {f"h{i + 1}": {"shape": w, "activation": "tanh"} for i, w in enumerate(widths)}
     run = create_run(path, x=x, y=y, beta=beta, layers=layers, draws=draws, seed=seed, overwrite=True)
     for epoch in range(epochs):
