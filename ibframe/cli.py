@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,10 +13,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ibframe.errors import IbframeError, ParameterError
+from ibframe.errors import IbframeError, IbframeWarning, ParameterError
 
 console = Console()
 err_console = Console(stderr=True)
+_default_showwarning = warnings.showwarning
 
 app = typer.Typer(
     name="ibframe",
@@ -279,20 +281,43 @@ def plot(
 
 
 def print_summary(ds: Any) -> None:
-    """A table of every scalar-per-(epoch, layer) variable at the first and last epoch."""
+    """A table of the estimates per layer at the first and last epoch, with standard errors.
+
+    Variables marked ``role`` = ``"stderr"``, ``"component"`` or ``"diagnostic"`` (parts and
+    checks of an estimate) and summaries without an epoch are left out; ``NAME_stderr`` is shown
+    beside ``NAME`` as ``value ± stderr``.
+    """
     epochs = ds["epoch"].values
     table = Table("variable", "layer", f"epoch {epochs[0]}", f"epoch {epochs[-1]}", "units")
+
+    def cell(var: Any, error: Any, index: int) -> str:
+        value = f"{float(var[index]):.4g}"
+        return value if error is None else f"{value} ± {float(error[index]):.2g}"
+
     for name, var in ds.data_vars.items():
-        if not {"layer", "epoch"} <= set(var.dims):
+        if not {"layer", "epoch"} <= set(var.dims) or var.attrs.get("role", "estimate") != "estimate":
             continue
         extra = [d for d in var.dims if d not in ("epoch", "layer")]
         reduced = var.isel(dict.fromkeys(extra, 0)) if extra else var
-        label = name + (f" ({', '.join(f'{d}={var[d].values[0]}' for d in extra if d in var.coords)})" if extra else "")
+        error = ds.get(f"{name}_stderr")
+        label = str(name) + (
+            f" ({', '.join(f'{d}={var[d].values[0]:g}' for d in extra if d in var.coords)})"
+            if extra else ""
+        )
         for layer in ds["layer"].values:
             values = reduced.sel(layer=layer).values
-            table.add_row(label, str(layer), f"{values[0]:.4g}", f"{values[-1]:.4g}",
+            errors = None if error is None else error.sel(layer=layer).values
+            table.add_row(label, str(layer), cell(values, errors, 0), cell(values, errors, -1),
                           str(var.attrs.get("units", "")))
     console.print(table)
+
+
+def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """ibframe's warnings as one line each; others the usual way."""
+    if issubclass(category, IbframeWarning):
+        err_console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", soft_wrap=True)
+    else:
+        _default_showwarning(message, category, *args, **kwargs)
 
 
 def _register_plugin_commands() -> None:
@@ -303,6 +328,7 @@ def _register_plugin_commands() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turning ibframe errors into one line."""
+    warnings.showwarning = _show_warning
     try:
         _register_plugin_commands()
         app(args=argv, standalone_mode=False)

@@ -300,7 +300,7 @@ def test_seeded_batch_agrees_statistically_with_seeded_single_mixtures() -> None
 
 
 def test_default_draws_depend_on_the_batch_shape() -> None:
-    assert (DEFAULT_N_MC, DEFAULT_N_MC_BATCH) == (8, 1)
+    assert (DEFAULT_N_MC, DEFAULT_N_MC_BATCH) == (4, 1)
     centers = np.random.default_rng(0).normal(size=(10, 2))
     noise = np.random.default_rng(1).normal(size=(10, DEFAULT_N_MC, 2))
     seeded = gaussian_mixture_entropy(centers, 0.5, noise=noise)
