@@ -3,15 +3,17 @@
 Record a network's hidden representations into a run store, then ask estimators about them::
 
     import ibframe
-    with ibframe.create_run("r.zarr", x=X, y=y, beta=0.1, layers={"h1": 10}) as run:
+    with ibframe.create_run("r.zarr", x=X, y=y, beta=0.1, layers={"h1": 10}, draws=32) as run:
         run.append_epoch(0, {"h1": S1})
-    ds = ibframe.estimate("r.zarr", ["binned-entropy"])
+    ds = ibframe.estimate("r.zarr", ["sp-mi", "binned-entropy"])
 """
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
+from typing import Any
 
 try:
     __version__ = _dist_version("ibframe")
@@ -20,7 +22,26 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 from ibframe.errors import IbframeError, IbframeWarning
 from ibframe.estimator import Block, Estimator
+from ibframe.hookspecs import hookimpl
 from ibframe.store import Run, create_run, open_run
+
+# Imported on first use: they pull in torch (and, for plot, matplotlib).
+_LAZY = {
+    "estimate": "ibframe.engine",
+    "load_results": "ibframe.engine",
+    "save_results": "ibframe.engine",
+    "to_bits": "ibframe.engine",
+    "gaussian_mixture_entropy": "ibframe.kernels.mixture",
+    "plot_results": "ibframe.plot",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    msg = f"module 'ibframe' has no attribute {name!r}"
+    raise AttributeError(msg)
+
 
 __all__ = [
     "Block",
@@ -30,5 +51,12 @@ __all__ = [
     "Run",
     "__version__",
     "create_run",
+    "estimate",
+    "gaussian_mixture_entropy",
+    "hookimpl",
+    "load_results",
     "open_run",
+    "plot_results",
+    "save_results",
+    "to_bits",
 ]

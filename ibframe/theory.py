@@ -28,11 +28,11 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from numbers import Integral, Real
 from typing import Any
 
 from scipy.stats import norm
 
+from ibframe._validation import positive, positive_int, real
 from ibframe.errors import ParameterError, SampleSizeWarning
 
 __all__ = [
@@ -103,7 +103,7 @@ class SPDiagnostics:
 
 def binary_entropy(p: float) -> float:
     """Binary entropy :math:`H_b(p) = -p\\ln p - (1-p)\\ln(1-p)` in nats, for ``0 <= p <= 1``."""
-    p = _check_real(p, "p")
+    p = real(p, "p")
     if not 0.0 <= p <= 1.0:
         msg = f"p must lie in [0, 1], got {p}"
         raise ParameterError(msg)
@@ -117,8 +117,8 @@ def epsilon_lower_limit(d: int, beta: float) -> float:
     paper notes it is at most 0.0057 at :math:`\beta = 0.1` for :math:`d \le 10^4` (to two
     digits; the exact value at :math:`d = 10^4` is 0.005717).
     """
-    d = _check_int(d, "d")
-    beta = _check_positive(beta, "beta")
+    d = positive_int(d, "d")
+    beta = positive(beta, "beta")
     return -math.expm1(d * math.log1p(-2.0 * float(norm.sf(0.5 / beta))))
 
 
@@ -134,8 +134,8 @@ def k_star(d: int, beta: float, epsilon: float = DEFAULT_EPSILON) -> int:
     ParameterError
         If ``epsilon`` is outside :math:`(\text{epsilon\_lower\_limit}(d, \beta), 1)`.
     """
-    d = _check_int(d, "d")
-    beta = _check_positive(beta, "beta")
+    d = positive_int(d, "d")
+    beta = positive(beta, "beta")
     epsilon = _check_epsilon(epsilon, d, beta)
     tail = -0.5 * math.expm1(math.log1p(-epsilon) / d)  # (1 - (1 - eps)^(1/d)) / 2
     return math.floor(1.0 / (beta * float(norm.isf(tail))))
@@ -163,7 +163,7 @@ def bias_lower_bound(n: int, d: int, beta: float, epsilon: float = DEFAULT_EPSIL
     entropy estimate from ``n`` samples. Positive means the estimate may be biased by at least
     that much whatever the MC effort; negative values are vacuous.
     """
-    n = _check_int(n, "n")
+    n = positive_int(n, "n")
     return log_required_samples(d, beta, epsilon) - math.log(n) - binary_entropy(epsilon)
 
 
@@ -174,8 +174,8 @@ def mc_mse_bound_bounded(n: int, n_mc: int, d: int, beta: float) -> float:
     The proof bounds the variance of :math:`\log g(\mu_i + Z)` with the Gaussian Poincaré
     inequality and :math:`\|\nabla \log g(v)\| \le (\|v\| + \sqrt d)/\beta^2`.
     """
-    n, n_mc, d = _check_int(n, "n"), _check_int(n_mc, "n_mc"), _check_int(d, "d")
-    beta = _check_positive(beta, "beta")
+    n, n_mc, d = positive_int(n, "n"), positive_int(n_mc, "n_mc"), positive_int(d, "d")
+    beta = positive(beta, "beta")
     return 2.0 * d * (2.0 + beta**2) / (beta**2 * n * n_mc)
 
 
@@ -190,9 +190,9 @@ def mc_mse_bound_second_moment(
     with :math:`M_C = \mathbb E\|C\|_2^2 = \frac1n \sum_i \|\mu_i\|^2`, the mean squared norm of
     the centres.
     """
-    n, n_mc, d = _check_int(n, "n"), _check_int(n_mc, "n_mc"), _check_int(d, "d")
-    beta = _check_positive(beta, "beta")
-    m_c = _check_real(second_moment, "second_moment")
+    n, n_mc, d = positive_int(n, "n"), positive_int(n_mc, "n_mc"), positive_int(d, "d")
+    beta = positive(beta, "beta")
+    m_c = real(second_moment, "second_moment")
     if not (math.isfinite(m_c) and m_c >= 0.0):
         msg = f"second_moment must be finite and >= 0, got {m_c}"
         raise ParameterError(msg)
@@ -236,9 +236,9 @@ def sp_diagnostics(
         Mean squared norm of the centres for unbounded activations; ``None`` assumes the
         centres lie in :math:`[-1, 1]^d`.
     """
-    n, n_mc, d = _check_int(n, "n"), _check_int(n_mc, "n_mc"), _check_int(d, "d")
-    beta = _check_positive(beta, "beta")
-    epsilon = _check_real(epsilon, "epsilon")
+    n, n_mc, d = positive_int(n, "n"), positive_int(n_mc, "n_mc"), positive_int(d, "d")
+    beta = positive(beta, "beta")
+    epsilon = real(epsilon, "epsilon")
     mse = mc_mse_bound(n, n_mc, d, beta, second_moment)
     if epsilon_lower_limit(d, beta) < epsilon < 1.0:
         k = k_star(d, beta, epsilon)
@@ -287,7 +287,7 @@ def _format_big(log_value: float) -> str:
 
 
 def _check_epsilon(epsilon: Any, d: int, beta: float) -> float:
-    epsilon = _check_real(epsilon, "epsilon")
+    epsilon = real(epsilon, "epsilon")
     low = epsilon_lower_limit(d, beta)
     if not low < epsilon < 1.0:
         msg = (
@@ -296,25 +296,3 @@ def _check_epsilon(epsilon: Any, d: int, beta: float) -> float:
         )
         raise ParameterError(msg)
     return epsilon
-
-
-def _check_real(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        msg = f"{name} must be a real number, got {value!r}"
-        raise ParameterError(msg)
-    return float(value)
-
-
-def _check_positive(value: Any, name: str) -> float:
-    result = _check_real(value, name)
-    if not (math.isfinite(result) and result > 0.0):
-        msg = f"{name} must be a positive finite number, got {result}"
-        raise ParameterError(msg)
-    return result
-
-
-def _check_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        msg = f"{name} must be an integer >= 1, got {value!r}"
-        raise ParameterError(msg)
-    return int(value)

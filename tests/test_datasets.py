@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 from pathlib import Path
 
@@ -29,15 +28,6 @@ from ibframe.datasets import (
 from ibframe.errors import IbframeError
 
 COUNTING_ORDER = (np.arange(4096)[:, None] >> np.arange(11, -1, -1)) & 1
-
-
-@pytest.fixture
-def data_dir() -> Path:
-    """The directory of the real SZT files, from IBFRAME_TEST_DATA."""
-    path = os.environ.get("IBFRAME_TEST_DATA")
-    if not path:
-        pytest.skip("IBFRAME_TEST_DATA is not set (the directory holding var_u.mat)")
-    return Path(path)
 
 
 def test_szt_loader_matches_the_file(data_dir: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -82,11 +81,8 @@ def test_szt_defaults_follow_the_paper() -> None:
     assert (cnn.optimizer, cnn.batch_size, cnn.lr, cnn.lr_final) == ("sgd", 32, 5e-3, 5e-4)
 
 
-def test_szt_on_the_real_file_uses_saxes_split(tmp_path: Path) -> None:
-    data_dir = os.environ.get("IBFRAME_TEST_DATA")
-    if not data_dir:
-        pytest.skip("IBFRAME_TEST_DATA is not set (the directory holding var_u.mat)")
-    path = train("szt", data=Path(data_dir) / "var_u.mat", out=tmp_path / "r.zarr", epochs=1,
+def test_szt_on_the_real_file_uses_saxes_split(tmp_path: Path, data_dir: Path) -> None:
+    path = train("szt", data=data_dir / "var_u.mat", out=tmp_path / "r.zarr", epochs=1,
                  record="all", draws=2, conditional_samples=8)  # fmt: skip
     run = ibframe.open_run(path)
     assert run.n_samples == 4096 and int(run.y.sum()) == 2118

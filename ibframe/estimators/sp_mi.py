@@ -66,6 +66,7 @@ class SPMutualInformation(Estimator):
         "2019), with MC standard errors, pairwise bounds and theory diagnostics."
     )
     needs_noise: ClassVar[bool] = True
+    execution_params: ClassVar[frozenset[str]] = frozenset({"device"})
 
     n_mc: int = field(
         default=DEFAULT_N_MC,
@@ -88,6 +89,10 @@ class SPMutualInformation(Estimator):
     seed: int = field(default=0, metadata={"help": "seed of the MC draws and subsets"})
     dtype: Literal["float32", "float64"] = field(
         default="float32", metadata={"help": "float32 (exact where it matters) or float64"}
+    )
+    device: str | None = field(
+        default=None,
+        metadata={"help": "torch device for the kernels (default: the engine's --device)"},
     )
     bounds: bool = field(
         default=False,
@@ -133,7 +138,7 @@ class SPMutualInformation(Estimator):
         rows = _subset_rows(block.s.shape[0], self.max_samples, rng)
         s = np.asarray(block.s, dtype=np.float64)[rows]
         n, d = s.shape
-        kwargs: dict[str, Any] = {"device": block.device, "dtype": self.dtype}
+        kwargs: dict[str, Any] = {"device": self.device or block.device, "dtype": self.dtype}
 
         # Common random numbers: the MC point mu_i + beta z_ik serves h(T) and h(T|Y=y_i) alike,
         # so their MC errors largely cancel in I(T;Y). Wide layers draw inside the kernel instead

@@ -82,13 +82,14 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Integral
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from ibframe._validation import positive, positive_int
 from ibframe.errors import ParameterError
 
 __all__ = [
@@ -160,8 +161,8 @@ def gaussian_entropy(d: int, beta: float) -> float:
 
     It is the entropy of a one-centre mixture, and :math:`h(T_1 | X)` of a first noisy layer.
     """
-    d = _check_positive_int(d, "d")
-    return 0.5 * d * math.log(2.0 * math.pi * math.e * _check_beta(beta) ** 2)
+    d = positive_int(d, "d")
+    return 0.5 * d * math.log(2.0 * math.pi * math.e * positive(beta, "beta") ** 2)
 
 
 def gaussian_mixture_entropy(
@@ -235,9 +236,9 @@ def gaussian_mixture_entropy(
     if method not in METHODS:
         msg = f"unknown method {method!r}; expected one of {', '.join(METHODS)}"
         raise ParameterError(msg)
-    beta = _check_beta(beta)
+    beta = positive(beta, "beta")
     if n_mc is not None:
-        n_mc = _check_positive_int(n_mc, "n_mc")
+        n_mc = positive_int(n_mc, "n_mc")
     exp_dtype = _resolve_dtype(dtype)
     target = _resolve_device(centers, device)
     mu = _as_float64(centers, "centers", target)
@@ -549,24 +550,6 @@ def _noise_tensor(
 
 # --------------------------------------------------------------------------------------------
 # validation and device handling
-
-
-def _check_beta(beta: Any) -> float:
-    if isinstance(beta, bool) or not isinstance(beta, Real):
-        msg = f"beta must be a positive real number, got {beta!r}"
-        raise ParameterError(msg)
-    value = float(beta)
-    if not (math.isfinite(value) and value > 0.0):
-        msg = f"beta must be a positive finite number, got {value}"
-        raise ParameterError(msg)
-    return value
-
-
-def _check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        msg = f"{name} must be an integer >= 1, got {value!r}"
-        raise ParameterError(msg)
-    return int(value)
 
 
 def _resolve_dtype(dtype: Any) -> torch.dtype:

@@ -92,8 +92,8 @@ class KsgMutualInformation(Estimator):
     inputs such as the SZT bit vectors (KSG assumes continuous distributions). I(T;Y) uses the
     discrete-label form of KSG estimator 1 (Ross 2014), with no jitter needed.
 
-    The inputs are not part of an estimator's block, so :meth:`layer_context` passes the run
-    store's path and :meth:`compute` reads them from there.
+    The inputs are not part of an estimator's block: :meth:`compute` reads them from the run
+    store the block names (``block.run_path``).
     """
 
     name: ClassVar[str] = "ksg-mi"
@@ -132,10 +132,6 @@ class KsgMutualInformation(Estimator):
             msg = f"{self.name}: I(T;Y) needs class labels, and run {run.path} has none"
             raise EstimatorRequirementError(msg)
 
-    def layer_context(self, run: Run, layer: str) -> dict[str, Any]:
-        """Where compute finds the inputs X (only when I(X;T) is asked for)."""
-        return {"inputs": str(run.path.resolve())} if self.which != "y" else {}
-
     def compute(self, block: Block) -> xr.Dataset:
         rng = block.rng(self.seed)
         level = _noise_level(self.beta, block.beta, self.name)
@@ -143,13 +139,13 @@ class KsgMutualInformation(Estimator):
         t = s + level * rng.standard_normal(s.shape)
         data: dict[str, Any] = {}
         if self.which != "y":
-            if "inputs" not in block.context:
+            if block.run_path is None:
                 msg = (
-                    f"{self.name}: I(X;T) reads the inputs from the run store named by the layer "
-                    "context; build the block with layer_context(), or pass which=y"
+                    f"{self.name}: I(X;T) reads the inputs from the block's run store, and this "
+                    "block names none (build it with Run.block), or pass which=y"
                 )
                 raise EstimatorRequirementError(msg)
-            x = ibframe.open_run(Path(block.context["inputs"])).x
+            x = ibframe.open_run(Path(block.run_path)).x
             x = x.reshape(x.shape[0], -1).astype(np.float64)
             x = x + self.jitter * rng.standard_normal(x.shape)
             t_jittered = t + self.jitter * rng.standard_normal(t.shape)

@@ -6,7 +6,6 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
-from ibframe_knn import KnnEntropy, KsgMutualInformation, kl_entropy, ksg_mi, ksg_mi_discrete
 from scipy import integrate
 
 import ibframe
@@ -14,6 +13,7 @@ from ibframe import plugins
 from ibframe.engine import estimate
 from ibframe.errors import EstimatorRequirementError, ParameterError
 from ibframe.testing import EstimatorChecks
+from ibframe_knn import KnnEntropy, KsgMutualInformation, kl_entropy, ksg_mi, ksg_mi_discrete
 
 
 def _gaussian_entropy(cov):
@@ -119,9 +119,9 @@ def test_ksg_estimates_of_a_linear_noisy_layer(tmp_path):
     assert ds["mi_x_t_ksg"].attrs["estimator_plugin"].startswith("knn ")
 
 
-def test_ksg_needs_inputs_context_and_labels():
+def test_ksg_needs_a_run_for_the_inputs_and_labels():
     block = _block(np.random.default_rng(0).standard_normal((50, 2)), beta=0.1)
-    with pytest.raises(EstimatorRequirementError, match="layer_context"):
+    with pytest.raises(EstimatorRequirementError, match="names none"):
         KsgMutualInformation(which="x").compute(block)
     with pytest.raises(EstimatorRequirementError, match="labels"):
         KsgMutualInformation(which="y").compute(block)
@@ -168,7 +168,5 @@ class TestKnnEntropyConformance(EstimatorChecks):
 
 
 class TestKsgConformance(EstimatorChecks):
-    """The conformance blocks carry no layer context, so only I(T;Y) is checked here."""
-
     estimator_class = KsgMutualInformation
-    params: ClassVar[dict] = {"which": "y", "k": 2}
+    params: ClassVar[dict] = {"which": "both", "k": 2}
