@@ -255,9 +255,9 @@ def demo(
 
 @app.command()
 def plot(
-    results: Annotated[list[Path], typer.Argument(help="Results files (.nc/.zarr) or run stores.")],
+    results: Annotated[list[Path], typer.Argument(help="Results files (.nc or .zarr) from `ibframe estimate -o`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the figures.")] = Path("figures"),
-    kind: Annotated[list[str], typer.Option("--kind", "-k", help="Figure kind; repeat (default: all that the results allow).")] = [],  # noqa: B006
+    kind: Annotated[list[str], typer.Option("--kind", "-k", help="mi-epochs, info-plane, binned-entropy, distance-histograms, unit-slopes, cosine-similarity or scatter; repeat (default: all the results allow).")] = [],  # noqa: B006
     format: Annotated[list[str], typer.Option("--format", "-f", help="png and/or svg.")] = ["png"],  # noqa: B006
     run: Annotated[Path | None, typer.Option(help="Run store for scatter plots of the activations.")] = None,
 ) -> None:
