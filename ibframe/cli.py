@@ -320,10 +320,17 @@ def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: A
         _default_showwarning(message, category, *args, **kwargs)
 
 
+_commands_added_by: set[int] = set()
+
+
 def _register_plugin_commands() -> None:
+    """Let plugins add sub-commands, once per plugin manager (main may run many times)."""
     from ibframe.plugins import get_plugin_manager
 
-    get_plugin_manager().hook.ibframe_register_commands(app=app)
+    pm = get_plugin_manager()
+    if id(pm) not in _commands_added_by:
+        _commands_added_by.add(id(pm))
+        pm.hook.ibframe_register_commands(app=app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -153,3 +153,41 @@ def test_every_hook_is_documented():
     for name in names:
         doc = getattr(hookspecs, name).__doc__ or ""
         assert ":param" in doc and "versionadded" in doc, name
+
+
+COMMAND_AND_EXPERIMENT_PLUGIN = '''
+from ibframe.experiments import BUILTIN_EXPERIMENTS
+import dataclasses
+
+from ibframe.hookspecs import hookimpl
+
+
+@hookimpl
+def ibframe_register_commands(app):
+    @app.command()
+    def hello(name: str = "world"):
+        """Say hello."""
+        print(f"hello {name}")
+
+
+@hookimpl
+def ibframe_register_experiments(registry):
+    spec = BUILTIN_EXPERIMENTS["neuron"]
+    registry.add(dataclasses.replace(spec, name="my-neuron", description="a plugin's neuron"))
+'''
+
+
+def test_plugins_add_commands_and_experiments(site, tmp_path, capsys):
+    from ibframe import cli
+    from ibframe.experiments import train
+
+    _install(site, "extras", "extras_hooks", COMMAND_AND_EXPERIMENT_PLUGIN)
+    assert "my-neuron" in plugins.experiment_registry()
+    path = train("my-neuron", out=tmp_path / "n.zarr", epochs=2, record="all")
+    import ibframe
+
+    assert ibframe.open_run(path).epochs.tolist() == [0, 1, 2]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["hello", "--name", "plugin"])
+    assert exit_info.value.code == 0
+    assert "hello plugin" in capsys.readouterr().out
