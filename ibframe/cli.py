@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -151,9 +153,11 @@ def estimate(
     cache: Annotated[bool, typer.Option(help="Read and write cached results in the run store.")] = True,
 ) -> None:
     """Run estimators on a run store, show a summary, and optionally write the results."""
+    from ibframe.engine import check_results_path, save_results
     from ibframe.engine import estimate as run_estimate
-    from ibframe.engine import save_results
 
+    if output is not None:
+        check_results_path(output)  # before the work, not after it
     params = parse_params(param, estimator)
     bar = progress_bar()
     task = bar.add_task("estimating", total=None)
@@ -194,14 +198,16 @@ def train(
     conditional_samples: Annotated[int | None, typer.Option(help="Inputs with conditional draws, a seeded subset.")] = None,
     samples: Annotated[int | None, typer.Option(help="Inputs recorded, a seeded subset (default all).")] = None,
     orthonormal: Annotated[float | None, typer.Option(help="alpha of the orthonormality step (App. B.1).")] = None,
-    device: Annotated[str, typer.Option(help="Torch device to train on.")] = "cpu",
+    device: Annotated[str, typer.Option(help="Torch device to train on: cpu, cuda, cuda:N or auto.")] = "cpu",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run store.")] = False,
 ) -> None:
     """Train one of the paper's set-ups and record it into a run store."""
+    from ibframe.engine import resolve_device
     from ibframe.experiments import train as run_training
     from ibframe.plugins import experiment_registry
 
     spec = experiment_registry().get(experiment)
+    device = resolve_device(device)
     total = epochs if epochs is not None else spec.defaults.epochs
     with progress_bar() as bar:
         task = bar.add_task(f"training {experiment}", total=total + 1)
@@ -325,17 +331,24 @@ _commands_added_by: set[int] = set()
 
 def _register_plugin_commands() -> None:
     """Let plugins add sub-commands, once per plugin manager (main may run many times)."""
-    from ibframe.plugins import get_plugin_manager
+    from ibframe.plugins import call_each, get_plugin_manager
 
     pm = get_plugin_manager()
     if id(pm) not in _commands_added_by:
         _commands_added_by.add(id(pm))
-        pm.hook.ibframe_register_commands(app=app)
+
+        def undo() -> Callable[[], None]:
+            count = len(app.registered_commands)
+            return lambda: app.registered_commands.__delitem__(slice(count, None))
+
+        call_each("ibframe_register_commands", undo, app=app)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turning ibframe errors into one line."""
-    warnings.showwarning = _show_warning
+    previous = warnings.showwarning
+    if previous is _default_showwarning:  # leave a caller's own handler (pytest's, say) alone
+        warnings.showwarning = _show_warning
     try:
         _register_plugin_commands()
         app(args=argv, standalone_mode=False)
@@ -346,13 +359,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(exit_.exit_code) from None
     except typer.Abort:
         raise SystemExit(1) from None
-    except Exception as err:
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            raise SystemExit(err.exit_code) from None
-        raise
+    except click.ClickException as err:
+        err.show()
+        raise SystemExit(err.exit_code) from None
+    finally:
+        warnings.showwarning = previous
     raise SystemExit(0)
-
-

@@ -1,4 +1,4 @@
-"""``ibframe demo``: the whole pipeline on the embedded default, in a few minutes on 2 CPU cores.
+"""``ibframe demo``: the whole pipeline on the embedded default, in about a minute on 2 CPU cores.
 
 Train the noisy tanh SZT network (12-10-7-5-4-3-2, beta = 0.05) on the generated SZT-style data,
 record it as the paper defines (S before the noise, 32 conditional draws for 256 inputs at each

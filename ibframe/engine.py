@@ -26,6 +26,7 @@ from ibframe.errors import (
     ParameterError,
     ResultConventionError,
     StoreError,
+    StoreNotFoundError,
 )
 from ibframe.estimator import Estimator, params_json
 from ibframe.plugins import estimator_registry, plugin_version
@@ -48,6 +49,9 @@ def resolve_device(device: str) -> str:
     if device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
         if device != "cpu" and not torch.cuda.is_available():
             msg = f"device {device!r} was asked for, but torch sees no CUDA device"
+            raise ParameterError(msg)
+        if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+            msg = f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA device(s)"
             raise ParameterError(msg)
         return device
     msg = f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
@@ -164,6 +168,7 @@ def estimate(
         attributes, and the run's metrics over the same epochs.
     """
     run = run if isinstance(run, Run) else open_run(Path(run))
+    _check_scheduler(scheduler)
     instances = build_estimators(estimators, params)
     device = resolve_device(device)
     layer_names = _select_layers(run, layers)
@@ -219,10 +224,26 @@ def estimate(
     return result
 
 
+_LOCAL_SCHEDULERS: typing.Final = ("threads", "synchronous", "sync", "processes")
+
+
+def _check_scheduler(scheduler: str | None) -> None:
+    if scheduler is None or scheduler in _LOCAL_SCHEDULERS or "://" in scheduler:
+        return
+    msg = (
+        f"unknown scheduler {scheduler!r}: use threads, synchronous, processes, or the address "
+        "of a dask.distributed scheduler such as tcp://host:8786"
+    )
+    raise ParameterError(msg)
+
+
 def _select_layers(run: Run, layers: Sequence[str] | None) -> list[str]:
     if layers is None:
         return run.layers
     layers = [layers] if isinstance(layers, str) else list(layers)
+    if not layers:
+        msg = "no layer selected; leave layers out for all of them"
+        raise ParameterError(msg)
     unknown = [name for name in layers if name not in run.layers]
     if unknown:
         msg = f"run {run.path} has no layer {unknown[0]!r} (its layers: {', '.join(run.layers)})"
@@ -238,6 +259,9 @@ def _select_epochs(run: Run, epochs: Sequence[int] | None) -> list[int]:
     if epochs is None:
         return committed
     wanted = sorted({int(e) for e in epochs})
+    if not wanted:
+        msg = "no epoch selected; leave epochs out for all of them"
+        raise ParameterError(msg)
     unknown = [e for e in wanted if e not in set(committed)]
     if unknown:
         msg = (
@@ -390,16 +414,13 @@ def to_bits(ds: xr.Dataset) -> xr.Dataset:
 
 def save_results(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
     """Write results to ``.nc`` (netCDF) or ``.zarr``, chosen by the suffix."""
-    path = Path(path)
+    path = check_results_path(path)
     if path.suffix == ".nc":
         ds.to_netcdf(path)
-    elif path.suffix == ".zarr":
+    else:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
             ds.to_zarr(path, mode="w", consolidated=False, zarr_format=3)
-    else:
-        msg = f"results go to a .nc or .zarr path, got {str(path)!r}"
-        raise ParameterError(msg)
     return path
 
 
@@ -407,13 +428,25 @@ def load_results(path: str | os.PathLike[str]) -> xr.Dataset:
     """Read results written by :func:`save_results` (or ``ibframe estimate -o``)."""
     path = Path(path)
     if not path.exists():
-        from ibframe.errors import StoreNotFoundError
-
         msg = f"no results file at {path}"
         raise StoreNotFoundError(msg)
-    if path.suffix == ".nc":
-        return xr.load_dataset(path)
-    return xr.open_zarr(path, consolidated=False).load()
+    try:
+        if path.suffix == ".nc":
+            return xr.load_dataset(path)
+        return xr.open_zarr(path, consolidated=False).load()
+    except (OSError, ValueError, KeyError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        msg = f"{path} is not a results file that xarray can read: {reason}"
+        raise StoreError(msg) from err
+
+
+def check_results_path(path: str | os.PathLike[str]) -> Path:
+    """The path as a Path, if its suffix is one :func:`save_results` writes (.nc or .zarr)."""
+    path = Path(path)
+    if path.suffix not in (".nc", ".zarr"):
+        msg = f"results go to a .nc or .zarr path, got {str(path)!r}"
+        raise ParameterError(msg)
+    return path
 
 
 __all__ = ["build_estimators", "cache_key", "estimate", "load_results", "save_results", "to_bits"]

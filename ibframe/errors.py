@@ -64,5 +64,9 @@ class PluginLoadWarning(IbframeWarning):
     """A third-party plugin failed to load and was skipped."""
 
 
+class ParameterWarning(IbframeWarning):
+    """A parameter combination is allowed but probably not what was meant."""
+
+
 class SampleSizeWarning(IbframeWarning):
     """The number of samples is far below what the theory asks for an unbiased estimate."""

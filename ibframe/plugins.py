@@ -12,6 +12,7 @@ import importlib
 import os
 import typing
 import warnings
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -45,42 +46,64 @@ def get_plugin_manager() -> pluggy.PluginManager:
     for module_name in DEFAULT_PLUGINS:
         if not pm.is_blocked(module_name):
             pm.register(importlib.import_module(module_name), name=module_name)
+    pm.check_pending()  # a built-in with a hook that matches no hookspec is a bug: raise
     for ep in entry_points(group="ibframe"):
         if pm.is_blocked(ep.name) or pm.get_plugin(ep.name) is not None:
             continue
         try:
-            plugin = ep.load()
-            pm.register(plugin, name=ep.name)
-            _DIST_VERSIONS[ep.name] = ep.dist.version if ep.dist is not None else "unknown"
+            pm.register(ep.load(), name=ep.name)
+            # hooks that match no hookspec: a typo, or a hook of a newer ibframe
+            pm.check_pending()
         except Exception as err:  # noqa: BLE001 - a broken plugin must not take the others down
+            if pm.get_plugin(ep.name) is not None:
+                pm.unregister(name=ep.name)
             warnings.warn(
                 f"ibframe plugin {ep.name!r} ({ep.value}) failed to load and was skipped: "
                 f"{type(err).__name__}: {err}",
                 PluginLoadWarning,
                 stacklevel=2,
             )
-    pm.check_pending()
+            continue
+        _DIST_VERSIONS[ep.name] = ep.dist.version if ep.dist is not None else "unknown"
     return pm
 
 
-def _fill(target: Any, hook_name: str, **kwargs: Any) -> None:
-    """Call one registration hook plugin by plugin, so a failing plugin is named and skipped."""
+def call_each(hook_name: str, undo: Callable[[], Callable[[], None]] | None = None,
+              **kwargs: Any) -> None:
+    """Call a hook plugin by plugin, so that a failing plugin is named and skipped.
+
+    ``undo()`` is called before each plugin and returns what restores the state should that
+    plugin fail half-way. Built-in plugins are not skipped: their failures are bugs and raise.
+    """
     pm = get_plugin_manager()
-    caller = getattr(pm.hook, hook_name)
-    for impl in reversed(caller.get_hookimpls()):  # registration order: built-ins first
-        target.current_plugin = impl.plugin_name
-        before = target.snapshot()
+    for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):  # built-ins first
+        restore = undo() if undo is not None else None
+        for target in kwargs.values():
+            if hasattr(target, "current_plugin"):
+                target.current_plugin = impl.plugin_name
         try:
             impl.function(**{k: kwargs[k] for k in impl.argnames})
         except Exception as err:
             if impl.plugin_name in DEFAULT_PLUGINS:
                 raise
-            target.restore(before)
+            if restore is not None:
+                restore()
             warnings.warn(
-                f"ibframe plugin {impl.plugin_name!r} failed in {hook_name} and was skipped: {err}",
+                f"ibframe plugin {impl.plugin_name!r} failed in {hook_name} and was skipped: "
+                f"{type(err).__name__}: {err}",
                 PluginLoadWarning,
                 stacklevel=3,
             )
+
+
+def _fill(target: Any, hook_name: str, **kwargs: Any) -> None:
+    """Fill a registry through its hook; a failing plugin's half-done additions are undone."""
+
+    def undo() -> Callable[[], None]:
+        before = target.snapshot()
+        return lambda: target.restore(before)
+
+    call_each(hook_name, undo, **kwargs)
     target.current_plugin = "?"
 
 

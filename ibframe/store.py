@@ -161,7 +161,7 @@ def create_run(
             raise StoreError(msg)
 
     if path.exists():
-        shutil.rmtree(path)
+        _remove_run_store(path)
     root = zarr.open_group(path, mode="w", zarr_format=3)
     root.attrs.update(
         {
@@ -216,6 +216,18 @@ def create_run(
         group = root.create_group(name)
         group.create_array("epoch", shape=(0,), chunks=(1,), dtype="int64", dimension_names=["epoch"])
     return Run(path, mode="a")
+
+
+def _remove_run_store(path: Path) -> None:
+    """Delete ``path`` for ``overwrite=True``, but only if it is an ibframe run store."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    if not path.is_dir() or "ibframe_format" not in meta.get("attributes", {}):
+        msg = f"{path} exists and is not an ibframe run store; refusing to overwrite it"
+        raise StoreError(msg)
+    shutil.rmtree(path)
 
 
 def open_run(path: str | Path, mode: Literal["r", "a"] = "r") -> Run:
@@ -436,7 +448,7 @@ class Run:
     def _epoch_position(self, epoch: int) -> int:
         matches = np.flatnonzero(self.epochs == epoch)
         if matches.size == 0:
-            msg = f"run {self.path} has no epoch {epoch} (recorded: {_summarise(self.epochs)})"
+            msg = f"run {self.path} has no epoch {epoch} (recorded: {summarise_epochs(self.epochs)})"
             raise StoreError(msg)
         return int(matches[0])
 
@@ -648,7 +660,8 @@ def _prepare_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
-def _summarise(epochs: npt.NDArray[np.int64]) -> str:
+def summarise_epochs(epochs: npt.NDArray[np.int64]) -> str:
+    """A short description of a list of epochs for messages: all of them, or the span."""
     if epochs.size == 0:
         return "none"
     if epochs.size <= 8:

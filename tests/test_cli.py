@@ -62,10 +62,21 @@ def test_estimate_writes_results(store, tmp_path, capsys):
         (["estimate", "{store}", "-e", "binned-entropy", "-p", "novalue"], "expects key=value"),
         (["estimate", "{store}", "-e", "binned-entropy", "--epochs", "x"], "--epochs expects"),
         (["estimate", "{store}", "-e", "binned-entropy", "--layers", "h7"], "no layer 'h7'"),
+        (["estimate", "{store}", "-e", "binned-entropy", "--epochs", "5:2"], "no epoch selected"),
+        (["estimate", "{store}", "-e", "binned-entropy", "--scheduler", "bogus"],
+         "unknown scheduler 'bogus'"),
+        (["estimate", "{store}", "-e", "binned-entropy", "-p", "bin_size="],
+         "bin_size needs one or more distinct values"),
+        (["estimate", "{store}", "-e", "binned-entropy", "-o", "out.txt"], ".nc or .zarr path"),
+        (["estimate", "{store}", "-e", "sp-mi", "--device", "cuda:7"], "device 'cuda:7'"),
+        (["train", "neuron", "--out", "n.zarr", "--device", "tpu"], "device must be"),
+        (["plot", "garbage.nc"], "not a results file"),
+        (["plot", "{store}"], "is a run store, not results"),
     ],
 )
 def test_user_errors_print_one_line(store, capsys, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "garbage.nc").write_text("not netCDF")
     code, out, err = run_cli([a.replace("{store}", str(store)) for a in args], capsys)
     assert code == 1
     lines = [line for line in err.splitlines() if line.strip() and "estimating" not in line]

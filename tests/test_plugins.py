@@ -191,3 +191,42 @@ def test_plugins_add_commands_and_experiments(site, tmp_path, capsys):
         cli.main(["hello", "--name", "plugin"])
     assert exit_info.value.code == 0
     assert "hello plugin" in capsys.readouterr().out
+
+
+def test_plugin_with_an_unknown_hook_is_skipped(site):
+    _install(site, "typoplug", "typoplug_hooks", textwrap.dedent('''
+        from ibframe.hookspecs import hookimpl
+
+        @hookimpl
+        def ibframe_register_widgets(registry):
+            pass
+    '''))
+    _install(site, "maxplug", "maxplug_hooks", GOOD_PLUGIN)
+    with pytest.warns(PluginLoadWarning, match="'typoplug'.*ibframe_register_widgets"):
+        registry = plugins.estimator_registry()
+    assert "max-s" in registry
+    assert plugins.get_plugin_manager().get_plugin("typoplug") is None
+
+
+@pytest.mark.filterwarnings("always::ibframe.errors.PluginLoadWarning")
+def test_plugin_whose_command_hook_fails_is_skipped(site, capsys):
+    from ibframe import cli
+
+    _install(site, "badcmd", "badcmd_hooks", textwrap.dedent('''
+        from ibframe.hookspecs import hookimpl
+
+        @hookimpl
+        def ibframe_register_commands(app):
+            @app.command()
+            def half():
+                pass
+            raise RuntimeError("no commands today")
+    '''))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["estimators"])
+    assert exit_info.value.code == 0
+    captured = capsys.readouterr()
+    assert "binned-entropy" in captured.out
+    # the command line shows ibframe's warnings as one line each
+    assert "warning: ibframe plugin 'badcmd' failed in ibframe_register_commands" in captured.err
+    assert "half" not in [c.name or c.callback.__name__ for c in cli.app.registered_commands]

@@ -162,3 +162,39 @@ def test_bad_parameters_are_refused():
 class TestSPConformance(EstimatorChecks):
     estimator_class = SPMutualInformation
     params: ClassVar[dict] = {"n_mc": 2, "bounds": True}
+
+
+def test_reported_standard_errors_match_the_spread_over_seeds(network):
+    block = network.block("h2", 1)
+    results = [SPMutualInformation(seed=seed, max_conditionals=64).compute(block)
+               for seed in range(40)]
+    for name in ("mi_x_t", "mi_t_y"):
+        values = np.array([r[name].item() for r in results])
+        reported = np.mean([r[f"{name}_stderr"].item() for r in results])
+        ratio = values.std(ddof=1) / reported
+        # 40 seeds estimate a standard deviation to about +-11%; n_mc=4 gives the stratified form
+        assert 0.7 < ratio < 1.3, (name, values.std(ddof=1), reported)
+
+
+def test_more_classes_than_ever_before():
+    rng = np.random.default_rng(7)
+    y = np.arange(300) % 100  # 100 classes
+    s = rng.uniform(-1, 1, (300, 2))
+    ds = SPMutualInformation().compute(_block(s, y=y))
+    assert np.isfinite(ds["mi_t_y"].item())
+
+
+def test_unbounded_layers_get_the_second_moment_bound():
+    s = np.random.default_rng(8).normal(scale=3.0, size=(200, 2))  # ReLU-like: not in [-1, 1]
+    from ibframe.theory import mc_mse_bound
+
+    ds = SPMutualInformation().compute(_block(s))
+    centred = s - s.mean(axis=0)
+    expected = mc_mse_bound(200, 4, 2, 0.1, second_moment=float((centred**2).sum(1).mean()))
+    assert ds["mc_mse_bound"].item() == pytest.approx(expected)
+
+
+def test_an_analysis_beta_other_than_the_runs_warns():
+    s = np.random.default_rng(9).uniform(-1, 1, (50, 2))
+    with pytest.warns(ibframe.errors.ParameterWarning, match="differs from the run's"):
+        SPMutualInformation(beta=0.3).compute(_block(s, beta=0.1))

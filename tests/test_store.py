@@ -232,3 +232,19 @@ def test_writer_killed_mid_epoch_leaves_earlier_epochs_readable(tmp_path):
     np.testing.assert_array_equal(again.activations("a").values[:, 0, 0], [0, 1, 2, 3, 4])
     tree = xr.open_datatree(path, engine="zarr", consolidated=False)
     assert tree["layers/b"].dataset.sizes["epoch"] == 5
+
+
+def test_overwrite_replaces_only_run_stores(tmp_path):
+    x, _ = _inputs()
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(StoreError, match="not an ibframe run store; refusing"):
+        ibframe.create_run(precious, x=x, layers={"h": 2}, overwrite=True)
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    (tmp_path / "file.zarr").write_text("not a directory")
+    with pytest.raises(StoreError, match="refusing"):
+        ibframe.create_run(tmp_path / "file.zarr", x=x, layers={"h": 2}, overwrite=True)
+    ibframe.create_run(tmp_path / "r.zarr", x=x, layers={"h": 2})
+    again = ibframe.create_run(tmp_path / "r.zarr", x=x, layers={"h": 3}, overwrite=True)
+    assert again.layer_attrs("h")["units"] == 3

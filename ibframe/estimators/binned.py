@@ -68,6 +68,11 @@ class BinnedEntropy(Estimator):
             value = getattr(self, name)
             if value is not None and not isinstance(value, list):
                 object.__setattr__(self, name, [value])
+        for name in ("bin_size", "n_bins"):
+            value = getattr(self, name)
+            if value is not None and (not value or len(set(value)) != len(value)):
+                msg = f"binned-entropy: {name} needs one or more distinct values, got {value}"
+                raise ParameterError(msg)
         if self.bin_size is not None and not all(b > 0 and math.isfinite(b) for b in self.bin_size):
             msg = f"binned-entropy: bin_size values must be > 0, got {self.bin_size}"
             raise ParameterError(msg)

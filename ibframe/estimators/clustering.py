@@ -31,7 +31,7 @@ from ibframe.estimator import Block, Estimator
 from ibframe.hookspecs import hookimpl
 from ibframe.kernels.binning import bin_indices, entropy_of_codes
 from ibframe.kernels.distances import Metric, pairwise_distance_histogram, rowwise_cosine_similarity
-from ibframe.store import open_run
+from ibframe.store import open_run, summarise_epochs
 
 if typing.TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -428,7 +428,7 @@ class CosineSimilarity(Estimator):
         if block.epoch not in set(other.epochs.tolist()):
             msg = (
                 f"{self.name}: epoch {block.epoch} is not recorded in {other.path} (its epochs: "
-                f"{_summary(other.epochs)}); epochs are matched by number"
+                f"{summarise_epochs(other.epochs)}); epochs are matched by number"
             )
             raise EstimatorRequirementError(msg)
         s_other = other.activations(block.layer).sel(epoch=block.epoch).values
@@ -474,13 +474,6 @@ def _matching_width(run: Run, other: Run, layer: str, who: str) -> None:
     if mine != theirs:
         msg = f"{who}: layer {layer!r} has {mine} units in {run.path} but {theirs} in {other.path}"
         raise EstimatorRequirementError(msg)
-
-
-def _summary(epochs: np.ndarray) -> str:
-    values = epochs.tolist()
-    if len(values) <= 8:
-        return ", ".join(map(str, values)) or "none"
-    return f"{len(values)} epochs from {values[0]} to {values[-1]}"
 
 
 @hookimpl

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import math
 import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import xarray as xr
 
-from ibframe.errors import EstimatorRequirementError, ParameterError
+from ibframe.errors import EstimatorRequirementError, ParameterError, ParameterWarning
 from ibframe.estimator import Block, Estimator
 from ibframe.hookspecs import hookimpl
 from ibframe.kernels.mixture import (
@@ -31,6 +32,7 @@ from ibframe.kernels.mixture import (
     DEFAULT_N_MC_BATCH,
     gaussian_entropy,
     gaussian_mixture_entropy,
+    mc_standard_error,
 )
 from ibframe.theory import sample_size_warning, sp_diagnostics
 
@@ -66,6 +68,8 @@ class SPMutualInformation(Estimator):
         "2019), with MC standard errors, pairwise bounds and theory diagnostics."
     )
     needs_noise: ClassVar[bool] = True
+    # 2: shared MC points for I(T;Y), a fixed max_samples subset, paired standard errors
+    version: ClassVar[str] = "2"
     execution_params: ClassVar[frozenset[str]] = frozenset({"device"})
 
     n_mc: int = field(
@@ -133,26 +137,32 @@ class SPMutualInformation(Estimator):
 
     def compute(self, block: Block) -> xr.Dataset:
         beta = self.beta if self.beta is not None else block.beta
+        if block.beta > 0 and not math.isclose(beta, block.beta):
+            warnings.warn(
+                f"sp-mi: analysis beta {beta} differs from the run's {block.beta}; the "
+                "conditional draws carry the run's noise, the mixtures the analysis beta",
+                ParameterWarning,
+                stacklevel=3,
+            )
         rng = block.rng(self.seed)
-        seeds = iter(rng.integers(0, 2**62, size=64).tolist())
-        rows = _subset_rows(block.s.shape[0], self.max_samples, rng)
+        # the same input subset for every layer and epoch, so curves do not jitter with it
+        rows = _subset_rows(block.s.shape[0], self.max_samples, np.random.default_rng(self.seed))
         s = np.asarray(block.s, dtype=np.float64)[rows]
         n, d = s.shape
         kwargs: dict[str, Any] = {"device": self.device or block.device, "dtype": self.dtype}
 
         # Common random numbers: the MC point mu_i + beta z_ik serves h(T) and h(T|Y=y_i) alike,
-        # so their MC errors largely cancel in I(T;Y). Wide layers draw inside the kernel instead
-        # of holding every draw in memory.
-        noise = (
-            rng.standard_normal((n, self.n_mc, d))
-            if block.y is not None and n * self.n_mc * d <= _SHARED_NOISE_LIMIT
-            else None
-        )
-        h_t, h_t_se = gaussian_mixture_entropy(
-            s, beta, n_mc=self.n_mc, seed=next(seeds), noise=noise, return_stderr=True, **kwargs
+        # so their MC errors largely cancel in I(T;Y), whose standard error is then that of the
+        # paired per-point differences. Wide layers draw inside the kernel instead of holding
+        # every draw in memory, and I(T;Y) takes the independent-errors bound.
+        shared = block.y is not None and n * self.n_mc * d <= _SHARED_NOISE_LIMIT
+        noise = rng.standard_normal((n, self.n_mc, d)) if shared else None
+        h_t, h_t_se, t_terms = gaussian_mixture_entropy(
+            s, beta, n_mc=self.n_mc, seed=_seed(rng), noise=noise, return_stderr=True,
+            return_terms=True, **kwargs,
         )
         cond = self._conditional_centres(block, rng)
-        h_cond, h_cond_se, m = self._conditional_entropy(cond, block, beta, d, next(seeds), kwargs)
+        h_cond, h_cond_se, m = self._conditional_entropy(cond, block, beta, d, _seed(rng), kwargs)
         values: dict[str, tuple[float, str]] = {
             "h_t": (h_t, "differential entropy h(T)"),
             "h_t_stderr": (h_t_se, "standard error of h(T)"),
@@ -163,14 +173,22 @@ class SPMutualInformation(Estimator):
         }
         if block.y is not None:
             y = np.asarray(block.y)[rows]
-            h_ty, h_ty_se = self._class_conditional_entropy(s, y, beta, seeds, noise, kwargs)
+            h_ty, h_ty_se, pairs = self._class_conditional_entropy(
+                s, y, beta, rng, noise, t_terms, kwargs
+            )
+            mi_se = mc_standard_error(pairs) if pairs is not None else math.hypot(h_t_se, h_ty_se)
             values["h_t_given_y"] = (h_ty, "conditional differential entropy h(T|Y)")
+            values["h_t_given_y_stderr"] = (h_ty_se, "standard error of h(T|Y)")
             values["mi_t_y"] = (h_t - h_ty, "mutual information I(T;Y)")
-            values["mi_t_y_stderr"] = (math.hypot(h_t_se, h_ty_se), "standard error of I(T;Y)")
+            values["mi_t_y_stderr"] = (mi_se, "standard error of I(T;Y)")
         if self.bounds:
             values.update(self._bounds(s, cond, beta, d, kwargs))
 
-        diag = sp_diagnostics(n=n, n_mc=self.n_mc, d=d, beta=beta)
+        # Theorem 6 (14) holds for centres in [-1, 1]^d; otherwise (15) with their second moment
+        # (about their mean: the entropy does not change under translation).
+        bounded = float(np.abs(s).max()) <= 1.0
+        second_moment = None if bounded else float(((s - s.mean(axis=0)) ** 2).sum(axis=1).mean())
+        diag = sp_diagnostics(n=n, n_mc=self.n_mc, d=d, beta=beta, second_moment=second_moment)
         sample_size_warning(n, d, beta, stacklevel=3)
         data = {
             name: ((), float(value), {"long_name": long_name, "units": _NAT, "role": _role(name)})
@@ -226,27 +244,33 @@ class SPMutualInformation(Estimator):
         s: np.ndarray,
         y: np.ndarray,
         beta: float,
-        seeds: typing.Iterator[int],
+        rng: np.random.Generator,
         noise: np.ndarray | None,
+        t_terms: np.ndarray,
         kwargs: dict[str, Any],
-    ) -> tuple[float, float]:
-        """sum_y p(y) h(T|Y=y), each class's centres its own mixture, and its standard error.
+    ) -> tuple[float, float, np.ndarray | None]:
+        """sum_y p(y) h(T|Y=y), each class's centres its own mixture, with its standard error.
 
-        The standard error adds the classes' variances as if independent of h(T): with shared
-        noise the error of I(T;Y) is smaller than reported, never larger.
+        With shared ``noise`` also returns the per-point differences of the MC terms of h(T) and
+        h(T|Y=y_i), whose mean is the estimate of I(T;Y) (class weights p(y) = n_y / n make the
+        weighted class means the overall mean).
         """
         total, var = 0.0, 0.0
+        pairs = None if noise is None else np.empty_like(t_terms)
         classes, counts = np.unique(y, return_counts=True)
         for label, count in zip(classes, counts, strict=True):
             p = count / len(y)
             rows = y == label
-            h, se = gaussian_mixture_entropy(
-                s[rows], beta, n_mc=self.n_mc, seed=next(seeds),
-                noise=None if noise is None else noise[rows], return_stderr=True, **kwargs,
+            h, se, terms = gaussian_mixture_entropy(
+                s[rows], beta, n_mc=self.n_mc, seed=_seed(rng),
+                noise=None if noise is None else noise[rows], return_stderr=True,
+                return_terms=True, **kwargs,
             )
             total += p * h
             var += (p * (se if math.isfinite(se) else 0.0)) ** 2
-        return total, math.sqrt(var)
+            if pairs is not None:
+                pairs[rows] = t_terms[rows] - terms
+        return total, math.sqrt(var), pairs
 
     def _bounds(
         self,
@@ -270,6 +294,11 @@ class SPMutualInformation(Estimator):
             "mi_x_t_upper": (upper_t - lower_c, "upper bound on I(X;T) (pairwise KL)"),
             "mi_x_t_lower": (lower_t - upper_c, "lower bound on I(X;T) (pairwise Bhattacharyya)"),
         }
+
+
+def _seed(rng: np.random.Generator) -> int:
+    """A seed for one kernel call, drawn from the block's generator."""
+    return int(rng.integers(0, 2**62))
 
 
 def _role(name: str) -> str:

@@ -101,6 +101,7 @@ __all__ = [
     "Method",
     "gaussian_entropy",
     "gaussian_mixture_entropy",
+    "mc_standard_error",
 ]
 
 Method = Literal["mc", "kl-upper", "bhattacharyya-lower"]
@@ -176,7 +177,8 @@ def gaussian_mixture_entropy(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | type | None = None,
     return_stderr: bool = False,
-) -> float | npt.NDArray[np.float64] | tuple[Any, Any]:
+    return_terms: bool = False,
+) -> float | npt.NDArray[np.float64] | tuple[Any, ...]:
     r"""Differential entropy (nats) of :math:`g = \frac1n \sum_i \mathcal N(\mu_i, \beta^2 I_d)`.
 
     Parameters
@@ -208,6 +210,11 @@ def gaussian_mixture_entropy(
         accuracy, see the module notes) or ``float64`` (everything in float64, ~2x slower).
     return_stderr
         Also return the MC standard error (0 for the bounds).
+    return_terms
+        Also return the per-point terms whose mean is the estimate, ``(n, n_mc)`` or
+        ``(b, n, n_mc)`` (``method="mc"`` only), e.g. to pair two estimates made on shared
+        ``noise`` and take the standard error of their difference with
+        :func:`mc_standard_error`.
 
     Returns
     -------
@@ -257,15 +264,45 @@ def gaussian_mixture_entropy(
             elif n_mc is None:
                 n_mc = DEFAULT_N_MC_BATCH if batched else DEFAULT_N_MC
             source = _NoiseSource(draws, seed, target, n_mc, mu.shape[2])
-            entropy, stderr = _mc_entropy(mu, beta, n_mc, source, exp_dtype, plan)
+            entropy, stderr, terms = _mc_entropy(mu, beta, n_mc, source, exp_dtype, plan)
         else:
+            if return_terms:
+                msg = f"return_terms needs method='mc', not {method!r}"
+                raise ParameterError(msg)
             entropy = _bound_entropy(mu, beta, method, exp_dtype, plan)
             stderr = torch.zeros_like(entropy)
+            terms = None
     h = entropy.cpu().numpy()
     se = stderr.cpu().numpy()
-    if not batched:
-        return (float(h[0]), float(se[0])) if return_stderr else float(h[0])
-    return (h, se) if return_stderr else h
+    out: tuple[Any, ...] = (float(h[0]), float(se[0])) if not batched else (h, se)
+    if return_terms:
+        assert terms is not None  # method == "mc" was checked above
+        values = terms.cpu().numpy()
+        out = (*out, values if batched else values[0])
+    if return_stderr or return_terms:
+        return out if return_stderr else (out[0], out[2])
+    return out[0]
+
+
+def mc_standard_error(terms: npt.ArrayLike | torch.Tensor) -> float:
+    r"""Standard error of the mean of MC terms ``(n, n_mc)``: one row of draws per centre.
+
+    The centres are enumerated, not drawn, so with ``n_mc >= 2`` it is the stratified
+    :math:`\sqrt{\sum_i \hat\sigma_i^2 / n_{MC}} / n`; with one draw per centre, the i.i.d.
+    :math:`\operatorname{sd}/\sqrt n`, which can only overstate the error. NaN for one term.
+    """
+    values = torch.as_tensor(terms, dtype=torch.float64)
+    return float(_stratified_stderr(values[None])[0])
+
+
+def _stratified_stderr(ell: torch.Tensor) -> torch.Tensor:
+    """Per-mixture standard error of the mean of ``ell`` ``(b, n, n_mc)`` (see above)."""
+    _, n, n_mc = ell.shape
+    if n_mc >= 2:
+        return (ell.var(dim=2).sum(dim=1) / n_mc).sqrt() / n
+    if n >= 2:
+        return ell[:, :, 0].std(dim=1) / math.sqrt(n)
+    return torch.full(ell.shape[:1], math.nan, dtype=ell.dtype, device=ell.device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,8 +316,8 @@ def _mc_entropy(
     source: _NoiseSource,
     exp_dtype: torch.dtype,
     plan: _Plan,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""MC entropy and its standard error for each mixture of ``mu`` ``(b, n, d)``.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""MC entropy, its standard error and the per-point terms of each mixture ``(b, n, d)``.
 
     :math:`\ell = -\log g(p) = \ln n + \frac d2 \ln(2\pi\beta^2) + q
     - \ln\sum_j e^{e_{pj}}` with :math:`q = s\|z\|^2`, :math:`s = 1/(2\beta^2)`.
@@ -305,14 +342,7 @@ def _mc_entropy(
         quad[m0:m1, c0:c1] = scale * own_sq
         ell[m0:m1, c0:c1] = const + quad[m0:m1, c0:c1] - lse
     ell = ell - _control_coefficient(ell, quad) * (quad - 0.5 * d)
-    entropy = ell.mean(dim=(1, 2))
-    if n_mc >= 2:
-        stderr = (ell.var(dim=2).sum(dim=1) / n_mc).sqrt() / n
-    elif n >= 2:
-        stderr = ell[:, :, 0].std(dim=1) / math.sqrt(n)
-    else:
-        stderr = torch.full_like(entropy, math.nan)
-    return entropy, stderr
+    return ell.mean(dim=(1, 2)), _stratified_stderr(ell), ell
 
 
 def _control_coefficient(ell: torch.Tensor, quad: torch.Tensor) -> torch.Tensor:
