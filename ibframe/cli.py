@@ -125,13 +125,16 @@ def info(run: Annotated[Path, typer.Argument(help="A run store (.zarr directory)
 @app.command()
 def estimators() -> None:
     """List every registered estimator, its parameters and the plugin it comes from."""
-    from ibframe.plugins import estimator_registry
+    from ibframe.plugins import estimator_registry, plugin_distribution
 
     registry = estimator_registry()
     for name in registry:
         cls = registry.get(name)
-        console.print(f"[bold]{escape(name)}[/bold]  [dim](plugin {escape(registry.plugin_of(name))}, "
-                      f"version {escape(cls.version)})[/dim]")
+        plugin = registry.plugin_of(name)
+        console.print(
+            f"[bold]{escape(name)}[/bold]  [dim](plugin {escape(plugin)} from "
+            f"{escape(plugin_distribution(plugin))}; estimator version {escape(cls.version)})[/dim]"
+        )
         console.print(f"  {escape(cls.description)}", soft_wrap=True)
         for p in cls.parameters():
             line = f"    {p.name}: {p.type_name} = {p.default!r}"
@@ -252,7 +255,7 @@ def demo(
                            device=device)
     from ibframe.engine import load_results
 
-    print_summary(load_results(outputs.results)[["mi_x_t", "mi_t_y", "entropy_bin"]])
+    print_summary(load_results(outputs.results))
     console.print(f"run store:  {outputs.run}")
     console.print(f"results:    {outputs.results}")
     for figure in outputs.figures:

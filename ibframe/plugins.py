@@ -31,8 +31,8 @@ DEFAULT_PLUGINS: typing.Final = (
 )
 
 
-#: Distribution versions of the entry-point plugins, by plugin name.
-_DIST_VERSIONS: dict[str, str] = {}
+#: (distribution name, version) of the entry-point plugins, by plugin name.
+_DISTRIBUTIONS: dict[str, tuple[str, str]] = {}
 
 
 @functools.cache
@@ -64,7 +64,10 @@ def get_plugin_manager() -> pluggy.PluginManager:
                 stacklevel=2,
             )
             continue
-        _DIST_VERSIONS[ep.name] = ep.dist.version if ep.dist is not None else "unknown"
+        dist = ep.dist
+        _DISTRIBUTIONS[ep.name] = (
+            (dist.name, dist.version) if dist is not None else (ep.name, "unknown")
+        )
     return pm
 
 
@@ -130,12 +133,22 @@ def plugin_version(plugin_name: str) -> str:
     if plugin_name in DEFAULT_PLUGINS:
         return __version__
     get_plugin_manager()
-    return _DIST_VERSIONS.get(plugin_name, "unknown")
+    return _DISTRIBUTIONS.get(plugin_name, (plugin_name, "unknown"))[1]
+
+
+def plugin_distribution(plugin_name: str) -> str:
+    """The distribution a plugin comes from, as ``name version`` (ibframe for built-ins)."""
+    from ibframe import __version__
+
+    if plugin_name in DEFAULT_PLUGINS:
+        return f"ibframe {__version__}"
+    get_plugin_manager()
+    return " ".join(_DISTRIBUTIONS.get(plugin_name, (plugin_name, "unknown")))
 
 
 def reset() -> None:
     """Forget the loaded plugins and registries (tests, and after installing a plugin)."""
     get_plugin_manager.cache_clear()
-    _DIST_VERSIONS.clear()
+    _DISTRIBUTIONS.clear()
     estimator_registry.cache_clear()
     experiment_registry.cache_clear()

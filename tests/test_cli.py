@@ -32,6 +32,7 @@ def test_estimators_lists_parameters_and_plugins(capsys):
     code, out, _ = run_cli(["estimators"], capsys)
     assert code == 0
     assert "binned-entropy" in out and "ibframe.estimators.binned" in out
+    assert "knn-entropy" in out and "plugin knn from ibframe-knn" in out
     assert "bin_size" in out and "list[float]" in out
 
 

@@ -63,6 +63,7 @@ def test_entry_point_plugin_is_loaded_and_used(site, tmp_path):
     assert registry.plugin_of("max-s") == "maxplug"
     assert registry.plugin_of("binned-entropy") == "ibframe.estimators.binned"
     assert plugins.plugin_version("maxplug") == "0.3"
+    assert plugins.plugin_distribution("maxplug") == "maxplug 0.3"
 
     from ibframe.engine import estimate
     from ibframe.testing import make_test_run
