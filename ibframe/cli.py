@@ -293,8 +293,9 @@ def print_summary(ds: Any) -> None:
     """A table of the estimates per layer at the first and last epoch, with standard errors.
 
     Variables marked ``role`` = ``"stderr"``, ``"component"`` or ``"diagnostic"`` (parts and
-    checks of an estimate) and summaries without an epoch are left out; ``NAME_stderr`` is shown
-    beside ``NAME`` as ``value ± stderr``.
+    checks of an estimate), summaries without an epoch, histograms and per-unit values are left
+    out; of other extra dimensions (bin size, pair) the first value is shown. ``NAME_stderr`` is
+    shown beside ``NAME`` as ``value ± stderr``.
     """
     epochs = ds["epoch"].values
     table = Table("variable", "layer", f"epoch {epochs[0]}", f"epoch {epochs[-1]}", "units")
@@ -306,17 +307,20 @@ def print_summary(ds: Any) -> None:
     for name, var in ds.data_vars.items():
         if not {"layer", "epoch"} <= set(var.dims) or var.attrs.get("role", "estimate") != "estimate":
             continue
-        extra = [d for d in var.dims if d not in ("epoch", "layer")]
-        reduced = var.isel(dict.fromkeys(extra, 0)) if extra else var
-        error = ds.get(f"{name}_stderr")
+        extra = [str(d) for d in var.dims if d not in ("epoch", "layer")]
+        if any(d == "unit" or d.endswith("_bin") for d in extra):
+            continue  # histograms and per-unit values: see the figures
+        first = var.isel(dict.fromkeys(extra, 0))  # the first setting (bin size, pair, ...)
         label = str(name) + (
-            f" ({', '.join(f'{d}={var[d].values[0]:g}' for d in extra if d in var.coords)})"
+            " (" + ", ".join(f"{d}={first[d].item()}" for d in extra if d in var.coords) + ")"
             if extra else ""
         )
+        error = ds.get(f"{name}_stderr")
         for layer in ds["layer"].values:
-            values = reduced.sel(layer=layer).values
-            errors = None if error is None else error.sel(layer=layer).values
-            table.add_row(label, str(layer), cell(values, errors, 0), cell(values, errors, -1),
+            row = first.sel(layer=layer).values
+            errors = error.isel(dict.fromkeys(extra, 0)).sel(layer=layer).values \
+                if error is not None else None
+            table.add_row(label, str(layer), cell(row, errors, 0), cell(row, errors, -1),
                           str(var.attrs.get("units", "")))
     console.print(table)
 

@@ -245,13 +245,14 @@ class DistanceHistogramEstimator(Estimator):
             "pair_count": (
                 "pair",
                 hist.n_pairs,
-                {"long_name": "pairs of samples, in range or not", "units": "count"},
+                {"long_name": "pairs of samples, in range or not", "units": "count",
+                 "role": "diagnostic"},
             ),
             "distance_scale": (
                 (),
                 scale,
                 {"long_name": f"upper edge of the {self.metric} distance range",
-                 "units": "1", "comment": f"from {context['range_from']}"},
+                 "units": "1", "comment": f"from {context['range_from']}", "role": "component"},
             ),
         }
         return xr.Dataset(data, coords=coords)
