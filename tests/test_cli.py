@@ -98,3 +98,25 @@ def test_parse_epochs():
     assert parse_epochs("0:6:2,9") == [0, 2, 4, 9]
     with pytest.raises(ParameterError):
         parse_epochs("a:b")
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    code, out, err = run_cli(["demo", "--out", str(tmp_path / "demo"), "--epochs", "3",
+                              "--device", "cpu"], capsys)
+    assert code == 0, err
+    figures = sorted((tmp_path / "demo" / "figures").glob("*.png"))
+    assert {f.stem for f in figures} >= {"mi-epochs", "info-plane", "binned-entropy",
+                                          "distance-histograms"}
+    assert all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
+    assert "mi_x_t" in out and str(tmp_path / "demo" / "results.nc") in out
+
+
+def test_train_records_a_run(tmp_path, capsys):
+    from ibframe.store import open_run
+
+    code, out, err = run_cli(["train", "neuron", "--out", str(tmp_path / "n.zarr"), "--epochs", "3",
+                              "--record", "all"], capsys)
+    assert code == 0, err
+    assert open_run(tmp_path / "n.zarr").epochs.tolist() == [0, 1, 2, 3]
+    assert "recorded" in out
