@@ -201,6 +201,7 @@ def train(
     conditional_samples: Annotated[int | None, typer.Option(help="Inputs with conditional draws, a seeded subset.")] = None,
     samples: Annotated[int | None, typer.Option(help="Inputs recorded, a seeded subset (default all).")] = None,
     orthonormal: Annotated[float | None, typer.Option(help="alpha of the orthonormality step (App. B.1).")] = None,
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="Data augmentation (MNIST: App. B.3's shifts, rotations, shears; on by default).")] = None,
     device: Annotated[str, typer.Option(help="Torch device to train on: cpu, cuda, cuda:N or auto.")] = "cpu",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run store.")] = False,
 ) -> None:
@@ -224,8 +225,7 @@ def train(
             experiment, out=out, data=data, epochs=epochs, beta=beta, activation=activation,
             lr=lr, optimizer=optimizer, batch_size=batch_size, seed=seed, record=record,
             draws=draws, conditional_samples=conditional_samples, samples=samples,
-            orthonormal=orthonormal,
-            device=device, overwrite=overwrite, on_epoch=report,
+            orthonormal=orthonormal, augment=augment, device=device, overwrite=overwrite, on_epoch=report,
         )
     console.print(f"recorded {path}; next: ibframe info {path}")
 

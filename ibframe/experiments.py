@@ -35,7 +35,14 @@ from ibframe import datasets
 from ibframe.datasets import Dataset
 from ibframe.errors import ParameterError, TrainingError
 from ibframe.hookspecs import hookimpl
-from ibframe.nn import NoisyNetwork, mnist_cnn, orthonormal_step, spiral_mlp, szt_mlp
+from ibframe.nn import (
+    NoisyNetwork,
+    mnist_cnn,
+    orthonormal_step,
+    random_affine,
+    spiral_mlp,
+    szt_mlp,
+)
 from ibframe.nn import leaky_relu_pair as leaky_relu_pair_net
 from ibframe.nn import single_neuron as single_neuron_net
 from ibframe.recorder import MetricsFn, Recorder, classification_metrics
@@ -75,6 +82,10 @@ class TrainSettings:
     orthonormal
         alpha of the orthonormality step W <- W - alpha (W W^T - I) W after each update
         (Appendix B.1); None: off.
+    augment
+        Apply the experiment's data augmentation to every training minibatch (for the MNIST CNN,
+        Appendix B.3's random translations, rotations and shears); ignored by experiments
+        without one.
     """
 
     epochs: int
@@ -89,6 +100,7 @@ class TrainSettings:
     conditional_samples: int | None = None
     samples: int | None = None
     orthonormal: float | None = None
+    augment: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,6 +127,8 @@ class ExperimentSpec:
         The :class:`TrainSettings` used where :func:`train` is not told otherwise.
     activations
         The nonlinearities ``build_model`` accepts.
+    augment
+        ``augment(x_batch, generator)``: a random transform of training inputs, or None.
     """
 
     name: str
@@ -125,6 +139,7 @@ class ExperimentSpec:
     metrics: MetricsFn
     defaults: TrainSettings
     activations: tuple[str, ...] = ("tanh",)
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -246,7 +261,9 @@ BUILTIN_EXPERIMENTS: dict[str, ExperimentSpec] = {
                 draws=8,
                 conditional_samples=64,
                 samples=1000,
+                augment=True,
             ),
+            augment=random_affine,
         ),
         ExperimentSpec(
             name="mnist-cnn-dropout",
@@ -269,7 +286,9 @@ BUILTIN_EXPERIMENTS: dict[str, ExperimentSpec] = {
                 batch_size=32,
                 record="log:30",
                 samples=1000,
+                augment=True,
             ),
+            augment=random_affine,
         ),
         ExperimentSpec(
             name="neuron",
@@ -403,6 +422,7 @@ def train(
     conditional_samples: int | None = None,
     samples: int | None = None,
     orthonormal: float | None = None,
+    augment: bool | None = None,
     device: str = "cpu",
     threads: int | None = None,
     overwrite: bool = False,
@@ -424,7 +444,7 @@ def train(
     data
         The experiment's data file or directory (e.g. ``var_u.mat``, MNIST IDX files).
     epochs, beta, activation, lr, optimizer, batch_size, record, draws, conditional_samples,
-    samples, orthonormal
+    samples, orthonormal, augment
         Override the experiment's :class:`TrainSettings`.
     seed
         Seeds the initial weights, the minibatch order, the recorded subsets and the recording
@@ -465,6 +485,7 @@ def train(
             "conditional_samples": conditional_samples,
             "samples": samples,
             "orthonormal": orthonormal,
+            "augment": augment,
         },
     )
     dataset = spec.load_data(data)
@@ -488,6 +509,8 @@ def train(
         gamma = (settings.lr_final / settings.lr) ** (1 / (settings.epochs - 1))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optim, gamma)
     order = torch.Generator().manual_seed(seed)
+    augment_fn = spec.augment if settings.augment else None
+    augmentation = torch.Generator(device=device).manual_seed(seed + 1)
 
     recorder = Recorder.for_network(
         network,
@@ -517,7 +540,10 @@ def train(
             for start in range(0, len(train_index), batch):
                 rows = permutation[start : start + batch]
                 optim.zero_grad()
-                loss = spec.loss(model(x_train[rows]), y_train[rows])
+                inputs = x_train[rows]
+                if augment_fn is not None:
+                    inputs = augment_fn(inputs, augmentation)
+                loss = spec.loss(model(inputs), y_train[rows])
                 value = loss.item()
                 if not math.isfinite(value):
                     _diverged(spec.name, epoch, f"the loss is {value}", settings, recorder)

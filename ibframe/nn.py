@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -403,3 +404,38 @@ def orthonormal_step(model: nn.Module, alpha: float) -> None:
         gram = w @ w.T
         gram.diagonal().sub_(1.0)
         w.sub_(alpha * (gram @ w))
+
+
+def random_affine(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    max_shift: int = 2,
+    max_rotation: float = 10.0,
+    max_shear: float = 10.0,
+) -> torch.Tensor:
+    """Appendix B.3's data augmentation: a fresh random affine map of every image in a batch.
+
+    Each image (n, channels, h, w) is translated by whole pixels drawn uniformly from
+    {-max_shift, ..., max_shift} in x and y, rotated by an angle from U(-max_rotation,
+    max_rotation) degrees and sheared by an angle from U(-max_shear, max_shear) degrees, with
+    bilinear resampling and zeros outside the image; the draws come from ``generator`` alone.
+    """
+    n, _, h, w = x.shape
+    device = generator.device
+
+    def uniform(limit: float) -> torch.Tensor:
+        return (torch.rand(n, generator=generator, device=device) * 2 - 1) * math.radians(limit)
+
+    angle, shear = uniform(max_rotation), uniform(max_shear)
+    shift = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator, device=device)
+    cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear)
+    theta = torch.zeros(n, 2, 3, device=device)
+    # rotation times shear [[1, tan], [0, 1]], in affine_grid's normalised coordinates
+    theta[:, 0, 0], theta[:, 0, 1] = cos, cos * tan - sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin, sin * tan + cos
+    theta[:, 0, 2] = 2.0 * shift[:, 0] / w  # a pixel is 2/w of the normalised width
+    theta[:, 1, 2] = 2.0 * shift[:, 1] / h
+    theta = theta.to(device=x.device, dtype=x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -184,3 +186,63 @@ def test_orthonormal_step_leaves_orthonormal_rows_alone() -> None:
         layer.weight.copy_(torch.eye(4)[:3])
     orthonormal_step(layer, 0.1)
     torch.testing.assert_close(layer.weight, torch.eye(4)[:3])
+
+
+def test_random_affine_pure_shifts_move_images_by_whole_pixels():
+    from ibframe.nn import random_affine
+
+    x = torch.zeros(64, 1, 12, 12)
+    x[:, 0, 5, 6] = 1.0  # one bright pixel
+    out = random_affine(x, torch.Generator().manual_seed(0), max_rotation=0.0, max_shear=0.0)
+    moved = [tuple(torch.nonzero(img[0] > 0.5)[0].tolist()) for img in out]
+    shifts = {(r - 5, c - 6) for r, c in moved}
+    assert torch.allclose(out.sum(dim=(1, 2, 3)), torch.ones(64))  # exact copies, nothing lost
+    assert shifts <= {(dr, dc) for dr in range(-2, 3) for dc in range(-2, 3)}
+    assert len(shifts) > 10  # draws cover many of the 25 shifts
+
+
+def test_random_affine_rotates_and_shears_within_the_paper_ranges():
+    from ibframe.nn import random_affine
+
+    x = torch.zeros(200, 1, 28, 28)
+    x[:, 0, 4:24, 13:15] = 1.0  # a vertical bar through the centre
+    out = random_affine(x, torch.Generator().manual_seed(1), max_shift=0)
+    # tilt of the bar from the centroid of its top and bottom halves
+    rows = torch.arange(28.0)[:, None]
+    cols = torch.arange(28.0)[None, :]
+    tilts = []
+    for img in out[:, 0]:
+        top, bottom = img[:14], img[14:]
+        ct = (top * cols).sum() / top.sum()
+        cb = (bottom * cols).sum() / bottom.sum()
+        rt = (top * rows[:14]).sum() / top.sum()
+        rb = (bottom * rows[14:]).sum() / bottom.sum()
+        tilts.append(math.degrees(math.atan2(float(cb - ct), float(rb - rt))))
+    tilts = torch.tensor(tilts)
+    # rotation and shear of up to 10 degrees each tilt a vertical bar by up to ~20 degrees
+    assert tilts.abs().max() < 21
+    assert tilts.std() > 3  # and they vary
+    same = random_affine(x, torch.Generator().manual_seed(1), max_shift=0)
+    assert torch.equal(out, same)  # seeded
+
+
+def test_mnist_training_augments_only_when_asked(tmp_path):
+    from ibframe.experiments import BUILTIN_EXPERIMENTS, train
+
+    spec = BUILTIN_EXPERIMENTS["mnist-cnn"]
+    assert spec.defaults.augment and spec.augment is not None
+    calls = []
+
+    def counting(x, generator):
+        calls.append(x.shape[0])
+        return spec.augment(x, generator)
+
+    import dataclasses
+
+    counted = dataclasses.replace(spec, augment=counting)
+    train(counted, out=tmp_path / "a.zarr", epochs=1, samples=64, record="all", draws=0)
+    assert calls
+    calls.clear()
+    train(counted, out=tmp_path / "b.zarr", epochs=1, samples=64, record="all", draws=0,
+          augment=False)
+    assert calls == []
