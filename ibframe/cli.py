@@ -344,11 +344,11 @@ def _register_plugin_commands() -> None:
     if id(pm) not in _commands_added_by:
         _commands_added_by.add(id(pm))
 
-        def undo() -> Callable[[], None]:
+        def prepare(plugin_name: str) -> Callable[[], None]:
             count = len(app.registered_commands)
             return lambda: app.registered_commands.__delitem__(slice(count, None))
 
-        call_each("ibframe_register_commands", undo, app=app)
+        call_each("ibframe_register_commands", prepare, app=app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -372,19 +372,20 @@ def _compute_distributed(
 
 
 def _label(ds: xr.Dataset, est: Estimator) -> xr.Dataset:
-    plugin = estimator_registry().plugin_of(est.name) if est.name in estimator_registry() else "?"
-    params = params_json(est.params())
+    registry = estimator_registry()
+    plugin = registry.plugin_of(est.name) if est.name in registry else "?"
+    provenance = {
+        "estimator": est.name,
+        "estimator_params": params_json(est.params()),
+        "estimator_version": est.version,
+        "estimator_plugin": f"{plugin} {plugin_version(plugin)}",
+    }
     for name, var in ds.data_vars.items():
         for required in ("long_name", "units"):
             if required not in var.attrs:
                 msg = f"{est.name}: result variable {name!r} has no {required!r} attribute"
                 raise ResultConventionError(msg)
-        var.attrs.update(
-            estimator=est.name,
-            estimator_params=params,
-            estimator_version=est.version,
-            estimator_plugin=f"{plugin} {plugin_version(plugin)}",
-        )
+        var.attrs.update(provenance)
     return ds
 
 

@@ -71,26 +71,23 @@ def get_plugin_manager() -> pluggy.PluginManager:
     return pm
 
 
-def call_each(hook_name: str, undo: Callable[[], Callable[[], None]] | None = None,
-              **kwargs: Any) -> None:
+def call_each(
+    hook_name: str, prepare: Callable[[str], Callable[[], None]], **kwargs: Any
+) -> None:
     """Call a hook plugin by plugin, so that a failing plugin is named and skipped.
 
-    ``undo()`` is called before each plugin and returns what restores the state should that
-    plugin fail half-way. Built-in plugins are not skipped: their failures are bugs and raise.
+    ``prepare(plugin_name)`` runs before each plugin and returns what restores the state should
+    that plugin fail half-way. Built-in plugins are not skipped: their failures are bugs and raise.
     """
     pm = get_plugin_manager()
     for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):  # built-ins first
-        restore = undo() if undo is not None else None
-        for target in kwargs.values():
-            if hasattr(target, "current_plugin"):
-                target.current_plugin = impl.plugin_name
+        restore = prepare(impl.plugin_name)
         try:
             impl.function(**{k: kwargs[k] for k in impl.argnames})
         except Exception as err:
             if impl.plugin_name in DEFAULT_PLUGINS:
                 raise
-            if restore is not None:
-                restore()
+            restore()
             warnings.warn(
                 f"ibframe plugin {impl.plugin_name!r} failed in {hook_name} and was skipped: "
                 f"{type(err).__name__}: {err}",
@@ -102,11 +99,12 @@ def call_each(hook_name: str, undo: Callable[[], Callable[[], None]] | None = No
 def _fill(target: Any, hook_name: str, **kwargs: Any) -> None:
     """Fill a registry through its hook; a failing plugin's half-done additions are undone."""
 
-    def undo() -> Callable[[], None]:
+    def prepare(plugin_name: str) -> Callable[[], None]:
+        target.current_plugin = plugin_name  # so that validation errors name the plugin
         before = target.snapshot()
         return lambda: target.restore(before)
 
-    call_each(hook_name, undo, **kwargs)
+    call_each(hook_name, prepare, **kwargs)
     target.current_plugin = "?"
 
 
