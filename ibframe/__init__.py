@@ -20,17 +20,18 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
+from ibframe.block import Block
 from ibframe.errors import IbframeError, IbframeWarning
-from ibframe.estimator import Block, Estimator
+from ibframe.estimator import Estimator
 from ibframe.hookspecs import hookimpl
 from ibframe.store import Run, create_run, open_run
 
 # Imported on first use: they pull in torch (and, for plot, matplotlib).
 _LAZY = {
     "estimate": "ibframe.engine",
-    "load_results": "ibframe.engine",
-    "save_results": "ibframe.engine",
-    "to_bits": "ibframe.engine",
+    "load_results": "ibframe.results",
+    "save_results": "ibframe.results",
+    "to_bits": "ibframe.results",
     "gaussian_mixture_entropy": "ibframe.kernels.mixture",
     "plot_results": "ibframe.plot",
 }

@@ -156,8 +156,8 @@ def estimate(
     cache: Annotated[bool, typer.Option(help="Read and write cached results in the run store.")] = True,
 ) -> None:
     """Run estimators on a run store, show a summary, and optionally write the results."""
-    from ibframe.engine import check_results_path, save_results
     from ibframe.engine import estimate as run_estimate
+    from ibframe.results import check_results_path, save_results
 
     if output is not None:
         check_results_path(output)  # before the work, not after it
@@ -207,8 +207,8 @@ def train(
 ) -> None:
     """Train one of the paper's set-ups and record it into a run store."""
     from ibframe.engine import resolve_device
-    from ibframe.experiments import train as run_training
     from ibframe.plugins import experiment_registry
+    from ibframe.recording.experiments import train as run_training
 
     spec = experiment_registry().get(experiment)
     device = resolve_device(device)
@@ -238,7 +238,7 @@ def demo(
 ) -> None:
     """Train a noisy SZT-style network on embedded data, record, estimate and plot."""
     from ibframe.demo import run_demo
-    from ibframe.experiments import demo_config
+    from ibframe.recording.experiments import demo_config
 
     total = epochs if epochs is not None else demo_config()["epochs"]
     with progress_bar() as bar:
@@ -253,7 +253,7 @@ def demo(
 
         outputs = run_demo(out, epochs=epochs, on_epoch=on_epoch, on_estimate=on_estimate,
                            device=device)
-    from ibframe.engine import load_results
+    from ibframe.results import load_results
 
     print_summary(load_results(outputs.results))
     console.print(f"run store:  {outputs.run}")
@@ -271,8 +271,8 @@ def plot(
     run: Annotated[Path | None, typer.Option(help="Run store for scatter plots of the activations.")] = None,
 ) -> None:
     """Draw the paper's figures from results (information plane, I(X;T) over epochs, ...)."""
-    from ibframe.engine import load_results
     from ibframe.plot import plot_results
+    from ibframe.results import load_results
 
     for source in results:
         if (source / "layers").is_dir():

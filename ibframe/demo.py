@@ -15,10 +15,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ibframe.engine import ProgressCallback, estimate, save_results
+from ibframe.engine import ProgressCallback, estimate
 from ibframe.errors import SampleSizeWarning
-from ibframe.experiments import demo_config, train
 from ibframe.plot import plot_results
+from ibframe.recording.experiments import demo_config, train
+from ibframe.results import save_results
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ def ibframe_register_estimators(registry: EstimatorRegistry) -> None:
 def ibframe_register_experiments(registry: ExperimentRegistry) -> None:
     """Add training set-ups for ``ibframe train`` with ``registry.add(spec)``.
 
-    :param registry: the host's registry of :class:`ibframe.experiments.ExperimentSpec`, keyed by
+    :param registry: the host's registry of :class:`ibframe.recording.experiments.ExperimentSpec`, keyed by
         the spec's ``name``.
 
     .. versionadded:: 0.1

@@ -477,7 +477,7 @@ def plot_results(
     Parameters
     ----------
     results
-        A results Dataset, or the path of one written by :func:`ibframe.engine.save_results`.
+        A results Dataset, or the path of one written by :func:`ibframe.save_results`.
     kinds
         Names from :data:`PLOT_KINDS`. ``None`` draws every kind the results hold the variables
         for, and raises only if there is none; a kind named explicitly whose variables are
@@ -495,7 +495,7 @@ def plot_results(
         The files written, kind by kind, format by format.
     """
     if not isinstance(results, xr.Dataset):
-        from ibframe.engine import load_results
+        from ibframe.results import load_results
 
         results = load_results(results)
     unknown = [k for k in (kinds or []) if k not in PLOT_KINDS]

@@ -27,7 +27,7 @@ DEFAULT_PLUGINS: typing.Final = (
     "ibframe.estimators.binned",
     "ibframe.estimators.sp_mi",
     "ibframe.estimators.clustering",
-    "ibframe.experiments",
+    "ibframe.recording.experiments",
 )
 
 

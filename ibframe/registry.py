@@ -11,7 +11,7 @@ from ibframe.errors import EstimatorNotFoundError, ExperimentNotFoundError, Plug
 from ibframe.estimator import Estimator
 
 if typing.TYPE_CHECKING:
-    from ibframe.experiments import ExperimentSpec
+    from ibframe.recording.spec import ExperimentSpec
 
 _KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 

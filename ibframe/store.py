@@ -35,10 +35,8 @@ import numpy.typing as npt
 import xarray as xr
 import zarr
 
+from ibframe.block import Block
 from ibframe.errors import ActivationError, StoreError, StoreNotFoundError
-
-if typing.TYPE_CHECKING:
-    from ibframe.estimator import Block
 
 FORMAT: typing.Final = 1
 _CHUNK_BYTES: typing.Final = 8 * 2**20
@@ -460,8 +458,6 @@ class Run:
         context: Mapping[str, Any] | None = None,
     ) -> Block:
         """Everything an estimator needs for one (layer, epoch), as numpy arrays."""
-        from ibframe.estimator import Block
-
         group = self._layer_group(layer)
         i = self._epoch_position(epoch)
         attrs = group.attrs

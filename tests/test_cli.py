@@ -37,7 +37,7 @@ def test_estimators_lists_parameters_and_plugins(capsys):
 
 
 def test_estimate_writes_results(store, tmp_path, capsys):
-    from ibframe.engine import load_results
+    from ibframe.results import load_results
 
     out_path = tmp_path / "res.nc"
     code, out, _ = run_cli(["estimate", str(store), "-e", "binned-entropy", "-p", "bin_size=0.1,0.5",

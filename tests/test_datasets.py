@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ibframe.datasets import (
+from ibframe.errors import IbframeError
+from ibframe.recording.datasets import (
     SAXE_SPLIT_FILE,
     SZT_FILE,
     Dataset,
@@ -25,7 +26,6 @@ from ibframe.datasets import (
     spiral,
     szt_like,
 )
-from ibframe.errors import IbframeError
 
 COUNTING_ORDER = (np.arange(4096)[:, None] >> np.arange(11, -1, -1)) & 1
 

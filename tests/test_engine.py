@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from ibframe.engine import estimate, load_results, save_results, to_bits
+from ibframe.engine import estimate
 from ibframe.errors import (
     EstimatorNotFoundError,
     EstimatorRequirementError,
@@ -18,6 +18,7 @@ from ibframe.errors import (
     ResultConventionError,
 )
 from ibframe.estimator import Block, Estimator
+from ibframe.results import load_results, save_results, to_bits
 from ibframe.testing import make_test_run, validate_result
 
 CALLS: list[tuple[str, int]] = []

@@ -14,7 +14,7 @@ import torch
 
 import ibframe
 from ibframe.errors import ExperimentNotFoundError, ParameterError, TrainingError
-from ibframe.experiments import (
+from ibframe.recording.experiments import (
     BUILTIN_EXPERIMENTS,
     ExperimentSpec,
     demo_config,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ibframe.nn import (
+from ibframe.recording.nn import (
     GaussianNoise,
     controlled_noise,
     leaky_relu_pair,
@@ -189,7 +189,7 @@ def test_orthonormal_step_leaves_orthonormal_rows_alone() -> None:
 
 
 def test_random_affine_pure_shifts_move_images_by_whole_pixels():
-    from ibframe.nn import random_affine
+    from ibframe.recording.nn import random_affine
 
     x = torch.zeros(64, 1, 12, 12)
     x[:, 0, 5, 6] = 1.0  # one bright pixel
@@ -202,7 +202,7 @@ def test_random_affine_pure_shifts_move_images_by_whole_pixels():
 
 
 def test_random_affine_rotates_and_shears_within_the_paper_ranges():
-    from ibframe.nn import random_affine
+    from ibframe.recording.nn import random_affine
 
     x = torch.zeros(200, 1, 28, 28)
     x[:, 0, 4:24, 13:15] = 1.0  # a vertical bar through the centre
@@ -227,7 +227,7 @@ def test_random_affine_rotates_and_shears_within_the_paper_ranges():
 
 
 def test_mnist_training_augments_only_when_asked(tmp_path):
-    from ibframe.experiments import BUILTIN_EXPERIMENTS, train
+    from ibframe.recording.experiments import BUILTIN_EXPERIMENTS, train
 
     spec = BUILTIN_EXPERIMENTS["mnist-cnn"]
     assert spec.defaults.augment and spec.augment is not None

@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 from matplotlib.image import imread
 
-from ibframe.engine import estimate, save_results
+from ibframe.engine import estimate
 from ibframe.errors import ParameterError, ResultConventionError, SampleSizeWarning
 from ibframe.plot import (
     PLOT_KINDS,
@@ -19,6 +19,7 @@ from ibframe.plot import (
     plot_mi_epochs,
     plot_results,
 )
+from ibframe.results import save_results
 from ibframe.testing import make_test_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

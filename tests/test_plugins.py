@@ -157,7 +157,7 @@ def test_every_hook_is_documented():
 
 
 COMMAND_AND_EXPERIMENT_PLUGIN = '''
-from ibframe.experiments import BUILTIN_EXPERIMENTS
+from ibframe.recording.experiments import BUILTIN_EXPERIMENTS
 import dataclasses
 
 from ibframe.hookspecs import hookimpl
@@ -180,7 +180,7 @@ def ibframe_register_experiments(registry):
 
 def test_plugins_add_commands_and_experiments(site, tmp_path, capsys):
     from ibframe import cli
-    from ibframe.experiments import train
+    from ibframe.recording.experiments import train
 
     _install(site, "extras", "extras_hooks", COMMAND_AND_EXPERIMENT_PLUGIN)
     assert "my-neuron" in plugins.experiment_registry()

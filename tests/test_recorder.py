@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 import ibframe
-from ibframe.datasets import Dataset, szt_like
 from ibframe.errors import ParameterError, StoreError
-from ibframe.nn import GaussianNoise, controlled_noise, mnist_cnn, noisy_mlp, szt_mlp
-from ibframe.recorder import Recorder, RecordSchedule, classification_metrics
+from ibframe.recording.datasets import Dataset, szt_like
+from ibframe.recording.nn import GaussianNoise, controlled_noise, mnist_cnn, noisy_mlp, szt_mlp
+from ibframe.recording.recorder import Recorder, RecordSchedule, classification_metrics
 
 BETA = 0.1
 

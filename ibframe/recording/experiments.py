@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -31,115 +30,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ibframe import datasets
-from ibframe.datasets import Dataset
 from ibframe.errors import ParameterError, TrainingError
 from ibframe.hookspecs import hookimpl
-from ibframe.nn import (
-    NoisyNetwork,
+from ibframe.recording import datasets
+from ibframe.recording.datasets import Dataset
+from ibframe.recording.nn import leaky_relu_pair as leaky_relu_pair_net
+from ibframe.recording.nn import (
     mnist_cnn,
     orthonormal_step,
     random_affine,
     spiral_mlp,
     szt_mlp,
 )
-from ibframe.nn import leaky_relu_pair as leaky_relu_pair_net
-from ibframe.nn import single_neuron as single_neuron_net
-from ibframe.recorder import MetricsFn, Recorder, classification_metrics
+from ibframe.recording.nn import single_neuron as single_neuron_net
+from ibframe.recording.recorder import Recorder, classification_metrics
+from ibframe.recording.spec import ExperimentSpec, LossFn, MetricsFn, TrainSettings
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 EpochCallback = Callable[[int, Mapping[str, float]], None]
 
 _SMALL_MODEL = 100_000
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainSettings:
-    """Training and recording settings; every field can be overridden in :func:`train`.
-
-    Attributes
-    ----------
-    epochs
-        Training epochs; epochs 0 (the initial network) to ``epochs`` can be recorded.
-    beta
-        Noise standard deviation after each hidden layer (0: deterministic network).
-    activation
-        Hidden nonlinearity, one of the experiment's ``activations``.
-    lr, lr_final
-        Learning rate, and the rate reached at the last epoch by a geometric decay (None: constant).
-    optimizer
-        "adam" or "sgd" (plain gradient descent, no momentum).
-    batch_size
-        Minibatch size; None trains on the full training set at each step.
-    record
-        Which epochs to record (see :meth:`ibframe.recorder.RecordSchedule.parse`).
-    draws
-        Conditional draws n_x per conditional sample (0: none).
-    conditional_samples
-        Inputs that get conditional draws, a seeded subset of this size; None: all.
-    samples
-        Inputs recorded, a seeded subset of this size (all of them when None).
-    orthonormal
-        alpha of the orthonormality step W <- W - alpha (W W^T - I) W after each update
-        (Appendix B.1); None: off.
-    augment
-        Apply the experiment's data augmentation to every training minibatch (for the MNIST CNN,
-        Appendix B.3's random translations, rotations and shears); ignored by experiments
-        without one.
-    """
-
-    epochs: int
-    beta: float
-    lr: float
-    activation: str = "tanh"
-    lr_final: float | None = None
-    optimizer: Literal["adam", "sgd"] = "adam"
-    batch_size: int | None = None
-    record: str = "log:100"
-    draws: int = 0
-    conditional_samples: int | None = None
-    samples: int | None = None
-    orthonormal: float | None = None
-    augment: bool = False
-
-
-@dataclass(frozen=True, kw_only=True)
-class ExperimentSpec:
-    """A training set-up for ``ibframe train``.
-
-    Attributes
-    ----------
-    name
-        Kebab-case name, unique among the registered experiments.
-    description
-        One line for ``ibframe train --help`` listings.
-    load_data
-        ``load_data(path)`` returns the :class:`ibframe.datasets.Dataset`; ``path`` is the
-        user's ``--data`` or None for the experiment's own data.
-    build_model
-        ``build_model(data, beta, activation)`` returns the :class:`ibframe.nn.NoisyNetwork`,
-        drawing its initial weights from the global torch RNG (seeded by :func:`train`).
-    loss
-        ``loss(output, y)``: the scalar training loss of a batch.
-    metrics
-        ``metrics(output, y)``: e.g. ``{"loss": ..., "accuracy": ...}``, recorded per split part.
-    defaults
-        The :class:`TrainSettings` used where :func:`train` is not told otherwise.
-    activations
-        The nonlinearities ``build_model`` accepts.
-    augment
-        ``augment(x_batch, generator)``: a random transform of training inputs, or None.
-    """
-
-    name: str
-    description: str
-    load_data: Callable[[str | Path | None], Dataset]
-    build_model: Callable[[Dataset, float, str], NoisyNetwork]
-    loss: LossFn
-    metrics: MetricsFn
-    defaults: TrainSettings
-    activations: tuple[str, ...] = ("tanh",)
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -429,7 +338,7 @@ def train(
     Arguments left as None take the experiment's defaults (:attr:`ExperimentSpec.defaults`; see
     :class:`TrainSettings` for their meaning). The network is recorded at epoch 0 (before
     training) and after the epochs the ``record`` schedule names, through
-    :class:`ibframe.recorder.Recorder`, which leaves the training RNG stream alone.
+    :class:`ibframe.recording.recorder.Recorder`, which leaves the training RNG stream alone.
 
     Parameters
     ----------

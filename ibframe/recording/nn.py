@@ -7,7 +7,7 @@ the noise, and the next block receives the noisy T_l.
 
 Every builder returns a :class:`NoisyNetwork`: the ``torch.nn.Module`` plus, for each hidden
 layer, the qualified names of the module whose output is S_l and of its noise module. That is
-what :class:`ibframe.recorder.Recorder` needs, and what a user gives it for a model of their own.
+what :class:`ibframe.recording.recorder.Recorder` needs, and what a user gives it for a model of their own.
 
 The models follow Goldfeld et al. (ICML 2019): the SZT network of Section 5.1, the spiral network
 of Appendix B.2, the MNIST CNN of Appendix B.3, the single tanh neuron of Section 4 and the

@@ -348,7 +348,7 @@ def load_mnist(path: str | Path) -> Dataset:
 def load_digits(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     """scikit-learn's 1797 8x8 handwritten digits, a small MNIST stand-in shipped with sklearn.
 
-    x is (1797, 1, 8, 8) scaled to [0, 1]; :func:`ibframe.nn.mnist_cnn` takes
+    x is (1797, 1, 8, 8) scaled to [0, 1]; :func:`ibframe.recording.nn.mnist_cnn` takes
     ``input_size=8``. Needs scikit-learn (the ``test`` extra).
     """
     try:

@@ -19,7 +19,7 @@ train/eval mode is restored afterwards, and any epoch's noise can be regenerated
 
 In a training loop of your own::
 
-    net = ibframe.nn.szt_mlp(beta=0.01)            # or any model, naming its modules
+    net = ibframe.recording.nn.szt_mlp(beta=0.01)            # or any model, naming its modules
     with Recorder.for_network(net, "run.zarr", data, draws=32, schedule="log:30",
                               epochs=500, metrics_fn=classification_metrics) as rec:
         for epoch in range(501):
@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -46,12 +46,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ibframe.datasets import Dataset
 from ibframe.errors import ParameterError, StoreError
-from ibframe.nn import GaussianNoise, HiddenLayer, NoisyNetwork, controlled_noise
+from ibframe.recording.datasets import Dataset
+from ibframe.recording.nn import GaussianNoise, HiddenLayer, NoisyNetwork, controlled_noise
+from ibframe.recording.spec import MetricsFn
 from ibframe.store import Run, create_run, open_run
-
-MetricsFn = Callable[[torch.Tensor, torch.Tensor], Mapping[str, float]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,12 +203,12 @@ class Recorder:
         and "train"/"test" marks. Metrics are computed per part of the split.
     layers
         The hidden layers: ``{store name: qualified module name}``, a list of module names (used
-        as store names), or :class:`ibframe.nn.HiddenLayer` objects. Each module's output is S_l;
+        as store names), or :class:`ibframe.recording.nn.HiddenLayer` objects. Each module's output is S_l;
         conv outputs are flattened to units and their shape is kept as the layer's attribute.
     noise
         Qualified names of the noise modules, each adding N(0, beta^2 I) to its input. While
         recording they compute ``x + beta * Z`` with Z from the recorder's generator, whatever
-        their own implementation. None: every :class:`ibframe.nn.GaussianNoise` in the model.
+        their own implementation. None: every :class:`ibframe.recording.nn.GaussianNoise` in the model.
     beta
         Noise standard deviation; None takes it from the noise modules (which must then be
         ``GaussianNoise`` with one common beta, or absent for a deterministic network).
@@ -340,7 +339,7 @@ class Recorder:
     def for_network(
         cls, network: NoisyNetwork, path: str | Path, data: Dataset, **kwargs: Any
     ) -> Recorder:
-        """A recorder for a network built by :mod:`ibframe.nn`, on all samples of ``data``.
+        """A recorder for a network built by :mod:`ibframe.recording.nn`, on all samples of ``data``.
 
         ``kwargs`` are the other keyword arguments of :class:`Recorder`.
         """

@@ -1,0 +1,115 @@
+"""What an experiment is: its training settings and its set-up, below the registry that holds them.
+
+:class:`ExperimentSpec` and :class:`TrainSettings` are plain data: they import nothing of ibframe
+at run time, so that :mod:`ibframe.registry` can name them without importing the training code.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+if typing.TYPE_CHECKING:
+    import torch
+
+    from ibframe.recording.datasets import Dataset
+    from ibframe.recording.nn import NoisyNetwork
+
+#: ``loss(output, y)``: the scalar training loss of a batch.
+LossFn = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+#: ``metrics(output, y)``: named numbers such as ``{"loss": ..., "accuracy": ...}``.
+MetricsFn = Callable[["torch.Tensor", "torch.Tensor"], Mapping[str, float]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSettings:
+    """Training and recording settings; every field can be overridden in :func:`train`.
+
+    Attributes
+    ----------
+    epochs
+        Training epochs; epochs 0 (the initial network) to ``epochs`` can be recorded.
+    beta
+        Noise standard deviation after each hidden layer (0: deterministic network).
+    activation
+        Hidden nonlinearity, one of the experiment's ``activations``.
+    lr, lr_final
+        Learning rate, and the rate reached at the last epoch by a geometric decay (None: constant).
+    optimizer
+        "adam" or "sgd" (plain gradient descent, no momentum).
+    batch_size
+        Minibatch size; None trains on the full training set at each step.
+    record
+        Which epochs to record (see :meth:`ibframe.recording.recorder.RecordSchedule.parse`).
+    draws
+        Conditional draws n_x per conditional sample (0: none).
+    conditional_samples
+        Inputs that get conditional draws, a seeded subset of this size; None: all.
+    samples
+        Inputs recorded, a seeded subset of this size (all of them when None).
+    orthonormal
+        alpha of the orthonormality step W <- W - alpha (W W^T - I) W after each update
+        (Appendix B.1); None: off.
+    augment
+        Apply the experiment's data augmentation to every training minibatch (for the MNIST CNN,
+        Appendix B.3's random translations, rotations and shears); ignored by experiments
+        without one.
+    """
+
+    epochs: int
+    beta: float
+    lr: float
+    activation: str = "tanh"
+    lr_final: float | None = None
+    optimizer: Literal["adam", "sgd"] = "adam"
+    batch_size: int | None = None
+    record: str = "log:100"
+    draws: int = 0
+    conditional_samples: int | None = None
+    samples: int | None = None
+    orthonormal: float | None = None
+    augment: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentSpec:
+    """A training set-up for ``ibframe train``.
+
+    Attributes
+    ----------
+    name
+        Kebab-case name, unique among the registered experiments.
+    description
+        One line for ``ibframe train --help`` listings.
+    load_data
+        ``load_data(path)`` returns the :class:`ibframe.recording.datasets.Dataset`; ``path`` is the
+        user's ``--data`` or None for the experiment's own data.
+    build_model
+        ``build_model(data, beta, activation)`` returns the :class:`ibframe.recording.nn.NoisyNetwork`,
+        drawing its initial weights from the global torch RNG (seeded by :func:`train`).
+    loss
+        ``loss(output, y)``: the scalar training loss of a batch.
+    metrics
+        ``metrics(output, y)``: e.g. ``{"loss": ..., "accuracy": ...}``, recorded per split part.
+    defaults
+        The :class:`TrainSettings` used where :func:`train` is not told otherwise.
+    activations
+        The nonlinearities ``build_model`` accepts.
+    augment
+        ``augment(x_batch, generator)``: a random transform of training inputs, or None.
+    """
+
+    name: str
+    description: str
+    load_data: Callable[[str | Path | None], Dataset]
+    build_model: Callable[[Dataset, float, str], NoisyNetwork]
+    loss: LossFn
+    metrics: MetricsFn
+    defaults: TrainSettings
+    activations: tuple[str, ...] = ("tanh",)
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+
+
