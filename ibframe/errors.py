@@ -7,6 +7,9 @@ the message of an ``IbframeError`` as one line and exits non-zero.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 
 class IbframeError(Exception):
     """Root of every error ibframe raises on purpose."""
@@ -54,6 +57,34 @@ class DatasetError(IbframeError, ValueError):
 
 class TrainingError(IbframeError, RuntimeError):
     """Training diverged (NaN/inf loss) or was configured inconsistently."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskFailure:
+    """One (estimator, layer, epoch) task that raised instead of returning a result."""
+
+    estimator: str
+    layer: str
+    epoch: int
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.estimator} failed on layer {self.layer!r} at epoch {self.epoch}: {self.error}"
+
+
+class EstimationFailed(IbframeError, RuntimeError):
+    """Some estimation tasks failed; the others' results were kept (and cached).
+
+    ``failures`` lists what failed; ``result`` is the Dataset of everything that succeeded (None
+    when nothing did), so a caller can still use, save or plot it.
+    """
+
+    def __init__(self, failures: list[TaskFailure], result: Any = None) -> None:
+        self.failures = list(failures)
+        self.result = result
+        first = self.failures[0] if self.failures else "no task"
+        more = f" (and {len(self.failures) - 1} more)" if len(self.failures) > 1 else ""
+        super().__init__(f"{first}{more}")
 
 
 class IbframeWarning(UserWarning):
