@@ -82,15 +82,10 @@ class Structure:
         for name, dims, shape, dtype in self.variables:
             if name == "epoch":
                 continue
-            sizes = [f"{d}={n}" for d, n in zip([d for d in dims if d != "epoch"], shape, strict=True)]
-            parts.append(f"{name}({', '.join(sizes)}) {dtype}")
-        return "; ".join(parts) or "no variable"
-
-    def difference(self, other: Structure) -> str:
-        """What differs between two structures, in a few words."""
-        if self.variables == other.variables:
-            return "the values of coordinates without an epoch differ"
-        return f"{self.describe()} against {other.describe()}"
+            other_dims = [d for d in dims if d != "epoch"]
+            sizes = ", ".join(f"{d}={n}" for d, n in zip(other_dims, shape, strict=True))
+            parts.append(f"{name}({sizes}) {dtype if dtype == 'str' else np.dtype(dtype).name}")
+        return f"[{', '.join(parts)}]"
 
 
 def check_storable(piece: xr.Dataset) -> None:

@@ -263,12 +263,10 @@ def estimate(
         failures = _run_tasks(run, tasks, device, client, scheduler, report)
 
     result = _assemble(run, instances, jobs, layer_names, epoch_values)
-    if failures:
-        if errors == "raise" or result is None:
-            raise EstimationFailed(failures, result)
-        for failure in failures:
-            warnings.warn(str(failure), EstimationWarning, stacklevel=2)
-    assert result is not None  # no failure means every job has results
+    if result is None or (failures and errors == "raise"):
+        raise EstimationFailed(failures, result)
+    for failure in failures:
+        warnings.warn(str(failure), EstimationWarning, stacklevel=2)
     return result
 
 
@@ -324,17 +322,21 @@ def _accept(job: _Job, epoch: int, outcome: Any) -> str | None:
     """Keep a task's result in its job; the error as one line if it failed or broke a rule."""
     if isinstance(outcome, _Failed):
         return outcome.error
-    if isinstance(outcome, BaseException):  # a dask.distributed worker lost, say
-        return _one_line(outcome)
     structure = Structure.of(outcome)
     if job.structure is None:
         job.structure = structure
     elif structure != job.structure:
-        first = min([*job.fresh, *([] if job.cached is None else job.cached["epoch"].values)])
+        # every epoch kept so far has the job's structure
+        seen = min([*job.fresh, *([] if job.cached is None else job.cached["epoch"].values)])
+        what = (
+            f"other coordinate values than at epoch {int(seen)}"
+            if structure.variables == job.structure.variables
+            else f"{structure.describe()}, where epoch {int(seen)} had {job.structure.describe()}"
+        )
         msg = (
-            f"{job.estimator.name} returned {structure.difference(job.structure)} at epoch "
-            f"{int(first)}; an estimator must return the same variables and dims at every "
-            "epoch (and bump its version when its results change)"
+            f"{job.estimator.name} returned {what}; an estimator must return the same "
+            "variables, dims and coordinates at every epoch (and bump its version when its "
+            "results change)"
         )
         return _one_line(ResultConventionError(msg))
     job.fresh[epoch] = outcome
@@ -387,6 +389,11 @@ def _compute_distributed(
     futures = client.compute([value for _, _, value in graph])
     done = as_completed(futures, loop=client.loop, with_results=True, raise_errors=False)
     for future, outcome in done:
+        # the tasks return their own errors; these are the cluster's (a worker lost, say)
+        if future.status == "error":
+            outcome = _Failed(_one_line(future.exception()))
+        elif future.status == "cancelled":
+            outcome = _Failed("CancelledError: dask.distributed cancelled the task")
         finished(by_key[future.key], outcome)
 
 

@@ -268,11 +268,14 @@ def test_dims_that_change_between_epochs_are_a_clear_error(run):
     failures = caught.value.failures
     assert [f.epoch for f in failures] == [2, 3]
     for failure in failures:
-        assert failure.error.startswith("ResultConventionError: wobbly returned per_unit(unit=4)")
-        assert "the same variables and dims at every epoch" in failure.error
+        assert failure.error.startswith("ResultConventionError: wobbly returned [per_unit(unit=4)")
+        assert "where epoch 0 had [per_unit(unit=3) float64" in failure.error
+        assert "the same variables, dims and coordinates at every epoch" in failure.error
     assert caught.value.result["per_unit"].sel(epoch=[0, 1]).notnull().all()
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_ctrl_c_keeps_what_finished_and_the_rerun_computes_the_rest(run, tmp_path):
     """A subprocess is interrupted by SIGINT while a task hangs; every task that finished
     before was cached, so the rerun here computes only the others."""
