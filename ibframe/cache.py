@@ -347,6 +347,10 @@ def _valid_commit(commit: Any) -> dict[str, Any]:
         )
         and "epoch" in commit["variables"]
     )
+    if ok:  # each epoch and each row at most once
+        epochs = [e[0] for e in commit["epochs"]]
+        rows = [e[1] for e in commit["epochs"]]
+        ok = len(set(epochs)) == len(epochs) and len(set(rows)) == len(rows)
     if not ok:
         msg = f"its {COMMIT!r} attribute is not a valid commit"
         raise ValueError(msg)

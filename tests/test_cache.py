@@ -98,7 +98,9 @@ def test_missing_or_damaged_chunks_are_never_read_as_values(run, damage):
     _same(ds, reference)
 
 
-@pytest.mark.parametrize("damage", ["no commit", "garbled commit", "garbled metadata"])
+@pytest.mark.parametrize(
+    "damage", ["no commit", "garbled commit", "repeated epoch", "garbled metadata"]
+)
 def test_incomplete_or_unreadable_entries_are_recomputed(run, damage):
     reference, _ = _estimate(run, cache=False)
     _estimate(run)
@@ -110,6 +112,11 @@ def test_incomplete_or_unreadable_entries_are_recomputed(run, damage):
         )
     elif damage == "garbled commit":
         zarr.open_group(entry, mode="r+").attrs["ibframe_cache"] = {"format": 1, "epochs": "x"}
+    elif damage == "repeated epoch":  # a commit naming one epoch twice
+        group = zarr.open_group(entry, mode="r+")
+        commit = dict(group.attrs["ibframe_cache"])
+        commit["epochs"] = [*commit["epochs"], commit["epochs"][0]]
+        group.attrs["ibframe_cache"] = commit
     else:
         (entry / "zarr.json").write_text('{"zarr_format": 3, "node_ty')
     with pytest.warns(CacheWarning, match="no commit|damaged|unreadable"):
