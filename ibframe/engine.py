@@ -315,7 +315,9 @@ def _run_tasks(
             _compute_distributed(client, graph, finished)
         else:
             _compute_local(graph, scheduler, finished)
-    return failures
+    # in the order of the tasks (estimator, layer, epoch), whatever order they finished in
+    order = {(t.job.estimator.name, t.job.layer, t.epoch): i for i, t in enumerate(tasks)}
+    return sorted(failures, key=lambda f: order[f.estimator, f.layer, f.epoch])
 
 
 def _accept(job: _Job, epoch: int, outcome: Any) -> str | None:
