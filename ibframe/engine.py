@@ -1,42 +1,51 @@
 """The engine: plan (estimator, layer, epoch) tasks, compute them in one Dask graph, assemble.
 
 Results are cached in the run store under ``results/<estimator>/<key>/<layer>``, where the key
-hashes the estimator's name, version, result-defining parameters and layer context. Asking again
-returns the cached result; asking for more epochs computes only the new ones.
+hashes the estimator's name, version, result-defining parameters and layer context
+(:mod:`ibframe.cache`). Asking again returns the cached result; asking for more epochs computes
+only the new ones. Each task's result is cached as soon as it comes back, in the calling
+process, so an interrupted or partly failed estimate resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import os
 import typing
+import uuid
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dask
 import numpy as np
 import xarray as xr
+import zarr
 
+from ibframe.cache import CacheEntry, CacheWarning, Structure, check_storable
 from ibframe.errors import (
+    EstimationFailed,
     EstimatorRequirementError,
     IbframeWarning,
     ParameterError,
     ResultConventionError,
     StoreError,
+    TaskFailure,
 )
 from ibframe.estimator import Estimator, params_json
 from ibframe.plugins import estimator_registry, plugin_version
 from ibframe.store import Run, open_run
 
-#: ``progress(done, total)``, called as tasks finish.
+#: ``progress(done, total)``, called as tasks finish; ``progress(0, 0)`` when all was cached.
 ProgressCallback = Callable[[int, int], None]
 
 
-class CacheWarning(IbframeWarning):
-    """Results could not be cached in the run store (read-only, say); they were still computed."""
+class EstimationWarning(IbframeWarning):
+    """A task failed and ``errors="warn"`` was asked for: its results are missing (NaN)."""
 
 
 def resolve_device(device: str) -> str:
@@ -99,11 +108,35 @@ def cache_key(estimator: Estimator, context: Mapping[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Failed:
+    """What a task returns instead of raising: the error as one line (picklable for workers)."""
+
+    error: str
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
 def _compute_block(
     path: str, estimator: Estimator, layer: str, epoch: int, device: str, context: dict[str, Any]
-) -> xr.Dataset:
-    run = open_run(path)
-    result = estimator.compute(run.block(layer, epoch, device=device, context=context))
+) -> xr.Dataset | _Failed:
+    """One task: read the block from the run store, estimate, check the result's conventions.
+
+    Errors come back as :class:`_Failed` so that one failing task never stops the others.
+    """
+    try:
+        run = open_run(path)
+        result = estimator.compute(run.block(layer, epoch, device=device, context=context))
+        _check_result(result, estimator)
+        return result.expand_dims(epoch=[int(epoch)]).load()
+    except Exception as err:  # noqa: BLE001 - reported as a TaskFailure; the others go on
+        return _Failed(_one_line(err))
+
+
+def _check_result(result: Any, estimator: Estimator) -> None:
     if not isinstance(result, xr.Dataset):
         msg = f"{estimator.name}.compute returned {type(result).__name__}, not an xarray.Dataset"
         raise ResultConventionError(msg)
@@ -111,16 +144,33 @@ def _compute_block(
     if clash:
         msg = f"{estimator.name}.compute returned dims {sorted(clash)}; the engine adds those"
         raise ResultConventionError(msg)
-    return result.expand_dims(epoch=[int(epoch)]).load()
+    for name, var in result.data_vars.items():
+        for required in ("long_name", "units"):
+            if required not in var.attrs:
+                msg = f"{estimator.name}: result variable {name!r} has no {required!r} attribute"
+                raise ResultConventionError(msg)
+    check_storable(result)
 
 
-class _Job(typing.NamedTuple):
+@dataclasses.dataclass
+class _Job:
+    """One (estimator, layer): what the cache holds, what is missing, what came back."""
+
     estimator: Estimator
     layer: str
     context: dict[str, Any]
-    group: str
+    entry: CacheEntry | None
     cached: xr.Dataset | None
     missing: list[int]
+    structure: Structure | None
+    fresh: dict[int, xr.Dataset] = dataclasses.field(default_factory=dict)
+    failed: list[int] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Task:
+    job: _Job
+    epoch: int
 
 
 def estimate(
@@ -133,7 +183,8 @@ def estimate(
     scheduler: str | None = None,
     device: str = "auto",
     cache: bool = True,
-    progress: ProgressCallback | None = None,
+    progress: ProgressCallback | Literal[False] | None = None,
+    errors: Literal["raise", "warn"] = "raise",
 ) -> xr.Dataset:
     """Run estimators on a run store and return their results as one labelled Dataset.
 
@@ -147,17 +198,28 @@ def estimate(
     layers, epochs
         What to estimate on; default every layer and every committed epoch.
     params
-        ``{estimator name: {parameter: value}}``; strings are coerced to the declared types.
+        ``{estimator name: {parameter: value}}``; strings are coerced to the declared types, and
+        a single value is accepted where a list is declared.
     scheduler
         None for Dask's local threaded scheduler, ``"synchronous"``/``"threads"``/``"processes"``,
-        or the address of a dask.distributed scheduler (``"tcp://host:8786"``).
+        or the address of a dask.distributed scheduler (``"tcp://host:8786"``), which is
+        connected to first, even when everything is cached, so an unreachable one is an error.
     device
         ``"auto"`` (CUDA when visible), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; tasks on a GPU
         carry a ``GPU`` resource annotation for dask.distributed.
     cache
-        Read and write cached results in the run store.
+        Read and write cached results in the run store. Each task's result is cached as it
+        comes back, so an interrupted or failed call resumes where it stopped.
     progress
-        Called as ``progress(done, total)`` while tasks finish.
+        Called as ``progress(done, total)`` while tasks finish, first as ``progress(0, total)``;
+        ``progress(0, 0)`` means everything was read from the cache. None or False: silent.
+    errors
+        What to do when tasks raise. Every task runs either way; those that succeed are cached
+        and assembled, the failed (layer, epoch) cells are NaN. ``"raise"`` (default) then
+        raises :class:`~ibframe.errors.EstimationFailed` carrying ``.failures`` (one
+        :class:`~ibframe.errors.TaskFailure` per failed task) and ``.result`` (the Dataset of
+        what succeeded, or None); ``"warn"`` returns that Dataset with one
+        :class:`EstimationWarning` per failure (and raises only if nothing succeeded).
 
     Returns
     -------
@@ -165,7 +227,21 @@ def estimate(
         Dims ``epoch`` and ``layer`` (plus estimator-specific ones), the estimators' variables
         with ``long_name``, ``units``, ``estimator``, ``estimator_params``, ``estimator_version``
         attributes, and the run's metrics over the same epochs.
+
+    Raises
+    ------
+    ParameterError
+        Before anything is computed: unknown estimators, parameters, layers or epochs, an
+        unreachable scheduler, or work that cannot fit in memory.
+    EstimationFailed
+        After every task ran, when some failed (``errors="raise"``).
+    KeyboardInterrupt
+        Passed on once the tasks that finished are cached.
     """
+    if errors not in ("raise", "warn"):
+        msg = f"errors must be 'raise' or 'warn', got {errors!r}"
+        raise ParameterError(msg)
+    report = progress or None
     run = run if isinstance(run, Run) else open_run(Path(run))
     _check_scheduler(scheduler)
     instances = build_estimators(estimators, params)
@@ -175,52 +251,152 @@ def estimate(
     for est in instances:
         _check(est, run, layer_names, epoch_values)
 
-    jobs = [
-        _plan(run, est, layer, epoch_values, cache)
-        for est in instances
-        for layer in layer_names
-    ]
-    path = str(run.path)
-    annotations = {"resources": {"GPU": 1}} if device.startswith("cuda") else {}
-    tasks = []
-    with dask.annotate(**annotations):
-        for job in jobs:
-            tasks.extend(
-                dask.delayed(_compute_block, pure=False)(
-                    path, job.estimator, job.layer, epoch, device, job.context
-                )
-                for epoch in job.missing
-            )
-    computed = iter(_compute(tasks, scheduler, progress))
-    pieces: dict[str, list[xr.Dataset]] = {}
-    for job in jobs:
-        new = [next(computed) for _ in job.missing]
-        layer_ds = _merge_cached(run, job, new, cache)
-        layer_ds = layer_ds.sel(epoch=epoch_values)
-        layer_ds = job.estimator.finalize_layer(layer_ds).expand_dims(layer=[job.layer])
-        pieces.setdefault(job.estimator.name, []).append(layer_ds)
+    with _connect(scheduler) as client:
+        _check_memory(instances, run, layer_names, device, client)
+        store = _cache_store(run) if cache else None
+        jobs = [
+            _plan(run, est, layer, epoch_values, store)
+            for est in instances
+            for layer in layer_names
+        ]
+        tasks = [_Task(job, epoch) for job in jobs for epoch in job.missing]
+        failures = _run_tasks(run, tasks, device, client, scheduler, report)
 
-    merged = []
-    for est in instances:
-        ds = xr.concat(pieces[est.name], dim="layer", join="outer", combine_attrs="override")
-        merged.append(_label(ds, est))
-    result = _merge_estimators(merged)
-    metrics = run.metrics()
-    if metrics.data_vars:
-        result = result.merge(metrics.sel(epoch=epoch_values))
-    result = result.assign_coords(layer=np.asarray(layer_names, dtype=object))
-    result = result.transpose("epoch", "layer", ...)
-    from ibframe import __version__
-
-    stamp = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    result.attrs = {
-        "title": f"ibframe estimates for {run.path.name}",
-        "source": str(run.path),
-        "history": f"{stamp} ibframe.estimate({[e.name for e in instances]})",
-        "ibframe_version": __version__,
-        "beta": run.beta,
-    }
+    result = _assemble(run, instances, jobs, layer_names, epoch_values)
+    if result is None or (failures and errors == "raise"):
+        raise EstimationFailed(failures, result)
+    for failure in failures:
+        warnings.warn(str(failure), EstimationWarning, stacklevel=2)
     return result
+
+
+def _run_tasks(
+    run: Run,
+    tasks: list[_Task],
+    device: str,
+    client: Any,
+    scheduler: str | None,
+    report: ProgressCallback | None,
+) -> list[TaskFailure]:
+    """Compute the tasks; each result is checked and cached here, in this process, as it comes."""
+    failures: list[TaskFailure] = []
+    warned = False
+    done = 0
+
+    def finished(task: _Task, outcome: Any) -> None:
+        nonlocal warned, done
+        job = task.job
+        error = _accept(job, task.epoch, outcome)
+        if error is not None:
+            job.failed.append(task.epoch)
+            failures.append(TaskFailure(job.estimator.name, job.layer, task.epoch, error))
+        elif job.entry is not None:
+            try:
+                job.entry.write(job.fresh[task.epoch])
+            except (OSError, ValueError, TypeError, zarr.errors.BaseZarrError) as err:
+                job.entry = None  # this entry is not written again; the others still try
+                if not warned:
+                    warned = True
+                    warnings.warn(
+                        f"could not cache results in {run.path} ({_one_line(err)}); they are "
+                        "computed but not stored",
+                        CacheWarning,
+                        stacklevel=2,
+                    )
+        done += 1
+        if report is not None:
+            report(done, len(tasks))
+
+    if report is not None:
+        report(0, len(tasks))
+    if tasks:
+        graph = _graph(str(run.path), tasks, device)
+        if client is not None:
+            _compute_distributed(client, graph, finished)
+        else:
+            _compute_local(graph, scheduler, finished)
+    # in the order of the tasks (estimator, layer, epoch), whatever order they finished in
+    order = {(t.job.estimator.name, t.job.layer, t.epoch): i for i, t in enumerate(tasks)}
+    return sorted(failures, key=lambda f: order[f.estimator, f.layer, f.epoch])
+
+
+def _accept(job: _Job, epoch: int, outcome: Any) -> str | None:
+    """Keep a task's result in its job; the error as one line if it failed or broke a rule."""
+    if isinstance(outcome, _Failed):
+        return outcome.error
+    structure = Structure.of(outcome)
+    if job.structure is None:
+        job.structure = structure
+    elif structure != job.structure:
+        # every epoch kept so far has the job's structure
+        seen = min([*job.fresh, *([] if job.cached is None else job.cached["epoch"].values)])
+        what = (
+            f"other coordinate values than at epoch {int(seen)}"
+            if structure.variables == job.structure.variables
+            else f"{structure.describe()}, where epoch {int(seen)} had {job.structure.describe()}"
+        )
+        msg = (
+            f"{job.estimator.name} returned {what}; an estimator must return the same "
+            "variables, dims and coordinates at every epoch (and bump its version when its "
+            "results change)"
+        )
+        return _one_line(ResultConventionError(msg))
+    job.fresh[epoch] = outcome
+    return None
+
+
+_Graph = list[tuple[str, _Task, Any]]
+
+
+def _graph(path: str, tasks: list[_Task], device: str) -> _Graph:
+    """One delayed call per task, under keys unique to this call (a cluster keeps old keys)."""
+    token = uuid.uuid4().hex
+    annotations = {"resources": {"GPU": 1}} if device.startswith("cuda") else {}
+    graph = []
+    with dask.annotate(**annotations):
+        for i, task in enumerate(tasks):
+            key = f"ibframe-task-{token}-{i}"
+            job = task.job
+            value = dask.delayed(_compute_block, pure=False)(
+                path, job.estimator, job.layer, task.epoch, device, job.context,
+                dask_key_name=key,
+            )
+            graph.append((key, task, value))
+    return graph
+
+
+def _compute_local(
+    graph: _Graph, scheduler: str | None, finished: Callable[[_Task, Any], None]
+) -> None:
+    from dask.callbacks import Callback
+
+    by_key = {key: task for key, task, _ in graph}
+
+    class _Finished(Callback):  # type: ignore[misc]  # dask's Callback is untyped
+        # dask calls _posttask in the thread that runs the scheduler: the caller's.
+        def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+            if key in by_key:
+                finished(by_key[key], result)
+
+    with _Finished():
+        dask.compute(*[value for _, _, value in graph], scheduler=scheduler or "threads")
+
+
+def _compute_distributed(
+    client: Any, graph: _Graph, finished: Callable[[_Task, Any], None]
+) -> None:
+    from distributed import as_completed
+
+    by_key = {key: task for key, task, _ in graph}
+    futures = client.compute([value for _, _, value in graph])
+    done = as_completed(futures, loop=client.loop, with_results=True, raise_errors=False)
+    for future, outcome in done:
+        # the tasks return their own errors; these are the cluster's (a worker lost, say)
+        if future.status == "error":
+            outcome = _Failed(_one_line(future.exception()))
+        elif future.status == "cancelled":
+            outcome = _Failed("CancelledError: dask.distributed cancelled the task")
+        finished(by_key[future.key], outcome)
 
 
 _LOCAL_SCHEDULERS: typing.Final = ("threads", "synchronous", "sync", "processes")
@@ -234,6 +410,30 @@ def _check_scheduler(scheduler: str | None) -> None:
         "of a dask.distributed scheduler such as tcp://host:8786"
     )
     raise ParameterError(msg)
+
+
+@contextlib.contextmanager
+def _connect(scheduler: str | None) -> Iterator[Any]:
+    """A dask.distributed client for a scheduler address (None for the local schedulers).
+
+    Connecting is the check that the address is right, so it happens even when nothing needs
+    computing. The wait is dask's ``distributed.comm.timeouts.connect`` setting.
+    """
+    if scheduler is None or "://" not in scheduler:
+        yield None
+        return
+    try:
+        from distributed import Client
+    except ImportError as err:
+        msg = "a scheduler address needs dask.distributed: pip install 'ibframe[distributed]'"
+        raise ParameterError(msg) from err
+    try:
+        client = Client(scheduler, set_as_default=False)
+    except (OSError, ValueError) as err:
+        msg = f"could not reach the dask scheduler at {scheduler}: {_one_line(err)}"
+        raise ParameterError(msg) from err
+    with client:
+        yield client
 
 
 def _select_layers(run: Run, layers: Sequence[str] | None) -> list[str]:
@@ -278,96 +478,130 @@ def _check(est: Estimator, run: Run, layers: list[str], epochs: list[int]) -> No
         raise EstimatorRequirementError(msg)
 
 
-def _plan(run: Run, est: Estimator, layer: str, epochs: list[int], cache: bool) -> _Job:
+def _check_memory(
+    instances: list[Estimator], run: Run, layers: list[str], device: str, client: Any
+) -> None:
+    """Refuse, before starting, a task that needs more memory than where it would run has."""
+    limit, where = _memory_limit(device, client)
+    if limit is None:
+        return
+    for est in instances:
+        for layer in layers:
+            need = est.memory_bytes(run, layer)
+            if need > limit:
+                msg = (
+                    f"{est.name} on layer {layer!r} needs about {_bytes(need)} of memory per task,"
+                    f" more than the {_bytes(limit)} of {where}; lower the sample sizes in its "
+                    f"parameters ({params_json(est.params())})"
+                )
+                raise ParameterError(msg)
+
+
+def _memory_limit(device: str, client: Any) -> tuple[int | None, str]:
+    """The memory a task can use and where, or None when it cannot be told."""
+    if device.startswith("cuda"):
+        import torch
+
+        index = int(device[5:]) if ":" in device else torch.cuda.current_device()
+        return int(torch.cuda.get_device_properties(index).total_memory), f"GPU {device}"
+    if client is not None:
+        workers = client.scheduler_info().get("workers", {}).values()
+        limits = [int(w.get("memory_limit") or 0) for w in workers]
+        return (max(limits), "the largest dask worker") if limits and min(limits) > 0 else (None, "")
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine"
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        return None, ""
+
+
+def _bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            return f"{value:.3g} {unit}"
+        value /= 1024
+    raise AssertionError  # pragma: no cover - the loop always returns
+
+
+def _cache_store(run: Run) -> Any:
+    """The run store's Zarr store, for the cache to read and write through."""
+    return zarr.open_group(run.path, mode="r+", zarr_format=3).store
+
+
+def _plan(run: Run, est: Estimator, layer: str, epochs: list[int], store: Any) -> _Job:
     context = est.layer_context(run, layer)
-    group = f"results/{est.name}/{cache_key(est, context)}/{layer}"
-    cached = _read_cache(run, group) if cache else None
+    entry = None
+    cached = None
+    if store is not None:
+        entry = CacheEntry(store, f"results/{est.name}/{cache_key(est, context)}/{layer}")
+        cached = entry.read()
     done = set() if cached is None else set(cached["epoch"].values.tolist())
-    return _Job(est, layer, context, group, cached, [e for e in epochs if e not in done])
+    structure = None if cached is None else Structure.of(cached.isel(epoch=[0]))
+    missing = [e for e in epochs if e not in done]
+    return _Job(est, layer, context, entry, cached, missing, structure)
 
 
-def _read_cache(run: Run, group: str) -> xr.Dataset | None:
-    if not (run.path / group / "zarr.json").exists():
+def _assemble(
+    run: Run,
+    instances: list[Estimator],
+    jobs: list[_Job],
+    layer_names: list[str],
+    epoch_values: list[int],
+) -> xr.Dataset | None:
+    """The Dataset of everything that succeeded, or None when nothing did."""
+    pieces: dict[str, list[xr.Dataset]] = {}
+    for job in jobs:
+        layer_ds = _layer_result(job, epoch_values)
+        if layer_ds is not None:
+            pieces.setdefault(job.estimator.name, []).append(layer_ds)
+    merged = [
+        _label(xr.concat(pieces[est.name], dim="layer", join="outer", combine_attrs="override"), est)
+        for est in instances
+        if est.name in pieces
+    ]
+    if not merged:
         return None
-    try:
-        return xr.open_zarr(run.path, group=group, consolidated=False, zarr_format=3).load()
-    except (OSError, ValueError, KeyError) as err:
-        warnings.warn(f"ignoring unreadable cached results {group}: {err}", CacheWarning, stacklevel=3)
+    result = _merge_estimators(merged).reindex(epoch=epoch_values, layer=layer_names)
+    metrics = run.metrics()
+    if metrics.data_vars:
+        result = result.merge(metrics.sel(epoch=epoch_values))
+    result = result.assign_coords(layer=np.asarray(layer_names, dtype=object))
+    result = result.transpose("epoch", "layer", ...)
+    from ibframe import __version__
+
+    names = [e.name for e in instances]
+    stamp = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    result.attrs = {
+        "title": f"ibframe estimates for {run.path.name}",
+        "source": str(Path(run.path).absolute()),
+        "history": f"{stamp} ibframe.estimate({names})",
+        "ibframe_version": __version__,
+        "beta": run.beta,
+    }
+    return result
+
+
+def _layer_result(job: _Job, epochs: list[int]) -> xr.Dataset | None:
+    """One (estimator, layer): the cached and fresh epochs asked for, finalized, with ``layer``."""
+    parts = []
+    if job.cached is not None:
+        wanted = [e for e in job.cached["epoch"].values.tolist() if e in set(epochs)]
+        parts.append(job.cached.sel(epoch=wanted))
+    parts.extend(job.fresh[e] for e in sorted(job.fresh))
+    parts = [p for p in parts if p.sizes["epoch"]]
+    if not parts:
         return None
-
-
-def _merge_cached(run: Run, job: _Job, new: list[xr.Dataset], cache: bool) -> xr.Dataset:
-    fresh = xr.concat(new, dim="epoch", join="outer") if new else None
-    if fresh is not None and cache:
-        _write_cache(run, job.group, fresh, append=job.cached is not None)
-    parts = [p for p in (job.cached, fresh) if p is not None]
-    combined = parts[0] if len(parts) == 1 else xr.concat(parts, dim="epoch", join="outer")
-    return combined.sortby("epoch")
-
-
-def _write_cache(run: Run, group: str, ds: xr.Dataset, append: bool) -> None:
-    try:
-        with warnings.catch_warnings():
-            # fixed-width string coordinates (e.g. pair="within") have no ratified v3 dtype yet
-            warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
-            if append:
-                ds.to_zarr(run.path, group=group, mode="a", append_dim="epoch",
-                           consolidated=False, zarr_format=3)
-            else:
-                ds.to_zarr(run.path, group=group, mode="w", consolidated=False, zarr_format=3)
-    except (OSError, ValueError) as err:
-        warnings.warn(
-            f"could not cache results in {run.path} ({err}); they were computed but not stored",
-            CacheWarning,
-            stacklevel=4,
-        )
-
-
-def _compute(
-    tasks: list[Any], scheduler: str | None, progress: ProgressCallback | None
-) -> list[xr.Dataset]:
-    total = len(tasks)
-    if progress is not None:
-        progress(0, total)
-    if not tasks:
-        return []
-    if scheduler is not None and "://" in scheduler:
-        return _compute_distributed(tasks, scheduler, progress)
-    from dask.callbacks import Callback
-
-    class _Progress(Callback):  # type: ignore[misc]  # dask's Callback is untyped
-        def __init__(self) -> None:
-            super().__init__()
-            self.done = 0
-
-        def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-            if isinstance(result, xr.Dataset) and progress is not None:
-                self.done += 1
-                progress(self.done, total)
-
-    with _Progress():
-        return list(dask.compute(*tasks, scheduler=scheduler or "threads"))
-
-
-def _compute_distributed(
-    tasks: list[Any], address: str, progress: ProgressCallback | None
-) -> list[xr.Dataset]:
-    try:
-        from distributed import Client, as_completed
-    except ImportError as err:
-        msg = "a scheduler address needs dask.distributed: pip install 'ibframe[distributed]'"
-        raise ParameterError(msg) from err
-    try:
-        client = Client(address, timeout="10s")
-    except OSError as err:
-        msg = f"could not reach the dask scheduler at {address}: {err}"
-        raise ParameterError(msg) from err
-    with client:
-        futures = client.compute(tasks)
-        for done, _ in enumerate(as_completed(futures), 1):
-            if progress is not None:
-                progress(done, len(futures))
-        return list(client.gather(futures))
+    # every part has the job's Structure, so their other coordinates are equal
+    layer_ds = xr.concat(parts, dim="epoch", join="override", combine_attrs="override")
+    layer_ds = layer_ds.sortby("epoch")
+    if job.failed:
+        # What is left of a layer whose tasks failed may be too little for finalize_layer
+        # (fewer than two epochs, say); the per-epoch results stand, the failures are reported.
+        with contextlib.suppress(Exception):
+            layer_ds = job.estimator.finalize_layer(layer_ds)
+    else:
+        layer_ds = job.estimator.finalize_layer(layer_ds)
+    return layer_ds.expand_dims(layer=[job.layer])
 
 
 def _label(ds: xr.Dataset, est: Estimator) -> xr.Dataset:
@@ -402,4 +636,4 @@ def _merge_estimators(datasets: list[xr.Dataset]) -> xr.Dataset:
     return xr.merge(datasets, join="outer", combine_attrs="override")
 
 
-__all__ = ["build_estimators", "cache_key", "estimate"]
+__all__ = ["CacheWarning", "EstimationWarning", "build_estimators", "cache_key", "estimate"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -93,6 +94,20 @@ class Estimator:
         if self.needs_labels and not run.has_labels:
             msg = f"{self.name} needs class labels, and run {run.path} has none"
             raise EstimatorRequirementError(msg)
+
+    def memory_bytes(self, run: Run, layer: str) -> int:
+        """About how many bytes one task on ``layer`` needs at its peak, an upper estimate.
+
+        The engine refuses, before computing anything, work whose tasks need more memory than
+        the machine (or GPU, or dask worker) has. The default counts a few copies of the block
+        (S, the conditional draws, the labels); estimators whose parameters size their work
+        (Monte Carlo draws, histogram bins) add that.
+        """
+        units = int(run.layer_attrs(layer)["units"])
+        conditional = run.conditional(layer)
+        cond_values = 0 if conditional is None else math.prod(conditional.shape[1:])
+        block = 4 * (run.n_samples * units + cond_values) + 8 * run.n_samples
+        return 3 * block
 
     # -- parameters ------------------------------------------------------------------------
 
@@ -167,6 +182,9 @@ class Parameter:
             for option in options:
                 if _is_instance(value, option):
                     return list(value) if isinstance(value, tuple) else value
+            for option in options:  # one value where a list is declared: a list of one
+                if typing.get_origin(option) in (list, tuple) and _is_instance([value], option):
+                    return [value]
         msg = f"{owner}: parameter {self.name!r} expects {self.type_name}, got {value!r}"
         raise ParameterError(msg)
 

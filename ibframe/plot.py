@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import os
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,8 +31,13 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize, SymLogNorm
 from matplotlib.figure import Figure
 
-from ibframe.errors import ParameterError, ResultConventionError
+from ibframe.errors import IbframeWarning, ParameterError, ResultConventionError
 from ibframe.store import Run, open_run
+
+
+class PlotWarning(IbframeWarning):
+    """A figure that could have been drawn was skipped (its run store was not found, say)."""
+
 
 #: The estimator that produces each variable a figure reads, for error messages.
 _PRODUCERS: typing.Final = {
@@ -86,17 +92,6 @@ def _layers(var: xr.DataArray, layers: Sequence[str] | None) -> list[str]:
     others = [d for d in var.dims if d != "layer"]
     present = var.notnull().any(others) if others else var.notnull()
     return [name for name, keep in zip(known, present.values, strict=True) if keep]
-
-
-def _present(var: xr.DataArray, dim: str) -> np.ndarray:
-    """Values of ``dim`` at which ``var`` holds any value.
-
-    Merged results take the union of coordinates such as ``bin_size`` over estimators, so a
-    variable can be all NaN at values another estimator asked for.
-    """
-    others = [d for d in var.dims if d != dim]
-    keep = var.notnull().any(others).values if others else var.notnull().values
-    return var[dim].values[keep]
 
 
 def _edges(results: xr.Dataset, coord: str) -> np.ndarray:
@@ -241,7 +236,7 @@ def plot_binned_entropy(results: xr.Dataset, *, layers: Sequence[str] | None = N
         msg = f"plot 'binned-entropy': entropy_bin has unexpected dimensions {extra}"
         raise ResultConventionError(msg)
     panels = (
-        [(f"{extra[0]} = {v:g}", entropy.sel({extra[0]: v})) for v in _present(entropy, extra[0])]
+        [(f"{extra[0]} = {v:g}", entropy.sel({extra[0]: v})) for v in entropy[extra[0]].values]
         if extra
         else [("", entropy)]
     )
@@ -313,21 +308,21 @@ def plot_distance_histograms(
 def plot_unit_slopes(results: xr.Dataset, *, layers: Sequence[str] | None = None) -> Figure:
     """Slopes of per-unit binned entropy over epochs, per bin size, with mean ± std (Sec. 5.2).
 
-    Needs ``unit_entropy_slope`` (layer, bin_size, unit) from ``unit-entropy-slopes``. Each dot
-    is a unit; the bar is the layer's mean slope ± one standard deviation. Negative slopes are
-    units that compress.
+    Needs ``unit_entropy_slope`` (layer, unit_bin_size, unit) from ``unit-entropy-slopes``. Each
+    dot is a unit; the bar is the layer's mean slope ± one standard deviation. Negative slopes
+    are units that compress.
     """
-    _require(results, "unit-slopes", {"unit_entropy_slope": ("layer", "bin_size", "unit")})
+    _require(results, "unit-slopes", {"unit_entropy_slope": ("layer", "unit_bin_size", "unit")})
     slopes = results["unit_entropy_slope"]
     names = _layers(slopes, layers)
     fig, axes = _grid(len(names))
-    sizes = _present(slopes, "bin_size")
+    sizes = slopes["unit_bin_size"].values
     positions = np.arange(sizes.size)
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, slopes.sizes["unit"])
     for ax, name in zip(axes, names, strict=True):
-        layer = slopes.sel(layer=name, bin_size=sizes)
+        layer = slopes.sel(layer=name)
         for i, size in enumerate(sizes):
-            values = layer.sel(bin_size=size).values
+            values = layer.sel(unit_bin_size=size).values
             ax.scatter(positions[i] + jitter, values, s=6, color="tab:blue", alpha=0.5)
         mean = layer.mean("unit").values
         std = layer.std("unit").values
@@ -395,10 +390,10 @@ def plot_activation_scatter(
     widths = {name: int(store.layer_attrs(name)["units"]) for name in store.layers}
     if layer is None:
         small = [name for name, units in widths.items() if units in (2, 3)]
-        if not small:
+        if not small:  # the run lacks what the figure needs, as a result lacks a variable
             listing = ", ".join(f"{k} ({v})" for k, v in widths.items())
             msg = f"plot 'scatter' needs a layer of 2 or 3 units; run {store.path} has {listing}"
-            raise ParameterError(msg)
+            raise ResultConventionError(msg)
         layer = small[-1]
     if widths.get(layer) not in (2, 3):
         msg = f"plot 'scatter' draws a layer of 2 or 3 units; {layer!r} has {widths.get(layer)}"
@@ -438,10 +433,16 @@ def _scatter_run(results: xr.Dataset | None, run: Run | str | os.PathLike[str] |
         return open_run(run)
     source = None if results is None else results.attrs.get("source")
     if not source or not Path(source).exists():
-        where = f"its source {source!r} does not exist" if source else "they name no source"
+        where = f"the run store {source} they name was not found" if source else "they name no run"
         msg = f"plot 'scatter' needs the run store: pass run=PATH (the results: {where})"
         raise ResultConventionError(msg)
     return open_run(source)
+
+
+def _lost_source(results: xr.Dataset) -> str | None:
+    """The run store the results name in ``source``, when it cannot be found."""
+    source = results.attrs.get("source")
+    return source if source and not Path(source).exists() else None
 
 
 #: Figure kinds: name -> (function, description). Each function takes the results Dataset first.
@@ -513,6 +514,16 @@ def plot_results(
     for kind in kinds if kinds is not None else list(PLOT_KINDS):
         function = PLOT_KINDS[kind][0]
         takes_run = "run" in inspect.signature(function).parameters
+        lost = _lost_source(results) if takes_run and run is None and kinds is None else None
+        if lost is not None:
+            warnings.warn(
+                f"plot {kind!r} skipped: the run store {lost} named by the results was not "
+                "found; pass the run (run=PATH, or ibframe plot --run PATH)",
+                PlotWarning,
+                stacklevel=2,
+            )
+            skipped.append(f"{kind}: the run store {lost} was not found")
+            continue
         try:
             fig = function(results, run=run) if takes_run else function(results)
         except ResultConventionError as err:

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 import xarray as xr
 
+from ibframe.cache import Structure, check_storable
 from ibframe.errors import ResultConventionError
 from ibframe.estimator import Estimator
 
@@ -159,6 +160,18 @@ class EstimatorChecks:
             assert "long_name" in var.attrs, name
             assert "units" in var.attrs, name
             assert not {"epoch", "layer"} & set(var.dims), name
+
+    def test_compute_has_one_structure_at_every_epoch(self, tmp_path: Path) -> None:
+        """The same variables, dims, sizes, dtypes and coordinates at the first and last epoch,
+        storable in the results cache, and a memory estimate the engine can check."""
+        run = self._run(tmp_path)
+        est = self.estimator_class.from_params(self.params)
+        layer = run.layers[-1]
+        first, last = (est.compute(run.block(layer, int(e))) for e in run.epochs[[0, -1]])
+        check_storable(first)
+        one, other = (Structure.of(ds.expand_dims(epoch=[0])) for ds in (first, last))
+        assert one == other, f"{one.describe()} at the first epoch, {other.describe()} at the last"
+        assert est.memory_bytes(run, layer) > 0
 
     def test_compute_is_reproducible(self, tmp_path: Path) -> None:
         run = self._run(tmp_path)

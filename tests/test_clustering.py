@@ -201,22 +201,22 @@ def test_unit_entropy_slopes_match_polyfit_on_linearly_falling_entropy():
         noise = rng.integers(0, 1 + epoch, n)  # a unit with an irregular trend
         pieces.append(est.compute(_slope_block(epoch, np.stack([falling, noise], axis=1))))
     ds = est.finalize_layer(xr.concat(pieces, dim="epoch").assign_coords(epoch=epochs))
-    entropy = ds["unit_entropy"].sel(bin_size=1.0)
+    entropy = ds["unit_entropy"].sel(unit_bin_size=1.0)
     np.testing.assert_allclose(entropy.sel(unit=0), [(8 - e) * np.log(2) for e in epochs])
     slopes = ds["unit_entropy_slope"]
-    assert float(slopes.sel(bin_size=1.0, unit=0)) == pytest.approx(-np.log(2))
+    assert float(slopes.sel(unit_bin_size=1.0, unit=0)) == pytest.approx(-np.log(2))
     for size in (0.5, 1.0):
         for unit in (0, 1):
-            expected = np.polyfit(epochs, ds["unit_entropy"].sel(bin_size=size, unit=unit), 1)[0]
-            assert float(slopes.sel(bin_size=size, unit=unit)) == pytest.approx(expected)
-        per_unit = slopes.sel(bin_size=size).values
-        assert float(ds["unit_entropy_slope_mean"].sel(bin_size=size)) == pytest.approx(
+            expected = np.polyfit(epochs, ds["unit_entropy"].sel(unit_bin_size=size, unit=unit), 1)[0]
+            assert float(slopes.sel(unit_bin_size=size, unit=unit)) == pytest.approx(expected)
+        per_unit = slopes.sel(unit_bin_size=size).values
+        assert float(ds["unit_entropy_slope_mean"].sel(unit_bin_size=size)) == pytest.approx(
             per_unit.mean()
         )
-        assert float(ds["unit_entropy_slope_std"].sel(bin_size=size)) == pytest.approx(
+        assert float(ds["unit_entropy_slope_std"].sel(unit_bin_size=size)) == pytest.approx(
             per_unit.std()
         )
-        assert float(ds["unit_entropy_slope_negative"].sel(bin_size=size)) == pytest.approx(
+        assert float(ds["unit_entropy_slope_negative"].sel(unit_bin_size=size)) == pytest.approx(
             np.mean(per_unit < 0)
         )
     assert slopes.attrs["units"] == "nat/epoch"
@@ -227,7 +227,7 @@ def test_unit_entropy_uses_the_floor_grid():
     s = np.array([[0.01, 0.0], [0.05, 0.0], [0.15, 0.0], [0.25, 0.0]])
     ds = est.compute(_slope_block(0, s))
     expected = -(0.5 * np.log(0.5) + 2 * 0.25 * np.log(0.25))
-    np.testing.assert_allclose(ds["unit_entropy"].sel(bin_size=0.1), [expected, 0.0])
+    np.testing.assert_allclose(ds["unit_entropy"].sel(unit_bin_size=0.1), [expected, 0.0])
     assert list(ds["unit"].values) == [0, 1]
 
 
@@ -307,7 +307,7 @@ def test_estimate_assembles_the_clustering_results(tmp_path, run):
         scheduler="synchronous",
     )
     assert ds["distance_count"].sizes == {"epoch": 3, "layer": 2, "pair": 2, "distance_bin": 8}
-    assert ds["unit_entropy_slope"].sizes == {"layer": 2, "bin_size": 2, "unit": 4}
+    assert ds["unit_entropy_slope"].sizes == {"layer": 2, "unit_bin_size": 2, "unit": 4}
     assert bool(ds["unit_entropy_slope"].sel(layer="h2", unit=3).isnull().all())  # 3 units
     assert float(ds["cosine_mean"].min()) == pytest.approx(1.0)
     assert ds["distance_count"].attrs["estimator"] == "distance-histogram"

@@ -1,8 +1,8 @@
 """The package's modules only look down: no module imports one above it (no import cycles).
 
-The ranks are the architecture: errors and the block at the bottom, then kernels, the run store,
-the estimator contract, the plugin machinery, the estimators and the recording side, the engine,
-and the command line at the top. Imports under ``TYPE_CHECKING`` and inside functions count too.
+The ranks are the architecture: errors and the block at the bottom, then kernels, the run store
+(beside the results cache and results files), the estimator contract, the plugin machinery, the
+estimators and the recording side, the engine, and the command line at the top. Imports under ``TYPE_CHECKING`` and inside functions count too.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ RANKS: dict[str, int] = {
     "theory": 2,
     "store": 3,
     "results": 3,
+    "cache": 3,
     "recording.spec": 3,
     "recording.datasets": 3,
     "recording.nn": 3,

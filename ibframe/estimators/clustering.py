@@ -135,6 +135,10 @@ class DistanceHistogramEstimator(Estimator):
             msg = f"{self.name}: noisy=True needs a noisy run, and run {run.path} has beta = 0"
             raise EstimatorRequirementError(msg)
 
+    def memory_bytes(self, run: Run, layer: str) -> int:
+        """The block, the chunk of distances (8 MiB) and the (2, bins) counts and densities."""
+        return super().memory_bytes(run, layer) + 2**23 + 4 * 8 * (self.bins + 1)
+
     def layer_context(self, run: Run, layer: str) -> dict[str, Any]:
         """The layer's distance range [0, D_l], shared by all epochs (see the class docstring)."""
         attrs = run.layer_attrs(layer)
@@ -289,7 +293,9 @@ class UnitEntropySlopes(Estimator):
 
     as the paper's "linear regression predicting H(Bin(T(k))) from the epoch index", whose slopes
     it reports in nats per epoch. Both readings agree when every epoch is recorded; with sparse or
-    log-spaced snapshots only the epoch number keeps the slope in nat/epoch. Per layer, the mean
+    log-spaced snapshots only the epoch number keeps the slope in nat/epoch. The bin sizes form
+    the dimension ``unit_bin_size``, apart from binned-entropy's ``bin_size``, so that both
+    estimators' grids sit in one Dataset without padding each other. Per layer, the mean
     and the standard deviation (over the layer's units, ddof = 0: the units are the whole
     population, not a sample) of the slopes, and the fraction of units whose slope is negative,
     summarise whether the units compress.
@@ -300,7 +306,8 @@ class UnitEntropySlopes(Estimator):
         "Binned entropy of each unit per epoch and its least-squares slope over epochs "
         "(Section 5.2)."
     )
-    version: ClassVar[str] = "1"
+    # 2: the grid is the dimension ``unit_bin_size``, apart from binned-entropy's ``bin_size``
+    version: ClassVar[str] = "2"
     needs_epochs: ClassVar[bool] = True
 
     bin_sizes: tuple[float, ...] = field(
@@ -309,7 +316,8 @@ class UnitEntropySlopes(Estimator):
     )
 
     def __post_init__(self) -> None:
-        sizes = tuple(float(b) for b in self.bin_sizes)
+        given = self.bin_sizes if isinstance(self.bin_sizes, list | tuple) else [self.bin_sizes]
+        sizes = tuple(float(b) for b in given)
         if not sizes or not all(math.isfinite(b) and b > 0 for b in sizes):
             msg = f"{self.name}: bin_sizes must be a non-empty list of numbers > 0, got {sizes}"
             raise ParameterError(msg)
@@ -323,13 +331,13 @@ class UnitEntropySlopes(Estimator):
             [entropy_of_codes(bin_indices(block.s, bin_size=b), axis=0) for b in self.bin_sizes]
         )
         coords = {
-            "bin_size": ("bin_size", np.asarray(self.bin_sizes),
-                         {"long_name": "bin size", "units": "1"}),
+            "unit_bin_size": ("unit_bin_size", np.asarray(self.bin_sizes),
+                              {"long_name": "bin size of the per-unit grid", "units": "1"}),
             "unit": ("unit", np.arange(block.s.shape[1]), {"long_name": "unit index"}),
         }
         attrs = {"long_name": "binned entropy H(Bin(T(k))) of each unit", "units": "nat"}
         return xr.Dataset(
-            {"unit_entropy": (("bin_size", "unit"), entropies, attrs)}, coords=coords
+            {"unit_entropy": (("unit_bin_size", "unit"), entropies, attrs)}, coords=coords
         )
 
     def finalize_layer(self, ds: xr.Dataset) -> xr.Dataset:
@@ -407,6 +415,10 @@ class CosineSimilarity(Estimator):
             )
             raise EstimatorRequirementError(msg)
         return other
+
+    def memory_bytes(self, run: Run, layer: str) -> int:
+        """Both runs' blocks and the histogram's counts and densities."""
+        return 2 * super().memory_bytes(run, layer) + 3 * 8 * (self.bins + 1)
 
     def check_run(self, run: Run, layers: Sequence[str]) -> None:
         super().check_run(run, layers)

@@ -43,6 +43,7 @@ if typing.TYPE_CHECKING:
 
 _NAT = "nat"
 _SHARED_NOISE_LIMIT = 2**23  # standard normals held at once for common random numbers (64 MiB)
+_BETA_SQUARED_RANGE = (1e-300, 1e300)  # beta^2 and 1/beta^2 stay finite floats
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +117,13 @@ class SPMutualInformation(Estimator):
         if self.beta is not None and not (self.beta > 0 and math.isfinite(self.beta)):
             msg = f"sp-mi: beta must be > 0, got {self.beta}"
             raise ParameterError(msg)
+        low, high = _BETA_SQUARED_RANGE
+        if self.beta is not None and not low <= self.beta * self.beta <= high:
+            msg = (
+                f"sp-mi: beta={self.beta:g} is out of range: the estimator divides by beta^2, "
+                f"which must stay between {low:g} and {high:g}"
+            )
+            raise ParameterError(msg)
 
     def check_run(self, run: Run, layers: Sequence[str]) -> None:
         super().check_run(run, layers)
@@ -134,6 +142,18 @@ class SPMutualInformation(Estimator):
                     "conditional draws; record with draws > 0"
                 )
                 raise EstimatorRequirementError(msg)
+
+    def memory_bytes(self, run: Run, layer: str) -> int:
+        """The block, plus the float64 MC terms and control variates of h(T), h(T|Y) and their
+        pairing (about 32 bytes per draw), and those of the batched h(T|X=x) (16 per draw)."""
+        n = run.n_samples if self.max_samples is None else min(run.n_samples, self.max_samples)
+        conditional = run.conditional(layer)
+        draws = 0
+        if conditional is not None and not run.layer_attrs(layer)["deterministic_given_x"]:
+            m = conditional.sizes["cond_sample"]
+            m = m if self.max_conditionals is None else min(m, self.max_conditionals)
+            draws = m * conditional.sizes["draw"] * self.n_mc_conditional
+        return super().memory_bytes(run, layer) + 32 * n * self.n_mc + 16 * draws
 
     def compute(self, block: Block) -> xr.Dataset:
         beta = self.beta if self.beta is not None else block.beta
