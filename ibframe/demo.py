@@ -58,6 +58,6 @@ def run_demo(
             },
             device=device, progress=on_estimate,
         )
-    results_path = save_results(results, out / "results.nc")
+    results_path = save_results(results, out / "results.nc", overwrite=True)
     figures = plot_results(results, out_dir=out / "figures", run=run_path)
     return DemoOutputs(run=run_path, results=results_path, figures=figures)

@@ -22,9 +22,11 @@ def to_bits(ds: xr.Dataset) -> xr.Dataset:
     return out
 
 
-def save_results(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
+def save_results(
+    ds: xr.Dataset, path: str | os.PathLike[str], overwrite: bool = False
+) -> Path:
     """Write results to ``.nc`` (netCDF) or ``.zarr``, chosen by the suffix."""
-    path = check_results_path(path)
+    path = check_results_path(path, overwrite=overwrite)
     if path.suffix == ".nc":
         ds.to_netcdf(path)
     else:
@@ -50,12 +52,15 @@ def load_results(path: str | os.PathLike[str]) -> xr.Dataset:
         raise StoreError(msg) from err
 
 
-def check_results_path(path: str | os.PathLike[str]) -> Path:
+def check_results_path(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
     """The path as a Path, if its suffix is one :func:`save_results` writes (.nc or .zarr)."""
     path = Path(path)
     if path.suffix not in (".nc", ".zarr"):
         msg = f"results go to a .nc or .zarr path, got {str(path)!r}"
         raise ParameterError(msg)
+    if path.exists() and not overwrite:
+        msg = f"{path} already exists; pass --overwrite (overwrite=True) to replace it"
+        raise StoreError(msg)
     return path
 
 
