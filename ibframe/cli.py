@@ -51,6 +51,15 @@ def say(text: str, *, err: bool = False) -> None:
     (err_console if err else console).print(escape(text), highlight=False, soft_wrap=True)
 
 
+def make_output_directory(path: Path) -> None:
+    """Create the directory ``path`` (and its parents), or say in one line why it cannot be."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        msg = f"cannot use {path} as the output directory: {err.strerror or err}"
+        raise ParameterError(msg) from err
+
+
 def progress_bar() -> Progress:
     """A rich progress bar on stderr, shared by the long-running commands."""
     return Progress(
@@ -307,12 +316,9 @@ def train(
 
     def report(epoch: int, metrics: Any) -> None:
         loss = metrics.get("loss")
+        bar.start()
         bar.update(task, completed=epoch + 1,
                    description=f"training {experiment}" + (f" loss {loss:.4f}" if loss else ""))
-
-    def announce(line: str) -> None:
-        say(line, err=True)
-        bar.start()
 
     try:
         path = run_training(
@@ -320,7 +326,7 @@ def train(
             lr=lr, optimizer=optimizer, batch_size=batch_size, seed=seed, record=record,
             draws=draws, conditional_samples=conditional_samples, samples=samples,
             orthonormal=orthonormal, augment=augment, device=device, overwrite=overwrite,
-            on_epoch=report, on_data=announce,
+            on_epoch=report, on_data=lambda line: say(line, err=True),
         )
     except KeyboardInterrupt:
         bar.stop()
@@ -355,6 +361,8 @@ def demo(
     """Train a noisy SZT-style network on embedded data, record, estimate and plot."""
     from ibframe.demo import run_demo
     from ibframe.recording.experiments import demo_config
+
+    make_output_directory(out)
 
     total = epochs if epochs is not None else demo_config()["epochs"]
     bar = progress_bar()
@@ -398,6 +406,7 @@ def plot(
     from ibframe.plot import plot_results
     from ibframe.results import load_results
 
+    make_output_directory(out)
     for source in results:
         if (source / "layers").is_dir():
             msg = (

@@ -43,7 +43,7 @@ from ibframe.recording.nn import (
     szt_mlp,
 )
 from ibframe.recording.nn import single_neuron as single_neuron_net
-from ibframe.recording.recorder import Recorder, classification_metrics
+from ibframe.recording.recorder import Recorder, RecordSchedule, classification_metrics
 from ibframe.recording.spec import ExperimentSpec, LossFn, MetricsFn, TrainSettings
 
 EpochCallback = Callable[[int, Mapping[str, float]], None]
@@ -277,6 +277,7 @@ def _settings(spec: ExperimentSpec, overrides: Mapping[str, Any]) -> TrainSettin
     if settings.batch_size is not None and settings.batch_size < 1:
         msg = f"batch_size must be >= 1, got {settings.batch_size}"
         raise ParameterError(msg)
+    RecordSchedule.parse(settings.record)  # refuse a bad schedule before loading any data
     if settings.beta == 0 and settings.draws:
         settings = dataclasses.replace(settings, draws=0)
     return settings
