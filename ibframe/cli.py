@@ -125,31 +125,33 @@ def info(run: Annotated[Path, typer.Argument(help="A run store (.zarr directory)
     r = open_run(run)
     attrs = r.attrs
     epochs = r.epochs
-    console.print(f"[bold]{r.path}[/bold]  (ibframe_format {attrs['ibframe_format']}, "
-                  f"written by ibframe {attrs.get('ibframe_version')})")
-    console.print(f"dataset: {attrs.get('dataset')}   samples: {r.n_samples}   "
-                  f"labels: {'yes' if r.has_labels else 'no'}   beta: {r.beta}   "
-                  f"conditional draws: {r.draws}")
+    say(f"{r.path}  (ibframe_format {attrs['ibframe_format']}, written by ibframe "
+        f"{attrs.get('ibframe_version')})")
+    description = attrs.get("dataset_description")
+    say(f"dataset: {attrs.get('dataset')}" + (f" ({description})" if description else ""))
+    say(f"samples: {r.n_samples}   labels: {'yes' if r.has_labels else 'no'}   beta: {r.beta}   "
+        f"conditional draws: {r.draws}")
     span = f"{epochs[0]}..{epochs[-1]}" if epochs.size else "none"
-    console.print(f"epochs: {epochs.size} recorded ({span})")
+    say(f"epochs: {epochs.size} recorded ({span})")
     table = Table("layer", "units", "shape", "activation", "S given x", "draws")
     for name in r.layers:
         la = r.layer_attrs(name)
         cond = r.conditional(name)
         table.add_row(
-            name, str(la["units"]), "x".join(map(str, la["shape"])), str(la.get("activation")),
-            "deterministic" if la["deterministic_given_x"] else "random",
+            escape(name), str(la.get("units", "?")), "x".join(map(str, la.get("shape", "?"))),
+            str(la.get("activation")),
+            "deterministic" if la.get("deterministic_given_x") else "random",
             "-" if cond is None else f"{cond.sizes['draw']} x {cond.sizes['cond_sample']} samples",
         )
     console.print(table)
     metrics = r.metrics()
-    if metrics.data_vars:
+    if metrics.data_vars and epochs.size:
         last = {k: float(v[-1]) for k, v in metrics.data_vars.items()}
-        console.print("metrics at the last epoch: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items()))
+        say("metrics at the last epoch: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items()))
     results = r.path / "results"
     if results.exists():
         cached = sorted(p.name for p in results.iterdir() if p.is_dir())
-        console.print("cached results: " + (", ".join(cached) or "none"))
+        say("cached results: " + (", ".join(cached) or "none"))
 
 
 @app.command()

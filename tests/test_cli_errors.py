@@ -76,7 +76,8 @@ def _garble(path: Path) -> None:
 
 # -- the cases ---------------------------------------------------------------------------------
 # {run}: a labelled noisy run of 3 epochs, its binned-entropy results cached; {det}: a
-# deterministic run (beta 0); {one}: a run of one epoch; {res}: a results file of binned-entropy;
+# deterministic run (beta 0); {one}: a run of one epoch; {empty}: a run with no epoch yet;
+# {res}: a results file of binned-entropy;
 # {orphan}: results whose run store is gone; {damaged}: a copy of {run} damaged as the case's
 # fourth item says; {tmp}: the test's directory, also the working directory.
 
@@ -145,6 +146,8 @@ CASES = [
     case("estimate on a missing run", ["estimate", "missing.zarr", "-e", "binned-entropy"],
      "no run store at"),
     case("estimate on a results file", ["estimate", "{res}", "-e", "binned-entropy"], "not"),
+    case("estimate on a run without epochs", ["estimate", "{empty}", "-e", "binned-entropy"],
+         "has no recorded epoch yet"),
     # estimate: what a run lacks
     case("sp-mi on a deterministic run", ["estimate", "{det}", "-e", "sp-mi"], "deterministic"),
     case("slopes on one epoch", ["estimate", "{one}", "-e", "unit-entropy-slopes"],
@@ -242,8 +245,9 @@ def stores(tmp_path_factory) -> dict[str, Path]:
     ibframe.save_results(ibframe.estimate(gone, ["binned-entropy"], device="cpu"),
                          base / "orphan.nc")
     shutil.rmtree(gone.path)
+    create_run(base / "empty.zarr", x=run.x, layers={"h1": 6}, beta=0.1)
     return {"run": base / "run.zarr", "one": base / "one.zarr", "det": base / "det.zarr",
-            "res": base / "res.nc", "orphan": base / "orphan.nc"}
+            "res": base / "res.nc", "orphan": base / "orphan.nc", "empty": base / "empty.zarr"}
 
 
 @pytest.mark.parametrize(("what", "args", "expected", "damage"), CASES)

@@ -241,8 +241,8 @@ def szt_like(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
         y,
         random_split(4096, test_fraction=test_fraction, seed=seed),
         "szt-like",
-        f"generated SZT-style 12-bit data, a stand-in for var_u.mat (icosahedron vertices, "
-        f"rotation-invariant labels, seed {seed})",
+        f"generated SZT-style 12-bit data, a stand-in for var_u.mat: icosahedron vertices, "
+        f"rotation-invariant labels, seed {seed}",
     )
 
 
