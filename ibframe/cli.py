@@ -118,7 +118,7 @@ def parse_params(items: list[str], names: list[str]) -> dict[str, dict[str, str]
 
 
 @app.command()
-def info(run: Annotated[Path, typer.Argument(help="A run store (.zarr directory).")]) -> None:
+def info(run: Annotated[Path, typer.Argument(metavar="RUN", help="A run store (.zarr directory).")]) -> None:
     """Show what a run store holds: layers, epochs, noise, metrics and cached results."""
     from ibframe.store import open_run
 
@@ -177,7 +177,7 @@ def estimators() -> None:
 
 @app.command()
 def estimate(
-    run: Annotated[Path, typer.Argument(help="A run store (.zarr directory).")],
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="A run store (.zarr directory).")],
     estimator: Annotated[list[str], typer.Option("-e", "--estimator", help="Estimator name; repeat for several.")],
     param: Annotated[list[str], typer.Option("-p", "--param", help="key=value, or estimator.key=value.")] = [],  # noqa: B006
     layers: Annotated[str | None, typer.Option(help="Comma-separated layer names (default all).")] = None,
@@ -190,8 +190,9 @@ def estimate(
 ) -> None:
     """Run estimators on a run store, show a summary, and optionally write the results.
 
-    Tasks that fail are reported one line each; the others' results are still shown, cached and
-    written, and the command exits 1. Ctrl-C exits 130, keeping the results already cached.
+    Failed tasks get one line each, the rest is still shown, cached and written, and it exits 1.
+
+    Ctrl-C exits 130; the results finished so far stay cached, so the same command resumes.
     """
     from ibframe.engine import estimate as run_estimate
     from ibframe.results import check_results_path, save_results
@@ -283,7 +284,7 @@ _RECORDING = "Recording"
 
 @app.command()
 def train(
-    experiment: Annotated[str, typer.Argument(help="szt, spiral, mnist-cnn, neuron, leaky-relu-pair, or a plugin's.")],
+    experiment: Annotated[str, typer.Argument(metavar="EXPERIMENT", help="szt, spiral, mnist-cnn, neuron, leaky-relu-pair, or a plugin's.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run store to write (.zarr).")],
     data: Annotated[Path | None, typer.Option(help="Data file or directory (var_u.mat, MNIST IDX files); default: the experiment's own or stand-in data.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run store.")] = False,
@@ -398,7 +399,7 @@ def demo(
 
 @app.command()
 def plot(
-    results: Annotated[list[Path], typer.Argument(help="Results files (.nc or .zarr) from `ibframe estimate -o`.")],
+    results: Annotated[list[Path], typer.Argument(metavar="RESULTS", help="Results files (.nc or .zarr) from `ibframe estimate -o`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the figures.")] = Path("figures"),
     kind: Annotated[list[str], typer.Option("--kind", "-k", help="mi-epochs, info-plane, binned-entropy, distance-histograms, unit-slopes, cosine-similarity or scatter; repeat (default: all the results allow).")] = [],  # noqa: B006
     format: Annotated[list[str], typer.Option("--format", "-f", help="png and/or svg.")] = ["png"],  # noqa: B006
