@@ -36,13 +36,13 @@ class PluginSite:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def install(self, dist: str, module: str, source: str) -> None:
-        """Write ``module`` and a ``.dist-info`` announcing it in the ``ibframe`` group."""
+    def install(self, dist: str, module: str, source: str, entry: str | None = None) -> None:
+        """Write ``module`` and a ``.dist-info`` announcing it as ``entry`` (default: ``dist``)."""
         (self.path / f"{module}.py").write_text(source)
         info = self.path / f"{dist}-0.3.dist-info"
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.3\n")
-        (info / "entry_points.txt").write_text(f"[ibframe]\n{dist} = {module}\n")
+        (info / "entry_points.txt").write_text(f"[ibframe]\n{entry or dist} = {module}\n")
 
 
 @pytest.fixture

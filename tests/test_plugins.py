@@ -329,3 +329,12 @@ def test_plugin_claiming_a_builtin_experiment_is_skipped(site):
         registry = plugins.experiment_registry()
     assert "Section 5.1" in registry.get("szt").description
     assert registry.plugin_of("szt") == "ibframe.recording.experiments"
+
+
+def test_two_distributions_with_one_plugin_name_the_second_is_named_and_skipped(site):
+    site.install("dista", "dista_hooks", GOOD_PLUGIN, entry="dup")
+    site.install("distb", "distb_hooks", GOOD_PLUGIN.replace("max-s", "max-t"), entry="dup")
+    with pytest.warns(PluginLoadWarning, match=r"plugin 'dup' from dist[ab] was skipped: the "
+                                               r"plugin name 'dup' is already taken by dist[ab]"):
+        registry = plugins.estimator_registry()
+    assert ("max-s" in registry) != ("max-t" in registry)
