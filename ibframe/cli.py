@@ -7,6 +7,7 @@ exit 2; Ctrl-C exits 130, saying what was kept. No user error shows a traceback.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import typing
 import warnings
@@ -252,11 +253,15 @@ def _estimate_kept(run: Path, done: int, total: int, cache: bool) -> str:
     )
 
 
+#: The exit status after Ctrl-C, as a shell gives it (128 + SIGINT).
+INTERRUPTED: typing.Final = 130
+
+
 def _interrupted(kept: str) -> typer.Exit:
     """Say what an interrupted command kept, and exit 130 as a shell does after Ctrl-C."""
     err_console.print(f"[yellow]interrupted:[/yellow] {escape(kept)}", highlight=False,
                       soft_wrap=True)
-    return typer.Exit(130)
+    return typer.Exit(INTERRUPTED)
 
 
 def failure_lines(failures: list[TaskFailure]) -> list[str]:
@@ -632,6 +637,15 @@ def main(argv: list[str] | None = None) -> None:
         err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
     except KeyboardInterrupt:  # while plugins load, before Typer runs a command
-        raise SystemExit(130) from None
+        raise SystemExit(INTERRUPTED) from None
+    except SystemExit as exit_:
+        if exit_.code == INTERRUPTED:
+            # Dask's worker threads may be in tasks that take minutes, and the interpreter would
+            # wait for them before exiting: stop now, as Ctrl-C asks. Finished results are
+            # cached; the tasks running are abandoned, as a kill would leave them.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(INTERRUPTED)
+        raise
     finally:
         warnings.showwarning = previous
