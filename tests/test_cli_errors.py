@@ -46,23 +46,25 @@ def _chunk(store: Path, array: str, epoch: int | None = None) -> Path:
     return files[0]
 
 
-#: What each damage does to a store, and whether this branch already reports it in one line.
-DAMAGE: dict[str, tuple[Callable[[Path], object], bool]] = {
-    "another format": (lambda s: _edit_root_attrs(s, ibframe_format=99), True),
-    "garbled root zarr.json": (lambda s: (s / "zarr.json").write_text("{garbage"), True),
-    "epochs longer than the arrays": (lambda s: _edit_root_attrs(s, epochs=[0, 1, 2, 3, 4]), False),
-    "epochs not a list": (lambda s: _edit_root_attrs(s, epochs="all"), False),
+#: What each damage does to a store, whether this branch already reports it in one line, and
+#: whether `info` meets it (it reads the metadata, not the arrays; `estimate` reads both).
+DAMAGE: dict[str, tuple[Callable[[Path], object], bool, bool]] = {
+    "another format": (lambda s: _edit_root_attrs(s, ibframe_format=99), True, True),
+    "garbled root zarr.json": (lambda s: (s / "zarr.json").write_text("{garbage"), True, True),
+    "epochs longer than the arrays": (
+        lambda s: _edit_root_attrs(s, epochs=[0, 1, 2, 3, 4]), False, True),
+    "epochs not a list": (lambda s: _edit_root_attrs(s, epochs="all"), False, True),
     "layers naming a missing group": (
-        lambda s: _edit_root_attrs(s, layers=["h1", "h2", "h3", "h9"]), False),
-    "beta not a number": (lambda s: _edit_root_attrs(s, beta="large"), False),
+        lambda s: _edit_root_attrs(s, layers=["h1", "h2", "h3", "h9"]), False, True),
+    "beta not a number": (lambda s: _edit_root_attrs(s, beta="large"), False, True),
     "half created": (
-        lambda s: [shutil.rmtree(s / g) for g in ("layers", "metrics", "params")], False),
-    "missing S chunk": (lambda s: _chunk(s, "layers/h1/S", epoch=1).unlink(), False),
-    "truncated S chunk": (lambda s: _truncate(_chunk(s, "layers/h1/S", epoch=1)), False),
-    "garbled S chunk": (lambda s: _garble(_chunk(s, "layers/h1/S", epoch=1)), False),
-    "missing label chunk": (lambda s: _chunk(s, "data/y").unlink(), False),
+        lambda s: [shutil.rmtree(s / g) for g in ("layers", "metrics", "params")], False, True),
+    "missing S chunk": (lambda s: _chunk(s, "layers/h1/S", epoch=1).unlink(), False, False),
+    "truncated S chunk": (lambda s: _truncate(_chunk(s, "layers/h1/S", epoch=1)), False, False),
+    "garbled S chunk": (lambda s: _garble(_chunk(s, "layers/h1/S", epoch=1)), False, False),
+    "missing label chunk": (lambda s: _chunk(s, "data/y").unlink(), False, False),
     "garbled array zarr.json": (
-        lambda s: (s / "layers/h1/S/zarr.json").write_text("{garbage"), False),
+        lambda s: (s / "layers/h1/S/zarr.json").write_text("{garbage"), False, False),
 }
 
 
@@ -218,8 +220,9 @@ CASES = [
 ]
 
 # damaged stores: one line naming the store, for `info` and for `estimate`
-for damage, (_, reported) in DAMAGE.items():
-    for command in (["info", "{damaged}"], ["estimate", "{damaged}", "-e", "binned-entropy"]):
+for damage, (_, reported, in_metadata) in DAMAGE.items():
+    commands = [["estimate", "{damaged}", "-e", "binned-entropy"]]
+    for command in [["info", "{damaged}"], *commands] if in_metadata else commands:
         CASES.append(case(f"{command[0]}: {damage}", command, "damaged.zarr", damage,
                           marks=() if reported else NEEDS_STORE))
 
