@@ -234,7 +234,8 @@ def estimate(
     if ds is not None:
         print_summary(ds)
         if output is not None:
-            ds.attrs["history"] += f"\n{' '.join(['ibframe', *sys.argv[1:]])}"
+            command = " ".join(["ibframe", *sys.argv[1:]])
+            ds.attrs["history"] = "\n".join(filter(None, [ds.attrs.get("history"), command]))
             save_results(ds, output, overwrite=overwrite)
             say(f"results written to {output}")
     if failed is not None:
