@@ -1,21 +1,38 @@
-"""The ``ibframe`` command line (Typer). Errors a user can cause print one line and exit 1."""
+"""The ``ibframe`` command line (Typer).
+
+Errors a user can cause print one line and exit 1; usage errors print Typer's usage message and
+exit 2; Ctrl-C exits 130, saying what was kept. No user error shows a traceback.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import sys
+import typing
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
+import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ibframe.errors import IbframeError, IbframeWarning, ParameterError
+from ibframe.errors import (
+    EstimationFailed,
+    IbframeError,
+    IbframeWarning,
+    ParameterError,
+    PluginError,
+    TaskFailure,
+)
+
+if typing.TYPE_CHECKING:
+    import xarray as xr
 
 console = Console()
 err_console = Console(stderr=True)
@@ -28,6 +45,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def say(text: str, *, err: bool = False) -> None:
+    """Print one line as it is: no markup, no highlighting, never wrapped by rich."""
+    (err_console if err else console).print(escape(text), highlight=False, soft_wrap=True)
+
+
+def make_output_directory(path: Path) -> None:
+    """Create the directory ``path`` (and its parents), or say in one line why it cannot be."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        msg = f"cannot use {path} as the output directory: {err.strerror or err}"
+        raise ParameterError(msg) from err
 
 
 def progress_bar() -> Progress:
@@ -88,38 +119,40 @@ def parse_params(items: list[str], names: list[str]) -> dict[str, dict[str, str]
 
 
 @app.command()
-def info(run: Annotated[Path, typer.Argument(help="A run store (.zarr directory).")]) -> None:
+def info(run: Annotated[Path, typer.Argument(metavar="RUN", help="A run store (.zarr directory).")]) -> None:
     """Show what a run store holds: layers, epochs, noise, metrics and cached results."""
     from ibframe.store import open_run
 
     r = open_run(run)
     attrs = r.attrs
     epochs = r.epochs
-    console.print(f"[bold]{r.path}[/bold]  (ibframe_format {attrs['ibframe_format']}, "
-                  f"written by ibframe {attrs.get('ibframe_version')})")
-    console.print(f"dataset: {attrs.get('dataset')}   samples: {r.n_samples}   "
-                  f"labels: {'yes' if r.has_labels else 'no'}   beta: {r.beta}   "
-                  f"conditional draws: {r.draws}")
+    say(f"{r.path}  (ibframe_format {attrs['ibframe_format']}, written by ibframe "
+        f"{attrs.get('ibframe_version')})")
+    description = attrs.get("dataset_description")
+    say(f"dataset: {attrs.get('dataset')}" + (f" ({description})" if description else ""))
+    say(f"samples: {r.n_samples}   labels: {'yes' if r.has_labels else 'no'}   beta: {r.beta}   "
+        f"conditional draws: {r.draws}")
     span = f"{epochs[0]}..{epochs[-1]}" if epochs.size else "none"
-    console.print(f"epochs: {epochs.size} recorded ({span})")
+    say(f"epochs: {epochs.size} recorded ({span})")
     table = Table("layer", "units", "shape", "activation", "S given x", "draws")
     for name in r.layers:
         la = r.layer_attrs(name)
         cond = r.conditional(name)
         table.add_row(
-            name, str(la["units"]), "x".join(map(str, la["shape"])), str(la.get("activation")),
-            "deterministic" if la["deterministic_given_x"] else "random",
+            escape(name), str(la.get("units", "?")), "x".join(map(str, la.get("shape", "?"))),
+            str(la.get("activation")),
+            "deterministic" if la.get("deterministic_given_x") else "random",
             "-" if cond is None else f"{cond.sizes['draw']} x {cond.sizes['cond_sample']} samples",
         )
     console.print(table)
     metrics = r.metrics()
-    if metrics.data_vars:
+    if metrics.data_vars and epochs.size:
         last = {k: float(v[-1]) for k, v in metrics.data_vars.items()}
-        console.print("metrics at the last epoch: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items()))
+        say("metrics at the last epoch: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items()))
     results = r.path / "results"
     if results.exists():
         cached = sorted(p.name for p in results.iterdir() if p.is_dir())
-        console.print("cached results: " + (", ".join(cached) or "none"))
+        say("cached results: " + (", ".join(cached) or "none"))
 
 
 @app.command()
@@ -145,7 +178,7 @@ def estimators() -> None:
 
 @app.command()
 def estimate(
-    run: Annotated[Path, typer.Argument(help="A run store (.zarr directory).")],
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="A run store (.zarr directory).")],
     estimator: Annotated[list[str], typer.Option("-e", "--estimator", help="Estimator name; repeat for several.")],
     param: Annotated[list[str], typer.Option("-p", "--param", help="key=value, or estimator.key=value.")] = [],  # noqa: B006
     layers: Annotated[str | None, typer.Option(help="Comma-separated layer names (default all).")] = None,
@@ -153,59 +186,133 @@ def estimate(
     scheduler: Annotated[str | None, typer.Option(help="threads, synchronous, processes, or tcp://host:port.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write results to .nc or .zarr.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing results file at -o.")] = False,
     cache: Annotated[bool, typer.Option(help="Read and write cached results in the run store.")] = True,
 ) -> None:
-    """Run estimators on a run store, show a summary, and optionally write the results."""
+    """Run estimators on a run store, show a summary, and optionally write the results.
+
+    Failed tasks get one line each, the rest is still shown, cached and written, and it exits 1.
+
+    Ctrl-C exits 130; the results finished so far stay cached, so the same command resumes.
+    """
     from ibframe.engine import estimate as run_estimate
     from ibframe.results import check_results_path, save_results
 
     if output is not None:
-        check_results_path(output)  # before the work, not after it
+        check_results_path(output, overwrite=overwrite)  # before the work, not after it
     params = parse_params(param, estimator)
     bar = progress_bar()
     task = bar.add_task("estimating", total=None)
+    done_total = [0, -1]  # tasks finished, tasks planned (-1: not planned yet)
 
     def report(done: int, total: int) -> None:
+        done_total[:] = [done, total]
+        if total == 0:
+            say(f"all results read from the cache in {run}", err=True)
+            return
         bar.start()
         bar.update(task, completed=done, total=total)
 
+    failed: EstimationFailed | None = None
     try:
         ds = run_estimate(
             run, estimator, params=params,
             layers=layers.split(",") if layers else None, epochs=parse_epochs(epochs),
             scheduler=scheduler, device=device, cache=cache, progress=report,
         )
+    except EstimationFailed as err:
+        failed, ds = err, err.result
+    except KeyboardInterrupt:
+        bar.stop()
+        done, total = done_total
+        raise _interrupted(_estimate_kept(run, done, total, cache)) from None
     finally:
         bar.stop()
-    print_summary(ds)
-    if output is not None:
-        ds.attrs["history"] += f"\n{' '.join(['ibframe', *sys.argv[1:]])}"
-        save_results(ds, output)
-        console.print(f"results written to {output}")
+    if failed is not None:
+        for line in failure_lines(failed.failures):
+            err_console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+    if ds is not None:
+        print_summary(ds)
+        if output is not None:
+            command = " ".join(["ibframe", *sys.argv[1:]])
+            ds.attrs["history"] = "\n".join(filter(None, [ds.attrs.get("history"), command]))
+            save_results(ds, output, overwrite=overwrite)
+            say(f"results written to {output}")
+    if failed is not None:
+        raise typer.Exit(1)
+
+
+def _estimate_kept(run: Path, done: int, total: int, cache: bool) -> str:
+    """What an interrupted ``estimate`` leaves behind, in words."""
+    if total < 0 or done == 0:
+        return "no result was computed yet"
+    if not cache:
+        return f"{done} of {total} results were computed, and none kept (--no-cache)"
+    return (
+        f"{done} of {total} results were computed and cached in {run}; run the same command "
+        "again to resume"
+    )
+
+
+#: The exit status after Ctrl-C, as a shell gives it (128 + SIGINT).
+INTERRUPTED: typing.Final = 130
+
+
+def _interrupted(kept: str) -> typer.Exit:
+    """Say what an interrupted command kept, and exit 130 as a shell does after Ctrl-C."""
+    err_console.print(f"[yellow]interrupted:[/yellow] {escape(kept)}", highlight=False,
+                      soft_wrap=True)
+    return typer.Exit(INTERRUPTED)
+
+
+def failure_lines(failures: list[TaskFailure]) -> list[str]:
+    """One line per estimator and error: the layers and epochs it failed on, and why."""
+    from ibframe.store import summarise_epochs
+
+    groups: dict[tuple[str, str], list[TaskFailure]] = {}
+    for failure in failures:
+        groups.setdefault((failure.estimator, failure.error), []).append(failure)
+    lines = []
+    for (name, error), group in groups.items():
+        if len(group) == 1:
+            lines.append(str(group[0]))
+            continue
+        layers = ", ".join(dict.fromkeys(repr(f.layer) for f in group))
+        epochs = summarise_epochs(np.unique([f.epoch for f in group]))
+        lines.append(f"{name} failed on {len(group)} tasks, layers {layers} at epochs {epochs}: "
+                     f"{error}")
+    return lines
+
+
+_TRAINING = "Training"
+_RECORDING = "Recording"
 
 
 @app.command()
 def train(
-    experiment: Annotated[str, typer.Argument(help="szt, spiral, mnist-cnn, neuron, leaky-relu-pair, or a plugin's.")],
+    experiment: Annotated[str, typer.Argument(metavar="EXPERIMENT", help="szt, spiral, mnist-cnn, neuron, leaky-relu-pair, or a plugin's.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run store to write (.zarr).")],
-    data: Annotated[Path | None, typer.Option(help="Data file or directory (var_u.mat, MNIST IDX files).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
-    beta: Annotated[float | None, typer.Option(help="Noise std after each hidden layer (0: deterministic).")] = None,
-    activation: Annotated[str | None, typer.Option(help="Hidden nonlinearity: tanh, relu, linear, ...")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
-    optimizer: Annotated[str | None, typer.Option(help="adam or sgd.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Minibatch size (default: the experiment's).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of weights, batches, subsets and recording noise.")] = 0,
-    record: Annotated[str | None, typer.Option(help="Epochs to record: all, every:K, log:N, or 0,1,5.")] = None,
-    draws: Annotated[int | None, typer.Option(help="Conditional draws n_x per conditional input.")] = None,
-    conditional_samples: Annotated[int | None, typer.Option(help="Inputs with conditional draws, a seeded subset.")] = None,
-    samples: Annotated[int | None, typer.Option(help="Inputs recorded, a seeded subset (default all).")] = None,
-    orthonormal: Annotated[float | None, typer.Option(help="alpha of the orthonormality step (App. B.1).")] = None,
-    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="Data augmentation (MNIST: App. B.3's shifts, rotations, shears; on by default).")] = None,
-    device: Annotated[str, typer.Option(help="Torch device to train on: cpu, cuda, cuda:N or auto.")] = "cpu",
+    data: Annotated[Path | None, typer.Option(help="Data file or directory (var_u.mat, MNIST IDX files); default: the experiment's own or stand-in data.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run store.")] = False,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs.", rich_help_panel=_TRAINING)] = None,
+    beta: Annotated[float | None, typer.Option(help="Noise std after each hidden layer (0: deterministic).", rich_help_panel=_TRAINING)] = None,
+    activation: Annotated[str | None, typer.Option(help="Hidden nonlinearity: tanh, relu, linear, ...", rich_help_panel=_TRAINING)] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.", rich_help_panel=_TRAINING)] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adam or sgd.", rich_help_panel=_TRAINING)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Minibatch size (default: the experiment's).", rich_help_panel=_TRAINING)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of weights, batches, subsets and recording noise.", rich_help_panel=_TRAINING)] = 0,
+    orthonormal: Annotated[float | None, typer.Option(help="alpha of the orthonormality step (App. B.1).", rich_help_panel=_TRAINING)] = None,
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="Data augmentation (MNIST: App. B.3's shifts, rotations, shears; on by default).", rich_help_panel=_TRAINING)] = None,
+    device: Annotated[str, typer.Option(help="Torch device to train on: cpu, cuda, cuda:N or auto.", rich_help_panel=_TRAINING)] = "cpu",
+    record: Annotated[str | None, typer.Option(help="Epochs to record: all, every:K, log:N, or 0,1,5.", rich_help_panel=_RECORDING)] = None,
+    draws: Annotated[int | None, typer.Option(help="Conditional draws n_x per conditional input.", rich_help_panel=_RECORDING)] = None,
+    conditional_samples: Annotated[int | None, typer.Option(help="Inputs with conditional draws, a seeded subset.", rich_help_panel=_RECORDING)] = None,
+    samples: Annotated[int | None, typer.Option(help="Inputs recorded, a seeded subset (default all).", rich_help_panel=_RECORDING)] = None,
 ) -> None:
-    """Train one of the paper's set-ups and record it into a run store."""
+    """Train one of the paper's set-ups and record it into a run store.
+
+    Ctrl-C exits 130; the epochs recorded until then stay readable.
+    """
     from ibframe.engine import resolve_device
     from ibframe.plugins import experiment_registry
     from ibframe.recording.experiments import train as run_training
@@ -213,21 +320,45 @@ def train(
     spec = experiment_registry().get(experiment)
     device = resolve_device(device)
     total = epochs if epochs is not None else spec.defaults.epochs
-    with progress_bar() as bar:
-        task = bar.add_task(f"training {experiment}", total=total + 1)
+    bar = progress_bar()
+    task = bar.add_task(f"training {experiment}", total=total + 1)
 
-        def report(epoch: int, metrics: Any) -> None:
-            loss = metrics.get("loss")
-            bar.update(task, completed=epoch + 1,
-                       description=f"training {experiment}" + (f" loss {loss:.4f}" if loss else ""))
+    def report(epoch: int, metrics: Any) -> None:
+        loss = metrics.get("loss")
+        bar.start()
+        bar.update(task, completed=epoch + 1,
+                   description=f"training {experiment}" + (f" loss {loss:.4f}" if loss else ""))
 
+    try:
         path = run_training(
             experiment, out=out, data=data, epochs=epochs, beta=beta, activation=activation,
             lr=lr, optimizer=optimizer, batch_size=batch_size, seed=seed, record=record,
             draws=draws, conditional_samples=conditional_samples, samples=samples,
-            orthonormal=orthonormal, augment=augment, device=device, overwrite=overwrite, on_epoch=report,
+            orthonormal=orthonormal, augment=augment, device=device, overwrite=overwrite,
+            on_epoch=report, on_data=lambda line: say(line, err=True),
         )
-    console.print(f"recorded {path}; next: ibframe info {path}")
+    except KeyboardInterrupt:
+        bar.stop()
+        raise _interrupted(_recorded_epochs(out)) from None
+    finally:
+        bar.stop()
+    say(f"recorded {path}; next: ibframe info {path}")
+
+
+def _recorded_epochs(out: Path) -> str:
+    """What an interrupted ``train`` leaves in its run store, in words."""
+    from ibframe.store import open_run, summarise_epochs
+
+    try:
+        recorded = open_run(out).epochs
+    except (IbframeError, KeyError):  # no store yet, or one interrupted while being created
+        return f"no epoch was recorded in {out}"
+    if recorded.size == 0:
+        return f"no epoch was recorded in {out}"
+    return (
+        f"epochs {summarise_epochs(recorded)} are recorded in {out} and stay readable; "
+        "train again with --overwrite to start over"
+    )
 
 
 @app.command()
@@ -240,31 +371,41 @@ def demo(
     from ibframe.demo import run_demo
     from ibframe.recording.experiments import demo_config
 
+    make_output_directory(out)
+
     total = epochs if epochs is not None else demo_config()["epochs"]
-    with progress_bar() as bar:
-        training = bar.add_task("training", total=total + 1)
-        estimating = bar.add_task("estimating", total=None, visible=False)
+    bar = progress_bar()
+    training = bar.add_task("training", total=total + 1)
+    estimating = bar.add_task("estimating", total=None, visible=False)
 
-        def on_epoch(epoch: int, metrics: Any) -> None:
-            bar.update(training, completed=epoch + 1)
+    def on_epoch(epoch: int, metrics: Any) -> None:
+        bar.start()
+        bar.update(training, completed=epoch + 1)
 
-        def on_estimate(done: int, count: int) -> None:
-            bar.update(estimating, completed=done, total=count, visible=True)
+    def on_estimate(done: int, count: int) -> None:
+        bar.update(estimating, completed=done, total=count, visible=True)
 
+    try:
         outputs = run_demo(out, epochs=epochs, on_epoch=on_epoch, on_estimate=on_estimate,
                            device=device)
+    except KeyboardInterrupt:
+        bar.stop()
+        kept = f"what the demo wrote so far is in {out}; run it again to redo it"
+        raise _interrupted(kept) from None
+    finally:
+        bar.stop()
     from ibframe.results import load_results
 
     print_summary(load_results(outputs.results))
-    console.print(f"run store:  {outputs.run}")
-    console.print(f"results:    {outputs.results}")
+    say(f"run store:  {outputs.run}")
+    say(f"results:    {outputs.results}")
     for figure in outputs.figures:
-        console.print(f"figure:     {figure}")
+        say(f"figure:     {figure}")
 
 
 @app.command()
 def plot(
-    results: Annotated[list[Path], typer.Argument(help="Results files (.nc or .zarr) from `ibframe estimate -o`.")],
+    results: Annotated[list[Path], typer.Argument(metavar="RESULTS", help="Results files (.nc or .zarr) from `ibframe estimate -o`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the figures.")] = Path("figures"),
     kind: Annotated[list[str], typer.Option("--kind", "-k", help="mi-epochs, info-plane, binned-entropy, distance-histograms, unit-slopes, cosine-similarity or scatter; repeat (default: all the results allow).")] = [],  # noqa: B006
     format: Annotated[list[str], typer.Option("--format", "-f", help="png and/or svg.")] = ["png"],  # noqa: B006
@@ -274,6 +415,7 @@ def plot(
     from ibframe.plot import plot_results
     from ibframe.results import load_results
 
+    make_output_directory(out)
     for source in results:
         if (source / "layers").is_dir():
             msg = (
@@ -286,43 +428,148 @@ def plot(
         paths = plot_results(ds, kinds=kind or None, out_dir=target, formats=tuple(format),
                              run=run)
         for path in paths:
-            console.print(f"figure: {path}")
+            say(f"figure: {path}")
 
 
-def print_summary(ds: Any) -> None:
-    """A table of the estimates per layer at the first and last epoch, with standard errors.
+# -- the summary table ------------------------------------------------------------------------
 
-    Variables marked ``role`` = ``"stderr"``, ``"component"`` or ``"diagnostic"`` (parts and
-    checks of an estimate), summaries without an epoch, histograms and per-unit values are left
-    out; of other extra dimensions (bin size, pair) the first value is shown. ``NAME_stderr`` is
-    shown beside ``NAME`` as ``value ± stderr``.
+
+@dataclasses.dataclass
+class _Row:
+    """One variable (or several with the same summary) of the summary table."""
+
+    names: list[str]
+    notes: list[str]
+    units: str
+    estimator: str
+    cells: dict[str, list[str]]  # layer -> one cell per column
+
+    @property
+    def label(self) -> str:
+        notes = f" ({'; '.join(self.notes)})" if self.notes else ""
+        return ", ".join(self.names) + notes
+
+
+def print_summary(ds: xr.Dataset) -> None:
+    """Tables of the estimates per layer, at the first and last epoch, with standard errors.
+
+    Only variables of role ``estimate`` (the default) are shown; their standard errors
+    (``NAME_stderr``) appear as ``value ± stderr``. Of an extra dimension that is a setting (bin
+    size, pair) the first value with data is shown and named. Vector-valued results are summarised:
+    per-unit values by their mean and [min, max] over units, histograms (a ``<q>_bin``
+    dimension) by their mean position on the bin axis. Summaries across epochs (no ``epoch``
+    dimension) get a table of their own. Variables with the same summary (a histogram's counts
+    and densities) share a row.
     """
-    epochs = ds["epoch"].values
-    table = Table("variable", "layer", f"epoch {epochs[0]}", f"epoch {epochs[-1]}", "units")
-
-    def cell(var: Any, error: Any, index: int) -> str:
-        value = f"{float(var[index]):.4g}"
-        return value if error is None else f"{value} ± {float(error[index]):.2g}"
-
+    epochs = [int(e) for e in ds["epoch"].values] if "epoch" in ds.coords else []
+    shown = sorted({epochs[0], epochs[-1]}) if epochs else []
+    per_epoch: list[_Row] = []
+    over_epochs: list[_Row] = []
     for name, var in ds.data_vars.items():
-        if not {"layer", "epoch"} <= set(var.dims) or var.attrs.get("role", "estimate") != "estimate":
+        if "layer" not in var.dims or var.attrs.get("role", "estimate") != "estimate":
             continue
-        extra = [str(d) for d in var.dims if d not in ("epoch", "layer")]
-        if any(d == "unit" or d.endswith("_bin") for d in extra):
-            continue  # histograms and per-unit values: see the figures
-        first = var.isel(dict.fromkeys(extra, 0))  # the first setting (bin size, pair, ...)
-        label = str(name) + (
-            " (" + ", ".join(f"{d}={first[d].item()}" for d in extra if d in var.coords) + ")"
-            if extra else ""
+        if "epoch" in var.dims:
+            _add_row(per_epoch, _summary_row(ds, str(name), var, shown))
+        elif var.attrs.get("over_epochs"):
+            _add_row(over_epochs, _summary_row(ds, str(name), var, [None]))
+    if not per_epoch and not over_epochs:
+        say("no estimates to summarise; the results hold only diagnostics or parts")
+        return
+    if per_epoch:
+        table = Table("variable", "layer", *(f"epoch {e}" for e in shown), "units")
+        _fill_table(table, per_epoch)
+        console.print(table)
+        which = (
+            f"epoch shown: {shown[0]}, the only one estimated" if len(shown) == 1 else
+            f"epochs shown: {shown[0]} and {shown[-1]}, the first and last of the "
+            f"{len(epochs)} estimated"
         )
-        error = ds.get(f"{name}_stderr")
-        for layer in ds["layer"].values:
-            row = first.sel(layer=layer).values
-            errors = error.isel(dict.fromkeys(extra, 0)).sel(layer=layer).values \
-                if error is not None else None
-            table.add_row(label, str(layer), cell(row, errors, 0), cell(row, errors, -1),
-                          str(var.attrs.get("units", "")))
-    console.print(table)
+        stderr = any("±" in cell for row in per_epoch for cells in row.cells.values()
+                     for cell in cells)
+        say(which + ("; ± is the Monte Carlo standard error" if stderr else ""))
+    if over_epochs:
+        span = f"epochs {epochs[0]}..{epochs[-1]}" if epochs else "the epochs estimated"
+        table = Table("variable", "layer", f"across {span}", "units")
+        _fill_table(table, over_epochs)
+        console.print(table)
+
+
+def _fill_table(table: Table, rows: list[_Row]) -> None:
+    for row in rows:
+        for layer, cells in row.cells.items():
+            table.add_row(escape(row.label), escape(layer), *cells, escape(row.units))
+
+
+def _add_row(rows: list[_Row], row: _Row) -> None:
+    """Append ``row``, or name it in an earlier row of its estimator with the same summary."""
+    if all(cell == "-" for cells in row.cells.values() for cell in cells):
+        rows.append(row)
+        return
+    for earlier in rows:
+        if (earlier.estimator, earlier.units, earlier.notes, earlier.cells) == (
+            row.estimator, row.units, row.notes, row.cells
+        ):
+            earlier.names.extend(row.names)
+            return
+    rows.append(row)
+
+
+def _summary_row(ds: xr.Dataset, name: str, var: xr.DataArray, epochs: list[int | None]) -> _Row:
+    """Reduce ``var`` to one cell per layer and epoch (``None``: a variable without epochs)."""
+    import xarray as xr
+
+    estimator = str(var.attrs.get("estimator", ""))
+    units = str(var.attrs.get("units", ""))
+    extra = [str(d) for d in var.dims if d not in ("epoch", "layer")]
+    histograms = [d for d in extra if d.endswith("_bin")]
+    per_unit = "unit" in extra
+    settings = [d for d in extra if d not in histograms and d != "unit"]
+    first = {d: _first_with_values(var, d) for d in settings}
+    notes = [f"{d}={var[d].values[i]}" for d, i in first.items() if d in var.coords]
+    var = var.isel(first)
+    error = ds.get(f"{name}_stderr")
+    if error is not None:
+        error = error.isel({d: i for d, i in first.items() if d in error.dims})
+    for dim in histograms:
+        centres = var[dim] if dim in var.coords else xr.DataArray(np.arange(var.sizes[dim]), dims=dim)
+        total = var.sum(dim)
+        valid = (var.fillna(0) >= 0).all(dim) & (total > 0)
+        var = ((var * centres).sum(dim) / total).where(valid)
+        units = str(ds[dim].attrs.get("units", "")) if dim in ds.coords else ""
+        notes.append(f"mean {dim}")
+        error = None
+    if per_unit:
+        notes.append("over units: mean [min, max]")
+        error = None
+    cells: dict[str, list[str]] = {}
+    for layer in ds["layer"].values:
+        row = []
+        for epoch in epochs:
+            where = {"layer": layer} if epoch is None else {"layer": layer, "epoch": epoch}
+            values = var.sel(where).values
+            err = None if error is None else float(error.sel(where))
+            row.append(_cell(values, err))
+        cells[str(layer)] = row
+    return _Row([name], notes, units, estimator, cells)
+
+
+def _first_with_values(var: xr.DataArray, dim: str) -> int:
+    """The first position along ``dim`` where ``var`` has a finite value (0 if none has)."""
+    others = [d for d in var.dims if d != dim]
+    has_values = np.isfinite(var).any(others).values
+    return int(np.argmax(has_values)) if has_values.any() else 0
+
+
+def _cell(values: Any, error: float | None) -> str:
+    """``value ± error``, ``mean [min, max]`` of a vector, or ``-`` where there is no value."""
+    values = np.asarray(values, dtype=float)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return "-"
+    if values.ndim:
+        return f"{finite.mean():.4g} [{finite.min():.3g}, {finite.max():.3g}]"
+    text = f"{float(values):.4g}"
+    return text if error is None or not np.isfinite(error) else f"{text} ± {error:.2g}"
 
 
 def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
@@ -333,42 +580,73 @@ def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: A
         _default_showwarning(message, category, *args, **kwargs)
 
 
-_commands_added_by: set[int] = set()
+def _command_name(command: typer.models.CommandInfo) -> str:
+    name = command.name or typer.main.get_command_name(command.callback.__name__)  # type: ignore[union-attr]
+    return str(name)
+
+
+#: The built-in commands, and the plugin manager whose plugins' commands ``app`` holds now.
+_BUILTIN_COMMANDS = list(app.registered_commands)
+_commands_from: list[Any] = []
 
 
 def _register_plugin_commands() -> None:
-    """Let plugins add sub-commands, once per plugin manager (main may run many times)."""
+    """Let plugins add sub-commands, once per plugin manager (main may run many times).
+
+    Built-in commands keep their names: a plugin adding a command whose name is taken is skipped
+    with a :class:`PluginLoadWarning` naming both.
+    """
     from ibframe.plugins import call_each, get_plugin_manager
 
     pm = get_plugin_manager()
-    if id(pm) not in _commands_added_by:
-        _commands_added_by.add(id(pm))
+    if _commands_from and _commands_from[0] is pm:
+        return
+    _commands_from[:] = [pm]
+    app.registered_commands[:] = _BUILTIN_COMMANDS
+    owners = {_command_name(c): "ibframe" for c in _BUILTIN_COMMANDS}
+    before: list[int] = []
 
-        def prepare(plugin_name: str) -> Callable[[], None]:
-            count = len(app.registered_commands)
-            return lambda: app.registered_commands.__delitem__(slice(count, None))
+    def prepare(plugin_name: str) -> Callable[[], None]:
+        before[:] = [len(app.registered_commands)]
+        return lambda: app.registered_commands.__delitem__(slice(before[0], None))
 
-        call_each("ibframe_register_commands", prepare, app=app)
+    def check(plugin_name: str) -> None:
+        added = [_command_name(c) for c in app.registered_commands[before[0]:]]
+        for name in added:
+            if name in owners or added.count(name) > 1:
+                owner = owners.get(name, f"plugin {plugin_name!r}")
+                msg = f"plugin {plugin_name!r}: command name {name!r} is already taken by {owner}"
+                raise PluginError(msg)
+        owners.update(dict.fromkeys(added, f"plugin {plugin_name!r}"))
+
+    call_each("ibframe_register_commands", prepare, check, app=app)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: run the app, turning ibframe errors into one line."""
+    """Console-script entry point: run the app, turning ibframe errors into one line.
+
+    Typer runs in standalone mode, so usage errors print its usual usage message and exit 2 and
+    Ctrl-C exits 130; an :class:`IbframeError` prints ``error: MESSAGE`` and exits 1.
+    """
     previous = warnings.showwarning
     if previous is _default_showwarning:  # leave a caller's own handler (pytest's, say) alone
         warnings.showwarning = _show_warning
     try:
         _register_plugin_commands()
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="ibframe", standalone_mode=True)
     except IbframeError as err:
         err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
-    except typer.Exit as exit_:
-        raise SystemExit(exit_.exit_code) from None
-    except typer.Abort:
-        raise SystemExit(1) from None
-    except click.ClickException as err:
-        err.show()
-        raise SystemExit(err.exit_code) from None
+    except KeyboardInterrupt:  # while plugins load, before Typer runs a command
+        raise SystemExit(INTERRUPTED) from None
+    except SystemExit as exit_:
+        if exit_.code == INTERRUPTED:
+            # Dask's worker threads may be in tasks that take minutes, and the interpreter would
+            # wait for them before exiting: stop now, as Ctrl-C asks. Finished results are
+            # cached; the tasks running are abandoned, as a kill would leave them.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(INTERRUPTED)
+        raise
     finally:
         warnings.showwarning = previous
-    raise SystemExit(0)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ibframe.engine import ProgressCallback, estimate
+from ibframe.engine import ProgressCallback, estimate, resolve_device
 from ibframe.errors import SampleSizeWarning
 from ibframe.plot import plot_results
 from ibframe.recording.experiments import demo_config, train
@@ -42,6 +42,7 @@ def run_demo(
     """Train, record, estimate and plot into ``out_dir``; returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(device)  # an unusable device is refused before training, not after
     config = demo_config()
     if epochs is not None:
         config["epochs"] = epochs

@@ -48,7 +48,17 @@ def get_plugin_manager() -> pluggy.PluginManager:
             pm.register(importlib.import_module(module_name), name=module_name)
     pm.check_pending()  # a built-in with a hook that matches no hookspec is a bug: raise
     for ep in entry_points(group="ibframe"):
-        if pm.is_blocked(ep.name) or pm.get_plugin(ep.name) is not None:
+        if pm.is_blocked(ep.name):
+            continue
+        if pm.get_plugin(ep.name) is not None:
+            owner = "ibframe" if ep.name in DEFAULT_PLUGINS else _DISTRIBUTIONS[ep.name][0]
+            dist = ep.dist.name if ep.dist is not None else ep.value
+            warnings.warn(
+                f"ibframe plugin {ep.name!r} from {dist} was skipped: the plugin name "
+                f"{ep.name!r} is already taken by {owner}",
+                PluginLoadWarning,
+                stacklevel=2,
+            )
             continue
         try:
             pm.register(ep.load(), name=ep.name)
@@ -72,18 +82,26 @@ def get_plugin_manager() -> pluggy.PluginManager:
 
 
 def call_each(
-    hook_name: str, prepare: Callable[[str], Callable[[], None]], **kwargs: Any
+    hook_name: str,
+    prepare: Callable[[str], Callable[[], None]],
+    check: Callable[[str], None] | None = None,
+    **kwargs: Any,
 ) -> None:
-    """Call a hook plugin by plugin, so that a failing plugin is named and skipped.
+    """Call a hook plugin by plugin, built-ins first, so that a failing plugin is named and skipped.
 
+    Built-ins run first (in :data:`DEFAULT_PLUGINS` order), then entry-point plugins in the order
+    they loaded, so a name a built-in registers stays the built-in's whatever a plugin claims.
     ``prepare(plugin_name)`` runs before each plugin and returns what restores the state should
-    that plugin fail half-way. Built-in plugins are not skipped: their failures are bugs and raise.
+    that plugin fail half-way; ``check(plugin_name)``, run after each plugin's hook, may raise to
+    refuse what it added. Built-in plugins are not skipped: their failures are bugs and raise.
     """
     pm = get_plugin_manager()
-    for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):  # built-ins first
+    for impl in _builtins_first(getattr(pm.hook, hook_name).get_hookimpls()):
         restore = prepare(impl.plugin_name)
         try:
             impl.function(**{k: kwargs[k] for k in impl.argnames})
+            if check is not None:
+                check(impl.plugin_name)
         except Exception as err:
             if impl.plugin_name in DEFAULT_PLUGINS:
                 raise
@@ -94,6 +112,22 @@ def call_each(
                 PluginLoadWarning,
                 stacklevel=3,
             )
+
+
+def _builtins_first(impls: list[pluggy.HookImpl]) -> list[pluggy.HookImpl]:
+    """Hook implementations of the built-ins (in their order), then the others (in load order).
+
+    pluggy calls the last registered plugin first, and a plugin's ``tryfirst`` reorders it, so
+    the order is set here rather than taken from pluggy.
+    """
+    order = [name for name, _ in get_plugin_manager().list_name_plugin()]
+
+    def key(impl: pluggy.HookImpl) -> tuple[int, int]:
+        if impl.plugin_name in DEFAULT_PLUGINS:
+            return 0, DEFAULT_PLUGINS.index(impl.plugin_name)
+        return 1, order.index(impl.plugin_name)
+
+    return sorted(impls, key=key)
 
 
 def _fill(target: Any, hook_name: str, **kwargs: Any) -> None:

@@ -94,28 +94,41 @@ class EstimatorRegistry:
 
 
 class ExperimentRegistry:
-    """Training set-ups for ``ibframe train``, by name."""
+    """Training set-ups for ``ibframe train``, by name, each with the plugin that registered it."""
 
     def __init__(self) -> None:
         self._specs: dict[str, ExperimentSpec] = {}
+        self._plugins: dict[str, str] = {}
+        #: Set by the plugin manager while a plugin's hook runs, so errors can name it.
         self.current_plugin = "?"
 
     def add(self, spec: ExperimentSpec) -> None:
         """Register an experiment; names must be unique and kebab-case."""
+        who = self.current_plugin
         name = getattr(spec, "name", None)
         if not isinstance(name, str) or not _KEBAB.match(name):
-            msg = f"plugin {self.current_plugin!r}: experiment needs a kebab-case name, got {name!r}"
+            msg = f"plugin {who!r}: experiment needs a kebab-case name, got {name!r}"
             raise PluginError(msg)
         if name in self._specs and self._specs[name] is not spec:
-            msg = f"plugin {self.current_plugin!r}: experiment {name!r} is already registered"
+            msg = (
+                f"plugin {who!r}: experiment name {name!r} is already taken by plugin "
+                f"{self._plugins[name]!r}"
+            )
             raise PluginError(msg)
         self._specs[name] = spec
+        self._plugins[name] = who
 
-    def snapshot(self) -> dict[str, ExperimentSpec]:
-        return dict(self._specs)
+    def snapshot(self) -> tuple[dict[str, ExperimentSpec], dict[str, str]]:
+        """A copy of the contents, to undo a plugin that failed half-way."""
+        return dict(self._specs), dict(self._plugins)
 
-    def restore(self, snapshot: dict[str, ExperimentSpec]) -> None:
-        self._specs = dict(snapshot)
+    def restore(self, snapshot: tuple[dict[str, ExperimentSpec], dict[str, str]]) -> None:
+        self._specs, self._plugins = dict(snapshot[0]), dict(snapshot[1])
+
+    def plugin_of(self, name: str) -> str:
+        """The name of the plugin that registered experiment ``name``."""
+        self.get(name)
+        return self._plugins[name]
 
     def get(self, name: str) -> ExperimentSpec:
         try:

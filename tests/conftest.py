@@ -28,3 +28,28 @@ def fresh_plugins():
     plugins.reset()
     yield
     plugins.reset()
+
+
+class PluginSite:
+    """A sys.path directory where tests install real distributions with ``ibframe`` entry points."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def install(self, dist: str, module: str, source: str, entry: str | None = None) -> None:
+        """Write ``module`` and a ``.dist-info`` announcing it as ``entry`` (default: ``dist``)."""
+        (self.path / f"{module}.py").write_text(source)
+        info = self.path / f"{dist}-0.3.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.3\n")
+        (info / "entry_points.txt").write_text(f"[ibframe]\n{entry or dist} = {module}\n")
+
+
+@pytest.fixture
+def plugin_site(tmp_path, monkeypatch, fresh_plugins) -> PluginSite:
+    """Plugins installed here load in this process and in subprocesses given ``PYTHONPATH``."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    return PluginSite(site)

@@ -1,11 +1,19 @@
-"""The command line: commands work, and user errors print one line and exit 1."""
+"""The command line: commands work, user errors print one line and exit 1, Ctrl-C exits 130."""
 
 from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from ibframe.cli import main, parse_epochs
-from ibframe.errors import ParameterError
+from ibframe.errors import IbframeError, ParameterError
 from ibframe.testing import make_test_run
 
 
@@ -120,3 +128,313 @@ def test_train_records_a_run(tmp_path, capsys):
     assert code == 0, err
     assert open_run(tmp_path / "n.zarr").epochs.tolist() == [0, 1, 2, 3]
     assert "recorded" in out
+
+
+# -- partial failures (issue 8, item 7) -------------------------------------------------------
+
+FAILING_PLUGIN = '''
+from dataclasses import dataclass
+from typing import ClassVar
+
+import xarray as xr
+
+import ibframe
+from ibframe.errors import EstimationFailed, TaskFailure
+from ibframe.hookspecs import hookimpl
+
+
+@dataclass(frozen=True, kw_only=True)
+class Flaky(ibframe.Estimator):
+    """Fails on layer h2, as an estimator with a bug on one layer would."""
+
+    name: ClassVar[str] = "flaky"
+    description: ClassVar[str] = "Mean of S; fails on layer h2."
+
+    def compute(self, block):
+        if block.layer == "h2":
+            # what ibframe.estimate raises when tasks fail: the failures, and what succeeded
+            run = ibframe.open_run(block.run_path)
+            kept = ibframe.estimate(run, ["binned-entropy"], device="cpu", scheduler="synchronous")
+            failures = [TaskFailure("flaky", "h2", int(e), "ValueError: boom") for e in run.epochs]
+            raise EstimationFailed(failures, kept)
+        return xr.Dataset({"mean_s": ((), float(block.s.mean()), {"long_name": "mean", "units": "1"})})
+
+
+@hookimpl
+def ibframe_register_estimators(registry):
+    registry.add(Flaky)
+'''
+
+
+def test_failed_tasks_are_one_line_each_and_the_rest_is_kept(plugin_site, store, tmp_path, capsys):
+    from ibframe.results import load_results
+
+    plugin_site.install("flakyplug", "flakyplug_hooks", FAILING_PLUGIN)
+    out_path = tmp_path / "res.nc"
+    code, out, err = run_cli(["estimate", str(store), "-e", "binned-entropy", "-e", "flaky",
+                              "--scheduler", "synchronous", "--device", "cpu",
+                              "-o", str(out_path)], capsys)
+    assert code == 1
+    assert "Traceback" not in out + err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    assert errors[0].startswith("error: flaky failed on 3 tasks, layers 'h2' at epochs 0, 1, 2:")
+    assert "entropy_bin" in out  # the summary of what succeeded
+    assert "entropy_bin" in load_results(out_path)  # and it was written
+
+
+def test_failure_lines_group_by_estimator_and_error():
+    from ibframe.cli import failure_lines
+    from ibframe.errors import TaskFailure
+
+    lines = failure_lines([
+        TaskFailure("sp-mi", "h1", 0, "ValueError: x"),
+        TaskFailure("sp-mi", "h2", 0, "ValueError: x"),
+        TaskFailure("sp-mi", "h2", 5, "ValueError: x"),
+        TaskFailure("knn-entropy", "h3", 2, "RuntimeError: y"),
+    ])
+    assert lines == [
+        "sp-mi failed on 3 tasks, layers 'h1', 'h2' at epochs 0, 5: ValueError: x",
+        "knn-entropy failed on layer 'h3' at epoch 2: RuntimeError: y",
+    ]
+
+
+# -- Ctrl-C (issue 8, item 9) -------------------------------------------------------------------
+
+SLEEPY_PLUGIN = '''
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import xarray as xr
+
+import ibframe
+from ibframe.hookspecs import hookimpl
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sleepy(ibframe.Estimator):
+    """The first task returns; the next says so in ``marker``, then waits two minutes."""
+
+    name: ClassVar[str] = "sleepy"
+    description: ClassVar[str] = "Waits from its second task on."
+    marker: str = ""
+
+    def compute(self, block):
+        try:
+            Path(self.marker + ".first").touch(exist_ok=False)  # one task only gets through
+        except FileExistsError:
+            Path(self.marker).touch()
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+            Path(self.marker + ".finished").touch()
+        return xr.Dataset({"waited": ((), 0.0, {"long_name": "waited", "units": "1"})})
+
+
+@hookimpl
+def ibframe_register_estimators(registry):
+    registry.add(Sleepy)
+'''
+
+
+def _ibframe_command() -> list[str]:
+    """The installed console script, the command a user types."""
+    script = Path(sys.executable).with_name("ibframe")
+    return [str(script)] if script.exists() else [sys.executable, "-c",
+                                                  "from ibframe.cli import main; main()"]
+
+
+def _interrupt_when(proc: subprocess.Popen[str], ready: Callable[[], bool]) -> tuple[str, str]:
+    """Send SIGINT (Ctrl-C) once ``ready()`` holds; the process's output."""
+    deadline = time.monotonic() + 300
+    while not ready():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the command never reached the point to interrupt"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    return proc.communicate(timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheduler", ["synchronous", "threads"])
+def test_ctrl_c_during_estimate_exits_130_saying_what_was_kept(
+    plugin_site, store, tmp_path, scheduler
+):
+    plugin_site.install("sleepyplug", "sleepyplug_hooks", SLEEPY_PLUGIN)
+    marker = tmp_path / "waiting"
+    proc = subprocess.Popen(
+        [*_ibframe_command(), "estimate", str(store), "-e", "sleepy", "-p", f"marker={marker}",
+         "--layers", "h1", "--scheduler", scheduler, "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    out, err = _interrupt_when(proc, marker.exists)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in out + err
+    # it did not wait for the tasks still running (in Dask's worker threads) to finish
+    assert not Path(f"{marker}.finished").exists()
+    lines = [line for line in err.splitlines() if line.startswith("interrupted:")]
+    assert len(lines) == 1, err
+    if scheduler == "synchronous":  # one task finished before the one interrupted began
+        assert lines[0] == (
+            f"interrupted: 1 of 3 results were computed and cached in {store}; run the same "
+            "command again to resume"
+        )
+    else:  # the first task's result may not be counted yet when Ctrl-C comes
+        assert re.fullmatch(r"interrupted: (no result was computed yet|1 of 3 results were "
+                            r"computed and cached in .*; run the same command again to resume)",
+                            lines[0]), lines[0]
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_train_exits_130_naming_the_recorded_epochs(tmp_path):
+    from ibframe.store import open_run, summarise_epochs
+
+    out_path = tmp_path / "n.zarr"
+
+    def recorded_some() -> bool:
+        try:
+            return len(open_run(out_path).epochs) >= 3
+        except (IbframeError, KeyError):  # not created yet, or being created
+            return False
+
+    proc = subprocess.Popen(
+        [*_ibframe_command(), "train", "neuron", "-o", str(out_path), "--epochs", "1000000",
+         "--record", "all"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    out, err = _interrupt_when(proc, recorded_some)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in out + err
+    epochs = open_run(out_path).epochs
+    lines = [line for line in err.splitlines() if line.startswith("interrupted:")]
+    assert lines == [
+        (f"interrupted: epochs {summarise_epochs(epochs)} are recorded in {out_path} and stay "
+         "readable; train again with --overwrite to start over")
+    ], err
+
+
+# -- the summary table ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def wide_console(monkeypatch):
+    """Tables a row per line, as in a wide terminal, so that tests can read them."""
+    from ibframe import cli
+
+    monkeypatch.setattr(cli.console, "width", 250)
+
+
+@pytest.mark.filterwarnings("ignore::ibframe.errors.SampleSizeWarning")
+@pytest.mark.usefixtures("wide_console")
+def test_summary_with_one_epoch_has_one_column_and_says_what_it_shows(store, capsys):
+    code, out, _ = run_cli(["estimate", str(store), "-e", "sp-mi", "--epochs", "2",
+                            "--device", "cpu"], capsys)
+    assert code == 0
+    header = next(line for line in out.splitlines() if "variable" in line)
+    assert header.count("epoch 2") == 1 and "epoch 0" not in header
+    assert "epoch shown: 2, the only one estimated; ± is the Monte Carlo standard error" in out
+    assert "±" in next(line for line in out.splitlines() if "mi_x_t" in line)
+
+
+def test_summary_of_several_epochs_names_them(store, capsys):
+    code, out, _ = run_cli(["estimate", str(store), "-e", "binned-entropy", "--device", "cpu"],
+                           capsys)
+    assert code == 0
+    assert "epochs shown: 0 and 2, the first and last of the 3 estimated" in out
+    assert "standard error" not in out  # binned entropy has none
+
+
+@pytest.mark.usefixtures("wide_console")
+def test_summary_summarises_per_unit_and_per_bin_results(store, capsys):
+    from ibframe import estimate
+
+    ds = estimate(store, ["unit-entropy-slopes", "distance-histogram"], device="cpu",
+                  params={"unit-entropy-slopes": {"bin_sizes": [0.1]}})
+    code, out, _ = run_cli(["estimate", str(store), "-e", "unit-entropy-slopes",
+                            "-e", "distance-histogram", "-p", "bin_sizes=0.1", "--device", "cpu"],
+                           capsys)
+    assert code == 0
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    # per unit: mean [min, max] over the units of the layer, at each epoch shown
+    entropy = ds["unit_entropy"].sel(layer="h1", bin_size=0.1)
+    first = entropy.isel(epoch=0)
+    expected = f"{float(first.mean()):.4g} [{float(first.min()):.3g}, {float(first.max()):.3g}]"
+    unit_row = next(r for r in rows if "unit_entropy " in r and "h1" in r)
+    assert expected in unit_row
+    # the slopes, which have no epoch, in a table of their own
+    assert "across epochs 0..2" in out
+    slope = ds["unit_entropy_slope"].sel(layer="h1", bin_size=0.1)
+    slope_row = next(r for r in rows if "unit_entropy_slope " in r and "h1" in r)
+    assert f"{float(slope.mean()):.4g} [" in slope_row
+    # a histogram: its mean position on the bin axis; counts and densities share the row
+    counts = ds["distance_count"].sel(layer="h1", pair="within").isel(epoch=-1)
+    centre = float((counts * counts["distance_bin"]).sum() / counts.sum())
+    hist_row = next(r for r in rows if "distance_count" in r and "h1" in r)
+    assert "distance_density" in hist_row and f"{centre:.4g}" in hist_row
+
+
+def test_a_fully_cached_rerun_says_so(store, capsys):
+    args = ["estimate", str(store), "-e", "binned-entropy", "--device", "cpu"]
+    assert run_cli(args, capsys)[0] == 0
+    code, _, err = run_cli(args, capsys)
+    assert code == 0
+    assert f"all results read from the cache in {store}" in err
+    assert "0/0" not in err
+
+
+# -- train: the data set, reruns, help --------------------------------------------------------
+
+
+def test_train_without_data_says_which_data_and_records_it(tmp_path, capsys):
+    from ibframe.store import open_run
+
+    out_path = tmp_path / "s.zarr"
+    code, _, err = run_cli(["train", "szt", "-o", str(out_path), "--epochs", "1",
+                            "--samples", "64", "--draws", "2", "--conditional-samples", "8"],
+                           capsys)
+    assert code == 0, err
+    line = next(line for line in err.splitlines() if line.startswith("data:"))
+    assert line.startswith("data: szt-like, generated SZT-style 12-bit data, a stand-in for var_u.mat")
+    attrs = open_run(out_path).attrs
+    assert attrs["dataset"] == "szt-like" and attrs["data_path"] is None
+    assert "stand-in for var_u.mat" in attrs["dataset_description"]
+
+
+def test_train_with_data_records_its_absolute_path(data_dir, tmp_path, capsys, monkeypatch):
+    from ibframe.store import open_run
+
+    monkeypatch.chdir(data_dir)
+    out_path = tmp_path / "s.zarr"
+    code, _, err = run_cli(["train", "szt", "--data", "var_u.mat", "-o", str(out_path),
+                            "--epochs", "1", "--samples", "64", "--draws", "0"], capsys)
+    assert code == 0, err
+    assert "data: szt, Shwartz-Ziv & Tishby 12-bit data from var_u.mat" in err
+    assert open_run(out_path).attrs["data_path"] == str(data_dir.resolve() / "var_u.mat")
+
+
+def test_train_rerun_suggests_overwrite(tmp_path, capsys):
+    args = ["train", "neuron", "-o", str(tmp_path / "n.zarr"), "--epochs", "1"]
+    assert run_cli(args, capsys)[0] == 0
+    code, _, err = run_cli(args, capsys)
+    assert code == 1
+    assert "already exists; pass --overwrite" in err and "open_run" not in err
+    assert run_cli([*args, "--overwrite"], capsys)[0] == 0
+
+
+def test_train_help_fits_80_columns(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run_cli(["train", "--help"], capsys)
+    assert code == 0
+    assert "--conditional-samples" in out and "…" not in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_estimate_output_needs_overwrite_to_replace_results(store, tmp_path, capsys):
+    out_path = tmp_path / "res.nc"
+    args = ["estimate", str(store), "-e", "binned-entropy", "--device", "cpu", "-o", str(out_path)]
+    assert run_cli(args, capsys)[0] == 0
+    code, _, err = run_cli(args, capsys)
+    assert code == 1 and "--overwrite" in err
+    assert run_cli([*args, "--overwrite"], capsys)[0] == 0

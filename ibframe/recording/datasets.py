@@ -129,13 +129,14 @@ def load_szt(
         The random split used when ``split`` is None (see :func:`random_split`).
     """
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     mat_path = _resolve(path, SZT_FILE)
     try:
         mat = loadmat(mat_path)
         x = np.asarray(mat["F"])
         y = np.asarray(mat["y"]).reshape(-1).astype(np.int64)
-    except (KeyError, ValueError, OSError) as err:
+    except (KeyError, ValueError, OSError, MatReadError) as err:
         msg = f"{mat_path} is not the SZT var_u.mat file (needs arrays F and y): {err}"
         raise DatasetError(msg) from err
     if x.shape[0] != y.shape[0]:
@@ -240,7 +241,8 @@ def szt_like(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
         y,
         random_split(4096, test_fraction=test_fraction, seed=seed),
         "szt-like",
-        f"SZT-style 12-bit data on icosahedron vertices, rotation-invariant labels (seed {seed})",
+        f"generated SZT-style 12-bit data, a stand-in for var_u.mat: icosahedron vertices, "
+        f"rotation-invariant labels, seed {seed}",
     )
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ibframe.errors import ParameterError, TrainingError
+from ibframe.errors import ParameterError, StoreError, TrainingError
 from ibframe.hookspecs import hookimpl
 from ibframe.recording import datasets
 from ibframe.recording.datasets import Dataset
@@ -43,7 +43,7 @@ from ibframe.recording.nn import (
     szt_mlp,
 )
 from ibframe.recording.nn import single_neuron as single_neuron_net
-from ibframe.recording.recorder import Recorder, classification_metrics
+from ibframe.recording.recorder import Recorder, RecordSchedule, classification_metrics
 from ibframe.recording.spec import ExperimentSpec, LossFn, MetricsFn, TrainSettings
 
 EpochCallback = Callable[[int, Mapping[str, float]], None]
@@ -277,6 +277,7 @@ def _settings(spec: ExperimentSpec, overrides: Mapping[str, Any]) -> TrainSettin
     if settings.batch_size is not None and settings.batch_size < 1:
         msg = f"batch_size must be >= 1, got {settings.batch_size}"
         raise ParameterError(msg)
+    RecordSchedule.parse(settings.record)  # refuse a bad schedule before loading any data
     if settings.beta == 0 and settings.draws:
         settings = dataclasses.replace(settings, draws=0)
     return settings
@@ -332,6 +333,7 @@ def train(
     threads: int | None = None,
     overwrite: bool = False,
     on_epoch: EpochCallback | None = None,
+    on_data: Callable[[str], None] | None = None,
 ) -> Path:
     """Train one experiment and record it into a run store; returns the store's path.
 
@@ -347,7 +349,10 @@ def train(
     out
         Path of the run store to write (a ``.zarr`` directory).
     data
-        The experiment's data file or directory (e.g. ``var_u.mat``, MNIST IDX files).
+        The experiment's data file or directory (e.g. ``var_u.mat``, MNIST IDX files); None: the
+        experiment's own data, generated, or a stand-in (the SZT-style set for ``szt``, sklearn's
+        digits for the MNIST CNNs). The store records which: ``dataset``,
+        ``dataset_description`` and ``data_path`` (absolute, or None) in its root attributes.
     epochs, beta, activation, lr, optimizer, batch_size, record, draws, conditional_samples,
     samples, orthonormal, augment
         Override the experiment's :class:`TrainSettings`.
@@ -362,11 +367,14 @@ def train(
         100,000 parameters, whose operations are too small for threads to pay (on a busy
         2-core machine two threads made the SZT network 50 times slower), else torch's setting.
     overwrite
-        Replace an existing store at ``out``.
+        Replace an existing store at ``out``; without it an existing ``out`` is refused before
+        anything else is done.
     on_epoch
         Called after every epoch with the epoch and its metrics: ``loss`` (the mean training loss
         of the epoch's minibatches) and, at recorded epochs, what was recorded (``loss_train``,
         ``accuracy_test``, ...). Drives a progress bar.
+    on_data
+        Called once, before training, with one line naming the data set used.
 
     Raises
     ------
@@ -376,6 +384,12 @@ def train(
     from ibframe.plugins import experiment_registry
 
     spec = experiment_registry().get(experiment) if isinstance(experiment, str) else experiment
+    if Path(out).exists() and not overwrite:
+        msg = (
+            f"{out} already exists; pass --overwrite (overwrite=True in Python) to replace it, "
+            "or choose another --out"
+        )
+        raise StoreError(msg)
     settings = _settings(
         spec,
         {
@@ -394,6 +408,8 @@ def train(
         },
     )
     dataset = spec.load_data(data)
+    if on_data is not None:
+        on_data(f"data: {dataset.name}, {dataset.description}")
     torch.manual_seed(seed)
     network = spec.build_model(dataset, settings.beta, settings.activation)
     if network.beta != settings.beta:
@@ -432,6 +448,7 @@ def train(
             "experiment": spec.name,
             "training": {**dataclasses.asdict(settings), "seed": seed, "device": device},
             "dataset_description": dataset.description,
+            "data_path": None if data is None else str(Path(data).resolve()),
         },
     )
     with recorder, _torch_threads(threads):
