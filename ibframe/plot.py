@@ -434,7 +434,7 @@ def _scatter_run(results: xr.Dataset | None, run: Run | str | os.PathLike[str] |
     source = None if results is None else results.attrs.get("source")
     if not source or not Path(source).exists():
         where = f"the run store {source} they name was not found" if source else "they name no run"
-        msg = f"plot 'scatter' needs the run store: pass run=PATH (the results: {where})"
+        msg = f"plot 'scatter' needs the run store: pass run=PATH (--run on the command line; {where})"
         raise ResultConventionError(msg)
     return open_run(source)
 

@@ -358,14 +358,14 @@ def test_summary_summarises_per_unit_and_per_bin_results(store, capsys):
     assert code == 0
     rows = [line for line in out.splitlines() if line.startswith("│")]
     # per unit: mean [min, max] over the units of the layer, at each epoch shown
-    entropy = ds["unit_entropy"].sel(layer="h1", bin_size=0.1)
+    entropy = ds["unit_entropy"].sel(layer="h1", unit_bin_size=0.1)
     first = entropy.isel(epoch=0)
     expected = f"{float(first.mean()):.4g} [{float(first.min()):.3g}, {float(first.max()):.3g}]"
     unit_row = next(r for r in rows if "unit_entropy " in r and "h1" in r)
     assert expected in unit_row
     # the slopes, which have no epoch, in a table of their own
     assert "across epochs 0..2" in out
-    slope = ds["unit_entropy_slope"].sel(layer="h1", bin_size=0.1)
+    slope = ds["unit_entropy_slope"].sel(layer="h1", unit_bin_size=0.1)
     slope_row = next(r for r in rows if "unit_entropy_slope " in r and "h1" in r)
     assert f"{float(slope.mean()):.4g} [" in slope_row
     # a histogram: its mean position on the bin axis; counts and densities share the row

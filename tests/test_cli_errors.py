@@ -24,7 +24,7 @@ USAGE = "usage"  # expected: Typer's usage message, exit 2
 #: Lines that inform rather than complain: the data set used, a progress bar's last state.
 INFO = ("data: ", "training ", "estimating ")
 NEEDS_STORE = pytest.mark.xfail(reason="needs the store branch", strict=False)
-NEEDS_ENGINE = pytest.mark.xfail(reason="needs the engine branch", strict=False)
+NEEDS_ENGINE = ()
 
 
 # -- damage done to a copy of a good run store -------------------------------------------------
