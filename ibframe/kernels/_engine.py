@@ -73,6 +73,8 @@ _ITEM_BLOCKS = 16  # blocks per work item of the dense path
 _DENSE_ONLY_EVALS = 2**22  # below this a dense pass is too cheap to plan around
 _LEAF = 64  # centres per leaf of the k-d tree that orders the neighbour search
 _CHUNK_SOURCES = 256  # own centres per chunk of the neighbour search
+_CHUNK_CENTRES = 2048  # and centres under it: chunks stay small where the points are few
+_FILL_SAMPLE = 32  # own centres of a chunk tested first, to choose its evaluation
 _DENSE_FILL = 0.025  # a block of a chunk with more pairs in reach than this runs densely
 # measured costs of the neighbour path, in units of one dense exponent (single thread): per
 # centre planned, per pair tested, per exponent of a chunk evaluated densely, per exact pair
@@ -82,7 +84,7 @@ _COST_LOCAL = 1.4
 _COST_PAIR = 60.0
 _DENSE_SHARE = 0.3  # sampled pairs in reach above this share of the centres: no pruning
 # prune only below this share of the dense cost: the estimate errs by up to ~2x either way
-_PRUNE_BELOW = 0.5
+_PRUNE_BELOW = 0.6
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ class Problem:
 def log_sums(problem: Problem, strategy: str = "auto") -> tuple[torch.Tensor, str]:
     """``(b, N, A)`` float64 log sums per atom (module notes), and the strategy used.
 
-    ``"auto"`` prunes (``"neighbours"``) where its estimated cost is below half the dense
+    ``"auto"`` prunes (``"neighbours"``) where its estimated cost is below 0.6 of the dense
     pass; batches of mixtures and small problems are always dense.
     """
     b, n_points = problem.own.shape
@@ -390,7 +392,8 @@ class _Neighbours:
         (sorted by atom).
 
         A k-d tree with sliding-midpoint splits (which keep clusters apart) orders the centres;
-        its largest subtrees holding at most :data:`_CHUNK_SOURCES` sources are the chunks. A
+        its largest subtrees holding at most :data:`_CHUNK_SOURCES` sources and
+        :data:`_CHUNK_CENTRES` centres are the chunks. A
         centre is a candidate of a chunk when it lies within the chunk's radius plus the largest
         reach of its sources from the chunk's centroid.
         """
@@ -410,7 +413,8 @@ class _Neighbours:
             lo, hi = np.searchsorted(sorted_pos, [node.start_idx, node.end_idx])
             if hi == lo:
                 continue
-            if hi - lo <= _CHUNK_SOURCES or node.split_dim == -1:
+            small = node.end_idx - node.start_idx <= _CHUNK_CENTRES
+            if (hi - lo <= _CHUNK_SOURCES and small) or node.split_dim == -1:
                 chunks.append(torch.from_numpy(src_by_pos[lo:hi]).to(self.device))
             else:
                 stack += [node.greater, node.lesser]
@@ -481,66 +485,60 @@ class _Neighbours:
         r"""Add to ``sums`` the terms of the chunk's points with every candidate within reach
         but their own centre.
 
-        Column block by column block, the own centres are tested against the candidates (one
-        GEMM of :math:`2 s \cdot c - \|c\|^2`, compared with :math:`\|s\|^2 - R^2`, about the
-        chunk's centroid in float32 with a safety margin). Where most pairs are in reach
-        (clusters), the block's points are evaluated densely about the centroid; otherwise
-        only the pairs in reach, with exact differences.
+        A sample of the chunk's own centres is tested against the candidates first. Where many
+        pairs are in reach (clusters) the chunk's points are evaluated densely against all
+        candidates, about the chunk's centroid. Otherwise every own centre is tested, column
+        block by column block (one GEMM of :math:`2 s \cdot c - \|c\|^2`, compared with
+        :math:`\|s\|^2 - R^2`, about the centroid in float32 with a safety margin), and only
+        the pairs in reach are evaluated, with exact differences.
         """
         own_ids = torch.index_select(self.sources, 0, members)
         own_xyz = torch.index_select(self.centers, 0, own_ids)
         origin = own_xyz.mean(dim=0)
-        src = (own_xyz - origin).to(torch.float32)
         cand = torch.index_select(self.centers, 0, candidates) - origin
         atoms = torch.index_select(self.problem.atoms, 0, candidates)
         bounds = torch.searchsorted(
             atoms, torch.arange(self.problem.n_atoms + 1, device=self.device)).tolist()
-        cand32 = cand.to(torch.float32)
-        src_sq = (src * src).sum(-1)
-        cand_sq = (cand32 * cand32).sum(-1)
-        d = src.shape[1]
-        # float32 squared distances may err by this much; a wider test only costs time
-        margin = (d + 2) * 4 * _U32 * float((src_sq.max().sqrt() + cand_sq.max().sqrt()) ** 2)
-        threshold = (src_sq.double() - self.reach[members] ** 2 - margin).to(torch.float32)
-        src_aug = torch.cat([src, torch.ones_like(src_sq)[:, None]], dim=1)
-        cand_aug = torch.cat([2.0 * cand32, -cand_sq[:, None]], dim=1).T.contiguous()
         # where each own centre sits among the candidates
         sorted_ids, perm = torch.sort(candidates)
         own_pos = perm[torch.searchsorted(sorted_ids, own_ids)]
-        local: _LocalDense | None = None
-        found: list[tuple[torch.Tensor, torch.Tensor]] = []
+        test = _ReachTest(self, members, own_xyz - origin, cand)
+        sample = torch.arange(0, members.numel(), max(1, members.numel() // _FILL_SAMPLE),
+                              device=self.device)
+        near = test.near(sample, 0, candidates.numel())
+        found = int(near.sum()) - sample.numel()  # every own centre finds itself
+        if found > _DENSE_FILL * near.numel():
+            local = _LocalDense(self, members, origin, candidates, cand)
+            for atom in range(self.problem.n_atoms):
+                if bounds[atom + 1] > bounds[atom]:
+                    local.add(bounds[atom], bounds[atom + 1], atom, own_pos, sums)
+            return
+        rows_found: list[torch.Tensor] = []
+        ids_found: list[torch.Tensor] = []
+        every = torch.arange(members.numel(), device=self.device)
         step = max(1, self.block // max(1, members.numel()))
-        for atom in range(self.problem.n_atoms):
-            for j0 in range(bounds[atom], bounds[atom + 1], step):
-                j1 = min(bounds[atom + 1], j0 + step)
-                shape = (members.numel(), j1 - j0)
-                score = torch.mm(src_aug, cand_aug[:, j0:j1],
-                                 out=_buffer(torch.float32, math.prod(shape),
-                                             self.device).view(shape))
-                near = score >= threshold[:, None]
-                # every own centre finds itself; the rest are its neighbours
-                extra = near.sum(dim=1) - ((own_pos >= j0) & (own_pos < j1)).to(torch.int64)
-                count = int(extra.sum())
-                if count == 0:
-                    continue
-                if count > _DENSE_FILL * near.numel():
-                    local = local or _LocalDense(self, members, origin, candidates, cand)
-                    if local.exact:
-                        local.add(j0, j1, atom, own_pos, sums)
-                        continue
-                busy = torch.nonzero(extra).squeeze(1)
-                rows, cols = torch.nonzero(near[busy], as_tuple=True)
-                rows = busy[rows]
-                ids = candidates[j0 + cols]
-                keep = ids != own_ids[rows]
-                found.append((rows[keep], ids[keep]))
-        if found:
-            rows = torch.cat([r for r, _ in found])
-            neighbours = torch.cat([c for _, c in found])
-            if len(found) > 1:
+        for j0 in range(0, candidates.numel(), step):
+            j1 = min(candidates.numel(), j0 + step)
+            near = test.near(every, j0, j1)
+            # every own centre finds itself; the rest are its neighbours
+            extra = near.sum(dim=1) - ((own_pos >= j0) & (own_pos < j1)).to(torch.int64)
+            busy = torch.nonzero(extra).squeeze(1)
+            if busy.numel() == 0:
+                continue
+            rows, cols = torch.nonzero(torch.index_select(near, 0, busy), as_tuple=True)
+            rows = torch.index_select(busy, 0, rows)
+            ids = torch.index_select(candidates, 0, cols + j0)
+            keep = torch.nonzero(ids != torch.index_select(own_ids, 0, rows)).squeeze(1)
+            rows_found.append(torch.index_select(rows, 0, keep))
+            ids_found.append(torch.index_select(ids, 0, keep))
+        if rows_found:
+            rows = torch.cat(rows_found)
+            neighbours = torch.cat(ids_found)
+            if len(rows_found) > 1:
                 order = torch.argsort(rows, stable=True)
                 rows, neighbours = rows[order], neighbours[order]
-            self._evaluate(members, rows, neighbours, sums)
+            if rows.numel():
+                self._evaluate(members, rows, neighbours, sums)
 
     def _evaluate(self, members: torch.Tensor, rows: torch.Tensor, neighbours: torch.Tensor,
                   sums: torch.Tensor) -> None:
@@ -611,6 +609,34 @@ class _Neighbours:
                         part.reshape(count * pts_max, -1)[flat])
 
 
+class _ReachTest:
+    """Which candidates lie within reach of which own centres of a chunk: squared distances
+    by one GEMM about the chunk's centroid in float32, with a margin for its rounding."""
+
+    def __init__(self, owner: _Neighbours, members: torch.Tensor, src: torch.Tensor,
+                 cand: torch.Tensor) -> None:
+        self.block = owner.block
+        self.device = owner.device
+        src32 = src.to(torch.float32)
+        cand32 = cand.to(torch.float32)
+        src_sq = (src32 * src32).sum(-1)
+        cand_sq = (cand32 * cand32).sum(-1)
+        d = src.shape[1]
+        # float32 squared distances may err by this much; a wider test only costs time
+        margin = (d + 2) * 4 * _U32 * float((src_sq.max().sqrt() + cand_sq.max().sqrt()) ** 2)
+        reach = torch.index_select(owner.reach, 0, members)
+        self.threshold = (src_sq.double() - reach**2 - margin).to(torch.float32)
+        self.src_aug = torch.cat([src32, torch.ones_like(src_sq)[:, None]], dim=1)
+        self.cand_aug = torch.cat([2.0 * cand32, -cand_sq[:, None]], dim=1).T.contiguous()
+
+    def near(self, rows: torch.Tensor, j0: int, j1: int) -> torch.Tensor:
+        """``(len(rows), j1 - j0)`` bool: candidate ``j0 + j`` within reach of row ``i``."""
+        shape = (rows.numel(), j1 - j0)
+        score = torch.mm(torch.index_select(self.src_aug, 0, rows), self.cand_aug[:, j0:j1],
+                         out=_buffer(torch.float32, math.prod(shape), self.device).view(shape))
+        return score >= torch.index_select(self.threshold, 0, rows)[:, None]
+
+
 class _LocalDense:
     """Dense evaluation of one chunk's points against runs of its candidates, in coordinates
     about the chunk's centroid (float32 while the rounding estimate allows, as for dense)."""
@@ -637,33 +663,38 @@ class _LocalDense:
                                 (-scale * c_sq + owner.lw[candidates])[:, None]], dim=1)
         reach = (math.sqrt(float(c_sq.max())) + math.sqrt(float(p_sq.max()))) ** 2 + float(
             o.max())
-        # a stricter bar than the dense pass: a block that misses it runs as exact pairs
-        self.exact = (
-            math.sqrt(cand.shape[1] + 2) * _U32 * scale * reach <= 0.1 * FLOAT32_EXPONENT_TOL
-            or problem.exp_dtype == torch.float64
-        )
-        self.p_aug = p_aug.to(problem.exp_dtype)
+        # a stricter bar than the dense pass, as it is cheap to meet: float64 otherwise
+        exact = math.sqrt(cand.shape[1] + 2) * _U32 * scale * reach <= 0.1 * FLOAT32_EXPONENT_TOL
+        self.gemm_dtype = problem.exp_dtype if exact else torch.float64
+        self.p_aug = p_aug.to(self.gemm_dtype)
 
     def add(self, j0: int, j1: int, atom: int, own_pos: torch.Tensor, sums: torch.Tensor) -> None:
         """Add the terms of candidates ``j0:j1`` (all in ``atom``) to the chunk's points, but
         each point's own centre (added exactly beforehand)."""
         owner = self.owner
         exp_dtype = owner.problem.exp_dtype
-        operand = self.c_aug[j0:j1].T.to(exp_dtype).contiguous()
-        own_col = own_pos[self.member_of_point] - j0
-        mine = (own_col >= 0) & (own_col < j1 - j0)
+        own_col = torch.index_select(own_pos, 0, self.member_of_point)
         rows = self.point_ids.numel()
-        row_step = max(1, owner.block // (j1 - j0))
-        total = torch.empty(rows, dtype=torch.float64, device=owner.device)
-        for i0 in range(0, rows, row_step):
-            i1 = min(rows, i0 + row_step)
-            shape = (i1 - i0, j1 - j0)
-            block = torch.mm(self.p_aug[i0:i1], operand,
-                             out=_buffer(exp_dtype, math.prod(shape), owner.device).view(shape))
-            hit = torch.nonzero(mine[i0:i1]).squeeze(1)
-            block[hit, own_col[i0:i1][hit]] = -math.inf
-            block.clamp_(min=EXP_FLOOR).exp_()
-            total[i0:i1] = block.sum(-1)
+        total = torch.zeros(rows, dtype=torch.float64, device=owner.device)
+        cols = min(j1 - j0, _MAX_COLS)
+        row_step = max(1, owner.block // cols)
+        for c0 in range(j0, j1, cols):
+            c1 = min(j1, c0 + cols)
+            operand = self.c_aug[c0:c1].T.to(self.gemm_dtype).contiguous()
+            for i0 in range(0, rows, row_step):
+                i1 = min(rows, i0 + row_step)
+                shape = (i1 - i0, c1 - c0)
+                block = torch.mm(self.p_aug[i0:i1], operand, out=_buffer(
+                    self.gemm_dtype, math.prod(shape), owner.device).view(shape))
+                if self.gemm_dtype != exp_dtype:
+                    block = _buffer(exp_dtype, math.prod(shape), owner.device, 1).view(
+                        shape).copy_(block)
+                # the own centre's term was added exactly beforehand
+                col = own_col[i0:i1] - c0
+                hit = torch.nonzero((col >= 0) & (col < c1 - c0)).squeeze(1)
+                block[hit, col[hit]] = -math.inf
+                block.clamp_(min=EXP_FLOOR).exp_()
+                total[i0:i1] += block.sum(-1)
         sums.index_put_((self.point_ids, torch.full_like(self.point_ids, atom)), total,
                         accumulate=True)
 
