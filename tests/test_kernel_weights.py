@@ -300,3 +300,32 @@ def test_points_must_match_the_centres() -> None:
         mixture_log_density(np.zeros((4, 3)), 0.1, points, groups=np.ones((2, 3), bool))
     with pytest.raises(ParameterError, match="at least one"):
         mixture_log_density(np.zeros((4, 3)), 0.1, points, groups=np.zeros((1, 4), bool))
+
+
+def test_batched_conditional_mixtures_on_a_subset_of_their_draws() -> None:
+    """h(T|X=x) of b small mixtures and of their first half of draws, from the same points."""
+    rng = np.random.default_rng(12)
+    b, draws, d, beta = 300, 8, 3, 0.05
+    centers = np.tanh(rng.normal(size=(b, 1, d)) + 0.05 * rng.normal(size=(b, draws, d)))
+    first_half = (np.arange(draws) < draws // 2)[None]
+    points = draw_points(np.ones((b, draws)), 2 * draws, d, seed=3)
+    density = mixture_log_density(centers, beta, points, groups=first_half, dtype="float64")
+    log_g = density.log_density.numpy()
+    assert log_g.shape == (b, 2 * draws, 2)
+    for k in (0, 123, 299):
+        own = points.centre[k].numpy()
+        noise = points.noise[k].double().numpy()
+        np.testing.assert_allclose(
+            log_g[k, :, 0], reference_log_density(centers[k], np.ones(draws), beta, own, noise),
+            atol=1e-9)
+        inside = own < draws // 2
+        assert np.isnan(log_g[k, ~inside, 1]).all()
+        np.testing.assert_allclose(
+            log_g[k, inside, 1],
+            reference_log_density(centers[k, : draws // 2], np.ones(draws // 2), beta,
+                                  own[inside], noise[inside]),
+            atol=1e-9)
+    h, se, _ = mc_entropy_estimate(density.log_density, points)
+    assert h.shape == se.shape == (b, 2)
+    # the half mixtures have fewer distinct components: lower entropy on average
+    assert float(h[:, 1].mean()) < float(h[:, 0].mean())

@@ -22,15 +22,25 @@ Two exact ways to evaluate it, chosen per call by an estimate of their cost:
     only the centres within reach. A term is below the floor once
     :math:`\|p_k - \mu_j\|^2 > \beta^2\|z_k\|^2 - \text{floor}/s`, so by the triangle
     inequality only centres within :math:`R_k = \sqrt{\beta^2\|z_k\|^2 - \text{floor}/s} +
-    \beta\|z_k\|` of the own centre can matter. The centres are put in k-d order and cut into
-    tiles with a bounding ball; the points' own centres, in the same order, form chunks, and a
-    chunk is tested (one GEMM of squared distances, in float32 about the chunk's centroid with
-    a safety margin) only against the tiles whose balls come within reach. Each own centre's
-    neighbours are then evaluated with *exact differences*:
+    \beta\|z_k\|` of the own centre can matter. A k-d tree with sliding-midpoint splits (which
+    keep clusters apart) cuts the points' own centres into chunks, its largest subtrees with at
+    most :data:`_CHUNK_SOURCES` own centres and :data:`_CHUNK_CENTRES` centres; a chunk's
+    candidates are the centres within reach of its bounding ball. A sample of the chunk's own
+    centres is tested first. Where many pairs are in reach (a cluster), the chunk's points are
+    evaluated densely against its candidates, about its centroid (float32 where the rounding
+    estimate allows, else a float64 GEMM). Elsewhere every pair is tested (one GEMM of squared
+    distances, in float32 about the centroid with a margin for its rounding) and the pairs in
+    reach are evaluated with *exact differences*:
     :math:`s(\beta^2\|z\|^2 - \|p - \mu_j\|^2) = -2s\beta\, z\cdot\delta_j - s\|\delta_j\|^2`,
     :math:`\delta_j = \mu_{o} - \mu_j` formed in float64, so float32 loses nothing at small
-    :math:`\beta` (no term of size :math:`sR^2` cancels). The points of equal-degree own
-    centres run as one batched matrix product.
+    :math:`\beta` (no term of size :math:`sR^2` cancels). The points of own centres of similar
+    degree run as one batched matrix product.
+
+The choice (:func:`log_sums`) samples 64 own centres for their pairs in reach, plans the chunks
+when that is not most of the centres, and prices each path in units of one dense exponent with
+costs measured on this project's 2-core machine (:data:`_COST_PLAN` and the rest). The estimate
+errs by up to ~2x either way, so pruning is chosen below :data:`_PRUNE_BELOW` of the dense cost.
+Both paths equal the dense float64 kernel within the clamp tolerance.
 
 Identical centres (same coordinates and atom) are merged first, their weights added: exact, and
 a mixture of :math:`4\cdot10^6` samples of 4 distinct values becomes one of 4 centres.
@@ -75,6 +85,7 @@ _LEAF = 64  # centres per leaf of the k-d tree that orders the neighbour search
 _CHUNK_SOURCES = 256  # own centres per chunk of the neighbour search
 _CHUNK_CENTRES = 2048  # and centres under it: chunks stay small where the points are few
 _FILL_SAMPLE = 32  # own centres of a chunk tested first, to choose its evaluation
+_PLAN_SAMPLE = 32  # chunks whose candidates are counted to estimate the cost
 _DENSE_FILL = 0.025  # a block of a chunk with more pairs in reach than this runs densely
 # measured costs of the neighbour path, in units of one dense exponent (single thread): per
 # centre planned, per pair tested, per exponent of a chunk evaluated densely, per exact pair
@@ -314,10 +325,12 @@ class _Dense:
         sums = torch.zeros(mixtures, rows, self.problem.n_atoms, dtype=torch.float64,
                            device=p_aug.device)
         operand = self.operand[m0:m1]
+        # blocks of about self.block exponents: wide where the item has few rows
+        width = max(_MAX_COLS, self.block // (mixtures * rows))
         for atom in range(self.problem.n_atoms):
             a0, a1 = self.bounds[atom], self.bounds[atom + 1]
-            for j0 in range(a0, a1, _MAX_COLS):
-                j1 = min(a1, j0 + _MAX_COLS)
+            for j0 in range(a0, a1, width):
+                j1 = min(a1, j0 + width)
                 row_step = max(1, self.block // (mixtures * (j1 - j0)))
                 for i0 in range(0, rows, row_step):
                     i1 = min(rows, i0 + row_step)
@@ -366,6 +379,7 @@ class _Neighbours:
         self.block = CPU_BLOCK if device.type == "cpu" else CUDA_BLOCK
         centers = problem.centers[0]
         self.centers = centers - centers.mean(dim=0)
+        self.c_sq = (self.centers * self.centers).sum(-1)
         lw = problem.log_weights[0]
         self.lw_ref = float(lw.max())
         self.lw = lw - self.lw_ref
@@ -383,19 +397,18 @@ class _Neighbours:
         slot = torch.repeat_interleave(torch.arange(n_src, device=device), counts)
         self.reach = reach.scatter_reduce(0, slot, radii[self.point_order], "amax",
                                           include_self=False)
-        self._plan: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._plan: list[tuple[torch.Tensor, torch.Tensor, float]] | None = None
 
     # planning ------------------------------------------------------------------------------
 
-    def plan(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Chunks of sources (indices into :attr:`sources`), each with the centres in its reach
-        (sorted by atom).
+    def plan(self) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+        """Chunks of sources (indices into :attr:`sources`): members, centroid and reach.
 
         A k-d tree with sliding-midpoint splits (which keep clusters apart) orders the centres;
         its largest subtrees holding at most :data:`_CHUNK_SOURCES` sources and
-        :data:`_CHUNK_CENTRES` centres are the chunks. A
-        centre is a candidate of a chunk when it lies within the chunk's radius plus the largest
-        reach of its sources from the chunk's centroid.
+        :data:`_CHUNK_CENTRES` centres are the chunks. A centre is a candidate of a chunk when
+        it lies within the chunk's reach of its centroid: the chunk's radius plus the largest
+        reach of its sources (:meth:`candidates`, found when the chunk is evaluated).
         """
         if self._plan is not None:
             return self._plan
@@ -418,33 +431,36 @@ class _Neighbours:
                 chunks.append(torch.from_numpy(src_by_pos[lo:hi]).to(self.device))
             else:
                 stack += [node.greater, node.lesser]
-        own_xyz = self.centers[self.sources]
-        centroids = torch.stack([own_xyz[m].mean(dim=0) for m in chunks])
-        limits = torch.stack([
-            (own_xyz[m] - centroids[k]).norm(dim=1).max() + self.reach[m].max()
-            for k, m in enumerate(chunks)
-        ]) * (1 + 1e-9) + 1e-12
         plan = []
-        step = max(1, self.block // self.centers.shape[0])
-        for k0 in range(0, len(chunks), step):
-            dist = torch.cdist(centroids[k0:k0 + step], self.centers)
-            near = dist <= limits[k0:k0 + step, None]
-            for k in range(k0, min(len(chunks), k0 + step)):
-                candidates = torch.nonzero(near[k - k0]).squeeze(1)
-                if self.problem.n_atoms > 1:
-                    candidates = candidates[torch.argsort(self.problem.atoms[candidates],
-                                                          stable=True)]
-                plan.append((chunks[k], candidates))
+        for members in chunks:
+            own_xyz = torch.index_select(self.centers, 0,
+                                         torch.index_select(self.sources, 0, members))
+            centroid = own_xyz.mean(dim=0)
+            reach = (own_xyz - centroid).norm(dim=1).max() + self.reach[members].max()
+            plan.append((members, centroid, float(reach) * (1 + 1e-9) + 1e-12))
         self._plan = plan
         return plan
+
+    def _within(self, centroid: torch.Tensor, reach: float) -> torch.Tensor:
+        """Which centres lie within ``reach`` of ``centroid`` (bool ``(n,)``)."""
+        limit = reach * reach - float(centroid @ centroid)
+        return torch.addmv(self.c_sq, self.centers, centroid, alpha=-2.0) <= limit
+
+    def candidates(self, centroid: torch.Tensor, reach: float) -> torch.Tensor:
+        """Indices of the centres within ``reach`` of ``centroid``, sorted by atom."""
+        found = torch.nonzero(self._within(centroid, reach)).squeeze(1)
+        if self.problem.n_atoms > 1:
+            atoms = torch.index_select(self.problem.atoms, 0, found)
+            found = torch.index_select(found, 0, torch.argsort(atoms, stable=True))
+        return found
 
     def estimated_cost(self) -> float:
         """Cost of this path in units of one dense exponent (the chooser's yardstick).
 
         A sample of 64 own centres gives the pairs in reach per point; where that is a large
-        part of the centres no planning is done. Otherwise the plan gives the pairs tested and
-        the dense work of its chunks, and the pairs in reach decide which of the two the
-        evaluation will do.
+        part of the centres no planning is done. Otherwise the candidates of a sample of the
+        chunks give the pairs tested and the dense work of the chunks, and the pairs in reach
+        decide which of the two the evaluation will do.
         """
         n = self.centers.shape[0]
         n_points = self.problem.own.shape[1]
@@ -452,18 +468,26 @@ class _Neighbours:
         n_src = self.sources.numel()
         sample = torch.from_numpy(rng.choice(n_src, size=min(64, n_src), replace=False)).to(
             self.device)
-        dist = torch.cdist(self.centers[self.sources[sample]], self.centers)
-        degree = (dist <= self.reach[sample, None] * (1 + 1e-9)).sum(1).to(torch.float64)
+        degree = torch.tensor([
+            float(self._within(self.centers[self.sources[k]], float(self.reach[k]) * (1 + 1e-9))
+                  .sum())
+            for k in sample.tolist()
+        ], dtype=torch.float64, device=self.device)
         weight = self.counts[sample].to(torch.float64)
         per_point = float((degree * weight).sum() / weight.sum())
         if per_point > _DENSE_SHARE * n:
             return math.inf
         plan = self.plan()
-        tested = sum(int(m.numel()) * int(c.numel()) for m, c in plan)
-        local = sum(int(self.counts[m].sum()) * int(c.numel()) for m, c in plan)
-        pairs = per_point * n_points
-        evaluation = min(_COST_LOCAL * local, _COST_PAIR * pairs)
-        return _COST_PLAN * n + _COST_TEST * tested + evaluation
+        picked = rng.choice(len(plan), size=min(_PLAN_SAMPLE, len(plan)), replace=False)
+        tested = local = 0.0
+        for index in picked:
+            members, centroid, reach = plan[index]
+            count = int(self._within(centroid, reach).sum())
+            tested += members.numel() * count
+            local += int(self.counts[members].sum()) * count
+        share = len(plan) / len(picked)
+        evaluation = min(_COST_LOCAL * local * share, _COST_PAIR * per_point * n_points)
+        return _COST_PLAN * n + _COST_TEST * tested * share + evaluation
 
     # evaluation ----------------------------------------------------------------------------
 
@@ -476,7 +500,8 @@ class _Neighbours:
         sums[torch.arange(n_points, device=self.device), problem.atoms[own]] = self.lw[own].exp()
 
         def work(item: object) -> None:
-            self._chunk(*item, sums)  # type: ignore[misc]
+            members, centroid, reach = item  # type: ignore[misc]
+            self._chunk(members, self.candidates(centroid, reach), sums)
 
         _run(self.device, work, list(self.plan()))
         out[0] = sums.log_() + self.lw_ref

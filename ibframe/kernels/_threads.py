@@ -2,9 +2,9 @@
 
 Every torch op on the CPU is parallel by default: all threads join each op and wait for the
 slowest at its end. On a machine shared with other processes a descheduled thread stalls every
-op; the measured cost was 17x on a 2-core machine under load. Here each worker runs whole blocks
-with one thread, and pulls the next block when it is done, so a stalled worker delays only its
-own block.
+op: one ``exp`` on a busy 2-core machine ran at 2.2e7 elements/s on two threads against 7.6e8
+on one. Here each worker runs whole blocks with one thread, and pulls the next block when it is
+done, so a stalled worker delays only its own block.
 
 The number of workers is ``IBFRAME_NUM_THREADS`` if set, else the CPUs this process may run on
 (``os.sched_getaffinity``).
