@@ -1,0 +1,739 @@
+r"""Blocked, pruned log-sum-exp of mixture components at MC points (see :mod:`.mixture`).
+
+For points :math:`p_k = \mu_{o(k)} + \beta z_k`, each drawn from a known centre :math:`o(k)`,
+:func:`log_sums` returns
+
+.. math::  L_{ka} = \log \sum_{j \in a} w_j\, e^{s(\beta^2\|z_k\|^2 - \|p_k - \mu_j\|^2)}
+
+for every *atom* :math:`a` of a partition of the centres (the intersections of the groups a
+caller asks for). The exponent is relative to the point's own centre, where it is 0, so a sum
+that includes the own centre cannot underflow. Exponents below :data:`EXP_FLOOR` are clamped
+(such terms are :math:`< 10^{-34}` of the own term) or, where pruning skips them, left out.
+
+Two exact ways to evaluate it, chosen per call by an estimate of their cost:
+
+``dense``
+    every point against every centre, in blocks of :data:`CPU_BLOCK` exponents: one GEMM of the
+    augmented operands :math:`[2sp,\ s(o - \|p\|^2),\ 1] \cdot [\mu,\ 1,\ -s\|\mu\|^2 + \log w]`,
+    then clamp, ``exp`` and one row sum per atom. The centres are first centred on their mean;
+    the GEMM runs in float32 while its estimated rounding error stays below
+    :data:`FLOAT32_EXPONENT_TOL`, else in float64.
+``neighbours``
+    only the centres within reach. A term is below the floor once
+    :math:`\|p_k - \mu_j\|^2 > \beta^2\|z_k\|^2 - \text{floor}/s`, so by the triangle
+    inequality only centres within :math:`R_k = \sqrt{\beta^2\|z_k\|^2 - \text{floor}/s} +
+    \beta\|z_k\|` of the own centre can matter. A k-d tree with sliding-midpoint splits (which
+    keep clusters apart) cuts the points' own centres into chunks, its largest subtrees with at
+    most :data:`_CHUNK_SOURCES` own centres and :data:`_CHUNK_CENTRES` centres; a chunk's
+    candidates are the centres within reach of its bounding ball. A sample of the chunk's own
+    centres is tested first. Where many pairs are in reach (a cluster), the chunk's points are
+    evaluated densely against its candidates, about its centroid (float32 where the rounding
+    estimate allows, else a float64 GEMM). Elsewhere every pair is tested (one GEMM of squared
+    distances, in float32 about the centroid with a margin for its rounding) and the pairs in
+    reach are evaluated with *exact differences*:
+    :math:`s(\beta^2\|z\|^2 - \|p - \mu_j\|^2) = -2s\beta\, z\cdot\delta_j - s\|\delta_j\|^2`,
+    :math:`\delta_j = \mu_{o} - \mu_j` formed in float64, so float32 loses nothing at small
+    :math:`\beta` (no term of size :math:`sR^2` cancels). The points of own centres of similar
+    degree run as one batched matrix product.
+
+The choice (:func:`log_sums`) samples 64 own centres for their pairs in reach, plans the chunks
+when that is not most of the centres, and prices each path in units of one dense exponent with
+costs measured on this project's 2-core machine (:data:`_COST_PLAN` and the rest). The estimate
+errs by up to ~2x either way, so pruning is chosen below :data:`_PRUNE_BELOW` of the dense cost.
+Both paths equal the dense float64 kernel within the clamp tolerance.
+
+Identical centres (same coordinates and atom) are merged first, their weights added: exact, and
+a mixture of :math:`4\cdot10^6` samples of 4 distinct values becomes one of 4 centres.
+
+On the CPU the blocks run on :mod:`._threads`'s pool of single-threaded workers.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from ibframe.errors import ParameterError
+from ibframe.kernels._threads import kernel_threads, run_parallel
+
+Strategy = Literal["auto", "dense", "neighbours"]
+STRATEGIES: tuple[str, ...] = ("auto", "dense", "neighbours")
+
+EXP_FLOOR = -80.0
+"""Exponents are clamped here before ``exp``: below ~-87 float32 ``exp`` underflows (slowly)."""
+
+FLOAT32_EXPONENT_TOL = 1e-3
+"""Largest estimated rounding error (in the exponent) that a float32 GEMM may introduce."""
+
+CPU_BLOCK = 2**18
+"""Exponents per CPU block: 1 MiB of float32, within a core's L2 (best measured under load)."""
+
+CUDA_BLOCK = 2**25
+
+_U32 = 2.0**-24
+_MAX_COLS = 512  # columns per block: 512 x 512 blocks run the GEMM ~30% faster than 64 x 4096
+_ITEM_BLOCKS = 16  # blocks per work item of the dense path
+_DENSE_ONLY_EVALS = 2**22  # below this a dense pass is too cheap to plan around
+_LEAF = 64  # centres per leaf of the k-d tree that orders the neighbour search
+_CHUNK_SOURCES = 256  # own centres per chunk of the neighbour search
+_CHUNK_CENTRES = 2048  # and centres under it: chunks stay small where the points are few
+_FILL_SAMPLE = 32  # own centres of a chunk tested first, to choose its evaluation
+_PLAN_SAMPLE = 32  # chunks whose candidates are counted to estimate the cost
+_DENSE_FILL = 0.025  # a block of a chunk with more pairs in reach than this runs densely
+# measured costs of the neighbour path, in units of one dense exponent (single thread): per
+# centre planned, per pair tested, per exponent of a chunk evaluated densely, per exact pair
+_COST_PLAN = 30.0
+_COST_TEST = 2.0
+_COST_LOCAL = 1.4
+_COST_PAIR = 60.0
+_DENSE_SHARE = 0.3  # sampled pairs in reach above this share of the centres: no pruning
+# prune only below this share of the dense cost: the estimate errs by up to ~2x either way
+_PRUNE_BELOW = 0.6
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What :func:`log_sums` evaluates; see the module notes."""
+
+    centers: torch.Tensor
+    """``(b, n, d)`` float64."""
+    log_weights: torch.Tensor
+    """``(b, n)`` float64, :math:`\\log w_j` (``-inf`` for a zero weight)."""
+    atoms: torch.Tensor
+    """``(n,)`` int64 atom of each centre, shared by the mixtures."""
+    n_atoms: int
+    own: torch.Tensor
+    """``(b, N)`` int64, the centre each point is drawn from."""
+    noise: torch.Tensor | None
+    """``(b, N, d)`` standard normal :math:`z` (``None``: the points are the centres)."""
+    beta: float
+    scale: float
+    """:math:`s` of :math:`e^{-s\\|p - \\mu\\|^2}`."""
+    exp_dtype: torch.dtype
+
+
+def log_sums(problem: Problem, strategy: str = "auto") -> tuple[torch.Tensor, str]:
+    """``(b, N, A)`` float64 log sums per atom (module notes), and the strategy used.
+
+    ``"auto"`` prunes (``"neighbours"``) where its estimated cost is below 0.6 of the dense
+    pass; batches of mixtures and small problems are always dense.
+    """
+    b, n_points = problem.own.shape
+    if b == 1:
+        problem = _merge_duplicates(_drop_weightless(problem))
+    out = torch.empty(b, n_points, problem.n_atoms, dtype=torch.float64,
+                      device=problem.centers.device)
+    dense_evals = n_points * problem.centers.shape[1]
+    if (strategy == "neighbours" and b == 1) or (
+        strategy == "auto" and b == 1 and dense_evals > _DENSE_ONLY_EVALS
+    ):
+        pruned = _Neighbours(problem)
+        if strategy == "neighbours" or pruned.estimated_cost() < _PRUNE_BELOW * dense_evals:
+            pruned.run(out)
+            return out, "neighbours"
+    _Dense(problem).run(out)
+    return out, "dense"
+
+
+# --------------------------------------------------------------------------------------------
+# shared pieces
+
+
+def _run(device: torch.device, work: Callable[[object], None], items: list[object]) -> None:
+    """CPU blocks on the worker pool; CUDA blocks in order in this thread."""
+    if device.type == "cpu":
+        run_parallel(work, items)
+    else:
+        for item in items:
+            work(item)
+
+
+_buffers = threading.local()
+
+
+def _buffer(dtype: torch.dtype, count: int, device: torch.device, slot: int = 0) -> torch.Tensor:
+    """A per-thread scratch buffer (fresh multi-MiB buffers would page-fault on every block)."""
+    store = getattr(_buffers, "store", None)
+    if store is None:
+        store = _buffers.store = {}
+    key = (dtype, device, slot)
+    buf = store.get(key)
+    if buf is None or buf.numel() < count:
+        buf = store[key] = torch.empty(max(count, 1), dtype=dtype, device=device)
+    return buf[:count]
+
+
+def _point_radii(problem: Problem, own_sq: torch.Tensor) -> torch.Tensor:
+    """Per point, the distance from its own centre beyond which every term is below the floor."""
+    reach = (own_sq - EXP_FLOOR / problem.scale).sqrt()
+    return reach + own_sq.sqrt()
+
+
+def _own_sq(problem: Problem) -> torch.Tensor:
+    r""":math:`o_k = \beta^2 \|z_k\|^2`, ``(b, N)`` float64 (zero without noise)."""
+    if problem.noise is None:
+        return torch.zeros(problem.own.shape, dtype=torch.float64, device=problem.own.device)
+    z = problem.noise.to(torch.float64)
+    return problem.beta**2 * (z * z).sum(-1)
+
+
+def _drop_weightless(problem: Problem) -> Problem:
+    """Leave out the centres of zero weight (one mixture): they add nothing."""
+    keep = torch.isfinite(problem.log_weights[0])
+    if bool(keep.all()):
+        return problem
+    index = torch.cumsum(keep, 0) - 1
+    if not bool(keep[problem.own].all()):
+        msg = "every MC point must be drawn from a centre of positive weight"
+        raise ParameterError(msg)
+    return replace(
+        problem,
+        centers=problem.centers[:, keep],
+        log_weights=problem.log_weights[:, keep],
+        atoms=problem.atoms[keep],
+        own=index[problem.own],
+    )
+
+
+def _merge_duplicates(problem: Problem) -> Problem:
+    """Merge centres with equal coordinates and atom (one mixture); their weights add up."""
+    centers = problem.centers[0]
+    n = centers.shape[0]
+    if n < 2 or problem.own.shape[1] * n <= _DENSE_ONLY_EVALS:
+        return problem
+    rows = torch.cat([centers + 0.0, problem.atoms[:, None].to(torch.float64)], dim=1)
+    bits = rows.cpu().numpy().view(np.uint64)
+    multipliers = np.random.default_rng(0x1BF).integers(1, 2**63, size=bits.shape[1],
+                                                        dtype=np.uint64) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        keys = (bits * multipliers).sum(axis=1, dtype=np.uint64)
+    unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    if len(unique) == n:
+        return problem
+    if not np.array_equal(bits, bits[first[inverse]]):
+        return problem  # a hash collision: leave the centres as they are
+    index = torch.from_numpy(inverse.reshape(-1)).to(centers.device)
+    keep = torch.from_numpy(first).to(centers.device)
+    lw = problem.log_weights[0]
+    shift = lw.max()
+    sums = torch.zeros(len(unique), dtype=torch.float64, device=centers.device)
+    sums.index_add_(0, index, (lw - shift).exp())
+    merged = sums.log() + shift
+    return replace(
+        problem,
+        centers=centers[keep][None],
+        log_weights=merged[None],
+        atoms=problem.atoms[keep],
+        own=index[problem.own],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# dense
+
+
+class _Dense:
+    """Every point against every centre (module notes)."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        device = problem.centers.device
+        self.block = CPU_BLOCK if device.type == "cpu" else CUDA_BLOCK
+        self.workers = kernel_threads() if device.type == "cpu" else 1
+        # centres sorted by atom, so that every atom is a run of columns
+        order = torch.argsort(problem.atoms, stable=True)
+        self.bounds = torch.searchsorted(
+            problem.atoms[order], torch.arange(problem.n_atoms + 1, device=device)
+        ).tolist()
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=device)
+        self.own = inverse[problem.own]
+        centers = problem.centers[:, order]
+        self.centers = centers - centers.mean(dim=1, keepdim=True)
+        lw = problem.log_weights[:, order]
+        self.lw_ref = lw.max(dim=1).values
+        c_sq = (self.centers * self.centers).sum(-1)
+        ones = torch.ones_like(c_sq)[..., None]
+        const = -problem.scale * c_sq + (lw - self.lw_ref[:, None])
+        operand = torch.cat([self.centers, ones, const[..., None]], dim=-1)
+        self.own_sq = _own_sq(problem)
+        self.gemm_dtype = self._gemm_dtype(c_sq)
+        self.operand = operand.transpose(1, 2).contiguous().to(self.gemm_dtype)
+        self.operand64 = operand.transpose(1, 2).contiguous()
+
+    def _gemm_dtype(self, c_sq: torch.Tensor) -> torch.dtype:
+        problem = self.problem
+        d = self.centers.shape[2]
+        radius = math.sqrt(float(c_sq.max()))
+        z_max = math.sqrt(float(self.own_sq.max()))
+        reach = (2.0 * radius + z_max) ** 2 + z_max**2
+        if math.sqrt(d + 2) * _U32 * problem.scale * reach > FLOAT32_EXPONENT_TOL:
+            return torch.float64
+        return problem.exp_dtype
+
+    def run(self, out: torch.Tensor) -> None:
+        b, n_points = self.own.shape
+        n = self.centers.shape[1]
+        # items of about _ITEM_BLOCKS blocks each (the per-item Python work is then small),
+        # but enough of them to keep every worker busy to the end
+        evals = b * n_points * n
+        item = max(self.block, min(_ITEM_BLOCKS * self.block, evals // (4 * self.workers)))
+        if n_points * n <= item:
+            step = max(1, item // (n_points * n))
+            items = [(m, min(b, m + step), 0, n_points) for m in range(0, b, step)]
+        else:
+            step = max(1, item // n)
+            items = [(m, m + 1, r, min(n_points, r + step))
+                     for m in range(b) for r in range(0, n_points, step)]
+
+        def work(item: object) -> None:
+            m0, m1, r0, r1 = item  # type: ignore[misc]
+            out[m0:m1, r0:r1] = self._item(m0, m1, r0, r1)
+
+        _run(self.centers.device, work, items)
+
+    def _point_operand(self, m0: int, m1: int, r0: int, r1: int) -> torch.Tensor:
+        r""":math:`[2sp,\ s(o - \|p\|^2),\ 1]`, ``(m, rows, d + 2)`` float64."""
+        problem = self.problem
+        scale = problem.scale
+        own = self.own[m0:m1, r0:r1]
+        points = torch.gather(
+            self.centers[m0:m1], 1, own[..., None].expand(-1, -1, self.centers.shape[2])
+        )
+        if problem.noise is not None:
+            points = points + problem.beta * problem.noise[m0:m1, r0:r1].to(torch.float64)
+        p_sq = (points * points).sum(-1)
+        o = self.own_sq[m0:m1, r0:r1]
+        return torch.cat(
+            [2.0 * scale * points, (scale * (o - p_sq))[..., None], torch.ones_like(o)[..., None]],
+            dim=-1,
+        )
+
+    def _item(self, m0: int, m1: int, r0: int, r1: int) -> torch.Tensor:
+        """Log sums ``(m1 - m0, r1 - r0, A)`` of points ``r0:r1`` of mixtures ``m0:m1``."""
+        exp_dtype = self.problem.exp_dtype
+        p_aug64 = self._point_operand(m0, m1, r0, r1)
+        p_aug = p_aug64.to(self.gemm_dtype)
+        mixtures, rows = p_aug.shape[:2]
+        sums = torch.zeros(mixtures, rows, self.problem.n_atoms, dtype=torch.float64,
+                           device=p_aug.device)
+        operand = self.operand[m0:m1]
+        # blocks of about self.block exponents: wide where the item has few rows
+        width = max(_MAX_COLS, self.block // (mixtures * rows))
+        for atom in range(self.problem.n_atoms):
+            a0, a1 = self.bounds[atom], self.bounds[atom + 1]
+            for j0 in range(a0, a1, width):
+                j1 = min(a1, j0 + width)
+                row_step = max(1, self.block // (mixtures * (j1 - j0)))
+                for i0 in range(0, rows, row_step):
+                    i1 = min(rows, i0 + row_step)
+                    shape = (mixtures, i1 - i0, j1 - j0)
+                    count = math.prod(shape)
+                    block = torch.bmm(
+                        p_aug[:, i0:i1], operand[:, :, j0:j1],
+                        out=_buffer(self.gemm_dtype, count, p_aug.device).view(shape),
+                    )
+                    if self.gemm_dtype != exp_dtype:
+                        block = _buffer(exp_dtype, count, p_aug.device, 1).view(shape).copy_(block)
+                    block.clamp_(min=EXP_FLOOR).exp_()
+                    sums[:, i0:i1, atom] += block.sum(-1)
+        logs = sums.log_() + self.lw_ref[m0:m1, None, None]
+        overflow = torch.isposinf(logs).any(-1)
+        if bool(overflow.any()):
+            self._recompute(logs, overflow, p_aug64, m0, m1)
+        return logs
+
+    def _recompute(self, logs: torch.Tensor, overflow: torch.Tensor, p_aug64: torch.Tensor,
+                   m0: int, m1: int) -> None:
+        """Redo, in place, rows whose float32 sum overflowed: float64 with a max shift."""
+        mix_idx, row_idx = torch.nonzero(overflow, as_tuple=True)
+        for k in torch.unique(mix_idx).tolist():
+            rows = row_idx[mix_idx == k]
+            exponents = p_aug64[k, rows] @ self.operand64[m0 + k]
+            for atom in range(self.problem.n_atoms):
+                a0, a1 = self.bounds[atom], self.bounds[atom + 1]
+                logs[k, rows, atom] = (
+                    torch.logsumexp(exponents[:, a0:a1], dim=-1) + self.lw_ref[m0 + k]
+                    if a1 > a0 else -math.inf
+                )
+
+
+# --------------------------------------------------------------------------------------------
+# neighbours
+
+
+class _Neighbours:
+    """Each point against the centres within reach of its own centre (module notes)."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        device = problem.centers.device
+        self.device = device
+        self.block = CPU_BLOCK if device.type == "cpu" else CUDA_BLOCK
+        centers = problem.centers[0]
+        self.centers = centers - centers.mean(dim=0)
+        self.c_sq = (self.centers * self.centers).sum(-1)
+        lw = problem.log_weights[0]
+        self.lw_ref = float(lw.max())
+        self.lw = lw - self.lw_ref
+        self.own_sq = _own_sq(problem)[0]
+        radii = _point_radii(problem, self.own_sq)
+        own = problem.own[0]
+        # the points grouped by own centre: sources, their point ranges and reach
+        self.point_order = torch.argsort(own, stable=True)
+        sources, counts = torch.unique_consecutive(own[self.point_order], return_counts=True)
+        self.sources = sources
+        self.starts = torch.cumsum(counts, 0) - counts
+        self.counts = counts
+        n_src = sources.numel()
+        reach = torch.zeros(n_src, dtype=torch.float64, device=device)
+        slot = torch.repeat_interleave(torch.arange(n_src, device=device), counts)
+        self.reach = reach.scatter_reduce(0, slot, radii[self.point_order], "amax",
+                                          include_self=False)
+        self._plan: list[tuple[torch.Tensor, torch.Tensor, float]] | None = None
+
+    # planning ------------------------------------------------------------------------------
+
+    def plan(self) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+        """Chunks of sources (indices into :attr:`sources`): members, centroid and reach.
+
+        A k-d tree with sliding-midpoint splits (which keep clusters apart) orders the centres;
+        its largest subtrees holding at most :data:`_CHUNK_SOURCES` sources and
+        :data:`_CHUNK_CENTRES` centres are the chunks. A centre is a candidate of a chunk when
+        it lies within the chunk's reach of its centroid: the chunk's radius plus the largest
+        reach of its sources (:meth:`candidates`, found when the chunk is evaluated).
+        """
+        if self._plan is not None:
+            return self._plan
+        coords = self.centers.cpu().numpy()
+        tree = cKDTree(coords, leafsize=_LEAF, copy_data=False)
+        position = np.empty_like(tree.indices)
+        position[tree.indices] = np.arange(tree.indices.size)
+        src_pos = position[self.sources.cpu().numpy()]
+        src_by_pos = np.argsort(src_pos, kind="stable")
+        sorted_pos = src_pos[src_by_pos]
+        chunks = []
+        stack = [tree.tree]
+        while stack:
+            node = stack.pop()
+            lo, hi = np.searchsorted(sorted_pos, [node.start_idx, node.end_idx])
+            if hi == lo:
+                continue
+            small = node.end_idx - node.start_idx <= _CHUNK_CENTRES
+            if (hi - lo <= _CHUNK_SOURCES and small) or node.split_dim == -1:
+                chunks.append(torch.from_numpy(src_by_pos[lo:hi]).to(self.device))
+            else:
+                stack += [node.greater, node.lesser]
+        plan = []
+        for members in chunks:
+            own_xyz = torch.index_select(self.centers, 0,
+                                         torch.index_select(self.sources, 0, members))
+            centroid = own_xyz.mean(dim=0)
+            reach = (own_xyz - centroid).norm(dim=1).max() + self.reach[members].max()
+            plan.append((members, centroid, float(reach) * (1 + 1e-9) + 1e-12))
+        self._plan = plan
+        return plan
+
+    def _within(self, centroid: torch.Tensor, reach: float) -> torch.Tensor:
+        """Which centres lie within ``reach`` of ``centroid`` (bool ``(n,)``)."""
+        limit = reach * reach - float(centroid @ centroid)
+        return torch.addmv(self.c_sq, self.centers, centroid, alpha=-2.0) <= limit
+
+    def candidates(self, centroid: torch.Tensor, reach: float) -> torch.Tensor:
+        """Indices of the centres within ``reach`` of ``centroid``, sorted by atom."""
+        found = torch.nonzero(self._within(centroid, reach)).squeeze(1)
+        if self.problem.n_atoms > 1:
+            atoms = torch.index_select(self.problem.atoms, 0, found)
+            found = torch.index_select(found, 0, torch.argsort(atoms, stable=True))
+        return found
+
+    def estimated_cost(self) -> float:
+        """Cost of this path in units of one dense exponent (the chooser's yardstick).
+
+        A sample of 64 own centres gives the pairs in reach per point; where that is a large
+        part of the centres no planning is done. Otherwise the candidates of a sample of the
+        chunks give the pairs tested and the dense work of the chunks, and the pairs in reach
+        decide which of the two the evaluation will do.
+        """
+        n = self.centers.shape[0]
+        n_points = self.problem.own.shape[1]
+        rng = np.random.default_rng(0)
+        n_src = self.sources.numel()
+        sample = torch.from_numpy(rng.choice(n_src, size=min(64, n_src), replace=False)).to(
+            self.device)
+        degree = torch.tensor([
+            float(self._within(self.centers[self.sources[k]], float(self.reach[k]) * (1 + 1e-9))
+                  .sum())
+            for k in sample.tolist()
+        ], dtype=torch.float64, device=self.device)
+        weight = self.counts[sample].to(torch.float64)
+        per_point = float((degree * weight).sum() / weight.sum())
+        if per_point > _DENSE_SHARE * n:
+            return math.inf
+        plan = self.plan()
+        picked = rng.choice(len(plan), size=min(_PLAN_SAMPLE, len(plan)), replace=False)
+        tested = local = 0.0
+        for index in picked:
+            members, centroid, reach = plan[index]
+            count = int(self._within(centroid, reach).sum())
+            tested += members.numel() * count
+            local += int(self.counts[members].sum()) * count
+        share = len(plan) / len(picked)
+        evaluation = min(_COST_LOCAL * local * share, _COST_PAIR * per_point * n_points)
+        return _COST_PLAN * n + _COST_TEST * tested * share + evaluation
+
+    # evaluation ----------------------------------------------------------------------------
+
+    def run(self, out: torch.Tensor) -> None:
+        problem = self.problem
+        n_points = problem.own.shape[1]
+        # the own term of every point is exp(0) w_own, in the own centre's atom
+        own = problem.own[0]
+        sums = torch.zeros(n_points, problem.n_atoms, dtype=torch.float64, device=self.device)
+        sums[torch.arange(n_points, device=self.device), problem.atoms[own]] = self.lw[own].exp()
+
+        def work(item: object) -> None:
+            members, centroid, reach = item  # type: ignore[misc]
+            self._chunk(members, self.candidates(centroid, reach), sums)
+
+        _run(self.device, work, list(self.plan()))
+        out[0] = sums.log_() + self.lw_ref
+
+    def _chunk(self, members: torch.Tensor, candidates: torch.Tensor, sums: torch.Tensor) -> None:
+        r"""Add to ``sums`` the terms of the chunk's points with every candidate within reach
+        but their own centre.
+
+        A sample of the chunk's own centres is tested against the candidates first. Where many
+        pairs are in reach (clusters) the chunk's points are evaluated densely against all
+        candidates, about the chunk's centroid. Otherwise every own centre is tested, column
+        block by column block (one GEMM of :math:`2 s \cdot c - \|c\|^2`, compared with
+        :math:`\|s\|^2 - R^2`, about the centroid in float32 with a safety margin), and only
+        the pairs in reach are evaluated, with exact differences.
+        """
+        own_ids = torch.index_select(self.sources, 0, members)
+        own_xyz = torch.index_select(self.centers, 0, own_ids)
+        origin = own_xyz.mean(dim=0)
+        cand = torch.index_select(self.centers, 0, candidates) - origin
+        atoms = torch.index_select(self.problem.atoms, 0, candidates)
+        bounds = torch.searchsorted(
+            atoms, torch.arange(self.problem.n_atoms + 1, device=self.device)).tolist()
+        # where each own centre sits among the candidates
+        sorted_ids, perm = torch.sort(candidates)
+        own_pos = perm[torch.searchsorted(sorted_ids, own_ids)]
+        test = _ReachTest(self, members, own_xyz - origin, cand)
+        sample = torch.arange(0, members.numel(), max(1, members.numel() // _FILL_SAMPLE),
+                              device=self.device)
+        near = test.near(sample, 0, candidates.numel())
+        found = int(near.sum()) - sample.numel()  # every own centre finds itself
+        if found > _DENSE_FILL * near.numel():
+            local = _LocalDense(self, members, origin, candidates, cand)
+            for atom in range(self.problem.n_atoms):
+                if bounds[atom + 1] > bounds[atom]:
+                    local.add(bounds[atom], bounds[atom + 1], atom, own_pos, sums)
+            return
+        rows_found: list[torch.Tensor] = []
+        ids_found: list[torch.Tensor] = []
+        every = torch.arange(members.numel(), device=self.device)
+        step = max(1, self.block // max(1, members.numel()))
+        for j0 in range(0, candidates.numel(), step):
+            j1 = min(candidates.numel(), j0 + step)
+            near = test.near(every, j0, j1)
+            # every own centre finds itself; the rest are its neighbours
+            extra = near.sum(dim=1) - ((own_pos >= j0) & (own_pos < j1)).to(torch.int64)
+            busy = torch.nonzero(extra).squeeze(1)
+            if busy.numel() == 0:
+                continue
+            rows, cols = torch.nonzero(torch.index_select(near, 0, busy), as_tuple=True)
+            rows = torch.index_select(busy, 0, rows)
+            ids = torch.index_select(candidates, 0, cols + j0)
+            keep = torch.nonzero(ids != torch.index_select(own_ids, 0, rows)).squeeze(1)
+            rows_found.append(torch.index_select(rows, 0, keep))
+            ids_found.append(torch.index_select(ids, 0, keep))
+        if rows_found:
+            rows = torch.cat(rows_found)
+            neighbours = torch.cat(ids_found)
+            if len(rows_found) > 1:
+                order = torch.argsort(rows, stable=True)
+                rows, neighbours = rows[order], neighbours[order]
+            if rows.numel():
+                self._evaluate(members, rows, neighbours, sums)
+
+    def _evaluate(self, members: torch.Tensor, rows: torch.Tensor, neighbours: torch.Tensor,
+                  sums: torch.Tensor) -> None:
+        """Add the exact terms of the (own centre ``members[rows]``, ``neighbours``) pairs.
+
+        Own centres are grouped by degree (powers of two), padded to a common shape, and their
+        points' noise multiplies the differences of centres in one batched product per group.
+        """
+        n_src = members.numel()
+        degree = torch.bincount(rows, minlength=n_src)
+        first = torch.cumsum(degree, 0) - degree
+        busy = torch.nonzero(degree).squeeze(1)
+        points = torch.index_select(self.counts, 0, torch.index_select(members, 0, busy))
+        degrees = torch.index_select(degree, 0, busy)
+        padded = busy.numel() * int(degrees.max()) * int(points.max())
+        if padded <= max(self.block, 4 * int((degrees * points).sum())):
+            size_class = torch.zeros_like(busy)  # one padded group wastes little
+        else:
+            size_class = torch.ceil(torch.log2(degrees.to(torch.float64))).to(torch.int64)
+        for cls in torch.unique(size_class).tolist():
+            group = busy[size_class == cls]
+            deg_max = int(degree[group].max())
+            pts_max = int(self.counts[members[group]].max())
+            step = max(1, self.block // (deg_max * pts_max))
+            for g0 in range(0, group.numel(), step):
+                self._evaluate_group(members[group[g0:g0 + step]], degree[group[g0:g0 + step]],
+                                     first[group[g0:g0 + step]], neighbours, deg_max, pts_max,
+                                     sums)
+
+    def _evaluate_group(self, sources: torch.Tensor, degree: torch.Tensor, first: torch.Tensor,
+                        neighbours: torch.Tensor, deg_max: int, pts_max: int,
+                        sums: torch.Tensor) -> None:
+        problem = self.problem
+        count = sources.numel()
+        slots = torch.arange(deg_max, device=self.device)
+        valid = slots[None, :] < degree[:, None]
+        pair = (first[:, None] + slots[None, :]).clamp_(max=neighbours.numel() - 1)
+        nb = _take(neighbours, pair)
+        own_xyz = torch.index_select(self.centers, 0, torch.index_select(self.sources, 0, sources))
+        delta = own_xyz[:, None, :] - _take(self.centers, nb)
+        # padding gets a far exponent: clamped to the floor like any far centre
+        cterm = torch.where(valid, -problem.scale * (delta * delta).sum(-1) + _take(self.lw, nb),
+                            -math.inf)
+        pslots = torch.arange(pts_max, device=self.device)
+        counts = torch.index_select(self.counts, 0, sources)
+        pvalid = pslots[None, :] < counts[:, None]
+        pidx = (torch.index_select(self.starts, 0, sources)[:, None] + pslots[None, :]).clamp_(
+            max=self.point_order.numel() - 1)
+        point_ids = _take(self.point_order, pidx)
+        # no exponent exceeds s o_k (the own term is 0): float32 exp overflows above ~88
+        largest = problem.scale * float(_take(self.own_sq, point_ids).max())
+        dtype = problem.exp_dtype if largest < 80.0 else torch.float64
+        if problem.noise is None:
+            exponent = cterm[:, None, :].expand(-1, pts_max, -1).to(dtype)
+        else:
+            z = _take(problem.noise[0], point_ids).to(dtype)
+            exponent = torch.bmm(z, delta.transpose(1, 2).to(dtype))
+            exponent.mul_(-2.0 * problem.scale * problem.beta).add_(cterm[:, None, :].to(dtype))
+        exponent = exponent.clamp_(min=EXP_FLOOR).exp_()
+        if problem.n_atoms == 1:
+            part = exponent.sum(-1, keepdim=True, dtype=torch.float64)
+        else:
+            member = torch.zeros(count, deg_max, problem.n_atoms, dtype=dtype, device=self.device)
+            member.scatter_(2, _take(problem.atoms, nb)[..., None], valid[..., None].to(dtype))
+            part = torch.bmm(exponent, member).to(torch.float64)
+        flat = pvalid.reshape(-1)
+        sums.index_add_(0, point_ids.reshape(-1)[flat],
+                        part.reshape(count * pts_max, -1)[flat])
+
+
+class _ReachTest:
+    """Which candidates lie within reach of which own centres of a chunk: squared distances
+    by one GEMM about the chunk's centroid in float32, with a margin for its rounding."""
+
+    def __init__(self, owner: _Neighbours, members: torch.Tensor, src: torch.Tensor,
+                 cand: torch.Tensor) -> None:
+        self.block = owner.block
+        self.device = owner.device
+        src32 = src.to(torch.float32)
+        cand32 = cand.to(torch.float32)
+        src_sq = (src32 * src32).sum(-1)
+        cand_sq = (cand32 * cand32).sum(-1)
+        d = src.shape[1]
+        # float32 squared distances may err by this much; a wider test only costs time
+        margin = (d + 2) * 4 * _U32 * float((src_sq.max().sqrt() + cand_sq.max().sqrt()) ** 2)
+        reach = torch.index_select(owner.reach, 0, members)
+        self.threshold = (src_sq.double() - reach**2 - margin).to(torch.float32)
+        self.src_aug = torch.cat([src32, torch.ones_like(src_sq)[:, None]], dim=1)
+        self.cand_aug = torch.cat([2.0 * cand32, -cand_sq[:, None]], dim=1).T.contiguous()
+
+    def near(self, rows: torch.Tensor, j0: int, j1: int) -> torch.Tensor:
+        """``(len(rows), j1 - j0)`` bool: candidate ``j0 + j`` within reach of row ``i``."""
+        shape = (rows.numel(), j1 - j0)
+        score = torch.mm(torch.index_select(self.src_aug, 0, rows), self.cand_aug[:, j0:j1],
+                         out=_buffer(torch.float32, math.prod(shape), self.device).view(shape))
+        return score >= torch.index_select(self.threshold, 0, rows)[:, None]
+
+
+class _LocalDense:
+    """Dense evaluation of one chunk's points against runs of its candidates, in coordinates
+    about the chunk's centroid (float32 while the rounding estimate allows, as for dense)."""
+
+    def __init__(self, owner: _Neighbours, members: torch.Tensor, origin: torch.Tensor,
+                 candidates: torch.Tensor, cand: torch.Tensor) -> None:
+        problem = owner.problem
+        self.owner = owner
+        self.candidates = candidates
+        counts = owner.counts[members]
+        self.point_ids = owner.point_order[_expand_ranges(owner.starts[members], counts)]
+        self.member_of_point = torch.repeat_interleave(
+            torch.arange(members.numel(), device=owner.device), counts)
+        points = owner.centers[problem.own[0][self.point_ids]] - origin
+        if problem.noise is not None:
+            points = points + problem.beta * problem.noise[0][self.point_ids].to(torch.float64)
+        o = owner.own_sq[self.point_ids]
+        scale = problem.scale
+        p_sq = (points * points).sum(-1)
+        p_aug = torch.cat([2.0 * scale * points, (scale * (o - p_sq))[:, None],
+                           torch.ones_like(o)[:, None]], dim=1)
+        c_sq = (cand * cand).sum(-1)
+        self.c_aug = torch.cat([cand, torch.ones_like(c_sq)[:, None],
+                                (-scale * c_sq + owner.lw[candidates])[:, None]], dim=1)
+        reach = (math.sqrt(float(c_sq.max())) + math.sqrt(float(p_sq.max()))) ** 2 + float(
+            o.max())
+        # a stricter bar than the dense pass, as it is cheap to meet: float64 otherwise
+        exact = math.sqrt(cand.shape[1] + 2) * _U32 * scale * reach <= 0.1 * FLOAT32_EXPONENT_TOL
+        self.gemm_dtype = problem.exp_dtype if exact else torch.float64
+        self.p_aug = p_aug.to(self.gemm_dtype)
+
+    def add(self, j0: int, j1: int, atom: int, own_pos: torch.Tensor, sums: torch.Tensor) -> None:
+        """Add the terms of candidates ``j0:j1`` (all in ``atom``) to the chunk's points, but
+        each point's own centre (added exactly beforehand)."""
+        owner = self.owner
+        exp_dtype = owner.problem.exp_dtype
+        own_col = torch.index_select(own_pos, 0, self.member_of_point)
+        rows = self.point_ids.numel()
+        total = torch.zeros(rows, dtype=torch.float64, device=owner.device)
+        cols = min(j1 - j0, _MAX_COLS)
+        row_step = max(1, owner.block // cols)
+        for c0 in range(j0, j1, cols):
+            c1 = min(j1, c0 + cols)
+            operand = self.c_aug[c0:c1].T.to(self.gemm_dtype).contiguous()
+            for i0 in range(0, rows, row_step):
+                i1 = min(rows, i0 + row_step)
+                shape = (i1 - i0, c1 - c0)
+                block = torch.mm(self.p_aug[i0:i1], operand, out=_buffer(
+                    self.gemm_dtype, math.prod(shape), owner.device).view(shape))
+                if self.gemm_dtype != exp_dtype:
+                    block = _buffer(exp_dtype, math.prod(shape), owner.device, 1).view(
+                        shape).copy_(block)
+                # the own centre's term was added exactly beforehand
+                col = own_col[i0:i1] - c0
+                hit = torch.nonzero((col >= 0) & (col < c1 - c0)).squeeze(1)
+                block[hit, col[hit]] = -math.inf
+                block.clamp_(min=EXP_FLOOR).exp_()
+                total[i0:i1] += block.sum(-1)
+        sums.index_put_((self.point_ids, torch.full_like(self.point_ids, atom)), total,
+                        accumulate=True)
+
+
+def _take(source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``source[index]`` along the first axis, through ``index_select`` (several times faster
+    than advanced indexing on the CPU)."""
+    picked = torch.index_select(source, 0, index.reshape(-1))
+    return picked.view(*index.shape, *source.shape[1:])
+
+
+def _expand_ranges(starts: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``cat([arange(a, a + c) for a, c in zip(starts, counts)])``, vectorised."""
+    offsets = torch.cumsum(counts, 0) - counts
+    total = int(counts.sum())
+    index = torch.arange(total, device=starts.device)
+    return torch.repeat_interleave(starts - offsets, counts) + index
