@@ -32,6 +32,7 @@ from ibframe.errors import (
     EstimatorRequirementError,
     IbframeWarning,
     ParameterError,
+    QualityWarning,
     ResultConventionError,
     StoreError,
     TaskFailure,
@@ -267,7 +268,40 @@ def estimate(
         raise EstimationFailed(failures, result)
     for failure in failures:
         warnings.warn(str(failure), EstimationWarning, stacklevel=2)
+    for message in quality_messages(result):
+        warnings.warn(message, QualityWarning, stacklevel=2)
     return result
+
+
+def quality_messages(ds: xr.Dataset) -> list[str]:
+    """One line per quality flag that is false somewhere, naming the layers and epochs.
+
+    A quality flag is a boolean result variable with ``role="quality"`` (True: fine), such as
+    ``sp-mi``'s ``converged``; its ``advice`` attribute says what to do about it.
+    """
+    lines = []
+    for name, var in ds.data_vars.items():
+        if var.attrs.get("role") != "quality" or not {"epoch", "layer"} <= set(var.dims):
+            continue
+        failed = (var == 0).any([d for d in var.dims if d not in ("epoch", "layer")])
+        where = []
+        for layer in failed["layer"].values:
+            bad = failed.sel(layer=layer)
+            epochs = bad["epoch"].values[bad.values.astype(bool)]
+            if epochs.size == 0:
+                continue
+            total = int(np.isfinite(var.sel(layer=layer).astype(float)).sum())
+            span = f"{epochs[0]}" if epochs.size == 1 else f"{epochs[0]}..{epochs[-1]}"
+            count = f"all {total} epochs" if epochs.size == total else (
+                f"{epochs.size} of {total} epochs ({span})")
+            where.append(f"{layer} at {count}")
+        if where:
+            owner = var.attrs.get("estimator", "?")
+            what = var.attrs.get("long_name", str(name))
+            advice = var.attrs.get("advice")
+            lines.append(f"{owner}: not {name} ({what}) for " + ", ".join(where)
+                         + (f"; {advice}" if advice else ""))
+    return lines
 
 
 def _run_tasks(

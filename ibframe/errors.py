@@ -99,5 +99,9 @@ class ParameterWarning(IbframeWarning):
     """A parameter combination is allowed but probably not what was meant."""
 
 
+class QualityWarning(IbframeWarning):
+    """An estimate's own quality flag (e.g. ``converged`` of ``sp-mi``) is false somewhere."""
+
+
 class SampleSizeWarning(IbframeWarning):
     """The number of samples is far below what the theory asks for an unbiased estimate."""

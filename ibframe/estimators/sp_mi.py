@@ -7,14 +7,31 @@ r"""``sp-mi``: the sample-propagation (SP) estimator of Goldfeld et al. (ICML 20
     \hat I(T_\ell; Y) = h(\hat p_{S_\ell} * \varphi_\beta)
         - \sum_y \hat p(y)\, h(\hat p_{S_\ell | Y = y} * \varphi_\beta)
 
-Every term is the entropy of a Gaussian mixture (:mod:`ibframe.kernels.mixture`). The
-unconditional centres are the stored S of draw 0; the conditional ones, for each x, the stored
-conditional draws (n_x passes of x with fresh noise in the layers before). For a layer whose S is
-a deterministic function of x (the first noisy layer), h(T|X) = (d/2) ln(2 pi e beta^2) exactly.
+Every term is the entropy of a Gaussian mixture (:mod:`ibframe.kernels.mixture`).
+
+*Which samples.* X is uniform over the recorded inputs. Every recorded pass of an input (draw 0
+and its conditional draws: K realisations of S_l given x) is a sample of p(S_l | x), so the
+unconditional mixture pools them all, each input's realisations sharing weight 1/n: its centres
+are a stratified sample of p(S_l) with n K points (one per input, the paper's smallest choice,
+biases h(T) low by up to 2 nats in deep SZT layers). h(T | X = x) is the mixture of the same K
+realisations of x, averaged over the inputs that have them. For a layer whose S is a
+deterministic function of x (the first noisy layer), h(T|X) = (d/2) ln(2 pi e beta^2) exactly
+and h(T) needs one realisation per input.
+
+*How sure.* The Monte Carlo error of each entropy is a standard error (``*_stderr``). The
+sampling bias, what the finite number of realisations costs, is estimated in the same pass from
+nested halves: every entropy is estimated again from each half of every input's realisations,
+and, since the plug-in's leading bias falls as 1/K, the change from half to all extrapolates to
+the bias of the estimate (``*_bias``, signed: estimate minus truth). ``converged`` says whether
+|bias| of I(X;T) and I(T;Y) is within ``bias_tolerance``; ``saturated`` says the conditional
+mixtures are fully separated, so that the value measures the number of draws (ln K), not the
+network. docs/sp-estimator.md shows how well the extrapolation worked on the SZT runs and what
+it can miss.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import typing
 import warnings
@@ -22,19 +39,23 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import numpy.typing as npt
+import torch
 import xarray as xr
 
 from ibframe.errors import EstimatorRequirementError, ParameterError, ParameterWarning
 from ibframe.estimator import Block, Estimator
 from ibframe.hookspecs import hookimpl
 from ibframe.kernels.mixture import (
-    DEFAULT_N_MC,
-    DEFAULT_N_MC_BATCH,
+    draw_points,
     gaussian_entropy,
     gaussian_mixture_entropy,
-    mc_standard_error,
+    mc_entropy_estimate,
+    mixture_log_density,
+    n_points_for_stderr,
+    stratified_stderr,
 )
-from ibframe.theory import sample_size_warning, sp_diagnostics
+from ibframe.theory import sp_diagnostics
 
 if typing.TYPE_CHECKING:
     from collections.abc import Sequence
@@ -42,20 +63,26 @@ if typing.TYPE_CHECKING:
     from ibframe.store import Run
 
 _NAT = "nat"
-_SHARED_NOISE_LIMIT = 2**23  # standard normals held at once for common random numbers (64 MiB)
 _BETA_SQUARED_RANGE = (1e-300, 1e300)  # beta^2 and 1/beta^2 stay finite floats
+_PILOT_POINTS = 1024
+#: A mixture entropy within this fraction of its ceiling ln K + h(Z) is saturated.
+_SATURATION = 0.99
+_ADVICE = (
+    "record more conditional draws per input (ibframe train --draws, Recorder(draws=...)); "
+    "docs/sp-estimator.md, 'Convergence'"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
 class SPMutualInformation(Estimator):
-    r"""I(X;T_l) and I(T_l;Y) of a noisy network by sample propagation, with standard errors.
+    r"""I(X;T_l) and I(T_l;Y) of a noisy network by sample propagation, with their errors.
 
     Standard errors combine the Monte Carlo error of every mixture entropy with, when only ``m``
     of the ``n`` inputs' conditional entropies are averaged, the sampling error of that mean
-    (with the finite-population factor :math:`1 - m/n`). Each result also carries the paper's
-    theory diagnostics for its (n, n_mc, d, beta): the Theorem 6 bound on the MC mean squared
-    error of h(T), and the Theorem 5 lower bound on the bias of the plug-in h(T) with the sample
-    size it asks for (a :class:`SampleSizeWarning` when n is far below it).
+    (with the finite-population factor :math:`1 - m/n`). Sampling biases come from nested
+    halves of the realisations (module notes). Each result also carries the paper's theory
+    diagnostics: the Theorem 6 bound on the MC mean squared error of h(T), and the Theorem 5
+    worst-case bias bound with the sample size it asks for.
 
     References
     ----------
@@ -66,26 +93,42 @@ class SPMutualInformation(Estimator):
     name: ClassVar[str] = "sp-mi"
     description: ClassVar[str] = (
         "Sample-propagation estimate of I(X;T) and I(T;Y) in a noisy network (Goldfeld et al. "
-        "2019), with MC standard errors, pairwise bounds and theory diagnostics."
+        "2019) from every recorded realisation, with MC standard errors, sampling-bias and "
+        "saturation diagnostics, pairwise bounds and theory diagnostics."
     )
     needs_noise: ClassVar[bool] = True
-    # 2: shared MC points for I(T;Y), a fixed max_samples subset, paired standard errors
-    version: ClassVar[str] = "2"
+    # 3: every realisation pooled in h(T), points chosen for a target error, nested-halves bias
+    version: ClassVar[str] = "3"
     execution_params: ClassVar[frozenset[str]] = frozenset({"device"})
 
-    n_mc: int = field(
-        default=DEFAULT_N_MC,
-        metadata={"help": "MC draws per centre for h(T) and h(T|Y=y)"},
+    target_stderr: float = field(
+        default=0.01,
+        metadata={"help": "MC standard error aimed at for h(T) (nats); sets the MC points"},
+    )
+    n_points: int | None = field(
+        default=None,
+        metadata={"help": "MC points of h(T), instead of choosing them for target_stderr"},
+    )
+    max_points: int = field(
+        default=32768, metadata={"help": "most MC points target_stderr may choose"}
     )
     n_mc_conditional: int = field(
-        default=DEFAULT_N_MC_BATCH,
-        metadata={"help": "MC draws per centre for each h(T|X=x) (they are averaged)"},
+        default=1,
+        metadata={"help": "MC points per realisation in each h(T|X=x) (they are averaged)"},
+    )
+    pool_draws: bool = field(
+        default=True,
+        metadata={"help": "h(T) from every recorded realisation (False: draw 0 only)"},
+    )
+    bias_tolerance: float = field(
+        default=0.05,
+        metadata={"help": "largest |estimated sampling bias| of I (nats) counted as converged"},
     )
     beta: float | None = field(
         default=None, metadata={"help": "noise std of the analysis (default: the run's beta)"}
     )
     max_samples: int | None = field(
-        default=None, metadata={"help": "seeded subset of inputs as centres of h(T) (default all)"}
+        default=None, metadata={"help": "seeded subset of inputs in h(T) (default all)"}
     )
     max_conditionals: int | None = field(
         default=None,
@@ -105,9 +148,17 @@ class SPMutualInformation(Estimator):
     )
 
     def __post_init__(self) -> None:
-        for name in ("n_mc", "n_mc_conditional"):
+        for name in ("n_mc_conditional", "max_points"):
             if getattr(self, name) < 1:
                 msg = f"sp-mi: {name} must be >= 1, got {getattr(self, name)}"
+                raise ParameterError(msg)
+        if self.n_points is not None and self.n_points < 2:
+            msg = f"sp-mi: n_points must be >= 2 (or unset), got {self.n_points}"
+            raise ParameterError(msg)
+        for name in ("target_stderr", "bias_tolerance"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                msg = f"sp-mi: {name} must be a positive number, got {value}"
                 raise ParameterError(msg)
         for name in ("max_samples", "max_conditionals"):
             value = getattr(self, name)
@@ -144,16 +195,27 @@ class SPMutualInformation(Estimator):
                 raise EstimatorRequirementError(msg)
 
     def memory_bytes(self, run: Run, layer: str) -> int:
-        """The block, plus the float64 MC terms and control variates of h(T), h(T|Y) and their
-        pairing (about 32 bytes per draw), and those of the batched h(T|X=x) (16 per draw)."""
+        """The block; the pooled centres and their float64 copies; the MC points with their
+        columns (whole mixture, halves, classes) and per-point terms; the batched h(T|X=x)."""
+        attrs = run.layer_attrs(layer)
+        d = int(attrs["units"])
         n = run.n_samples if self.max_samples is None else min(run.n_samples, self.max_samples)
-        conditional = run.conditional(layer)
-        draws = 0
-        if conditional is not None and not run.layer_attrs(layer)["deterministic_given_x"]:
+        conditional = None if attrs["deterministic_given_x"] else run.conditional(layer)
+        m, k = 0, 1
+        if conditional is not None:
             m = conditional.sizes["cond_sample"]
             m = m if self.max_conditionals is None else min(m, self.max_conditionals)
-            draws = m * conditional.sizes["draw"] * self.n_mc_conditional
-        return super().memory_bytes(run, layer) + 32 * n * self.n_mc + 16 * draws
+            k = 1 + conditional.sizes["draw"]
+        centres = n * (k if self.pool_draws else 1)
+        points = self.n_points or self.max_points
+        classes = 10 if run.has_labels else 0
+        columns = 3 + 3 * classes
+        return (
+            super().memory_bytes(run, layer)
+            + 3 * 8 * centres * d
+            + 4 * 8 * points * (columns + d)
+            + 6 * 8 * m * k * self.n_mc_conditional * (3 + d)
+        )
 
     def compute(self, block: Block) -> xr.Dataset:
         beta = self.beta if self.beta is not None else block.beta
@@ -165,155 +227,390 @@ class SPMutualInformation(Estimator):
                 stacklevel=3,
             )
         rng = block.rng(self.seed)
-        # the same input subset for every layer and epoch, so curves do not jitter with it
-        rows = _subset_rows(block.s.shape[0], self.max_samples, np.random.default_rng(self.seed))
-        s = np.asarray(block.s, dtype=np.float64)[rows]
-        n, d = s.shape
+        # the same input subsets for every layer and epoch, so curves do not jitter with them
+        subsets = np.random.default_rng(self.seed)
+        rows = _subset_rows(block.s.shape[0], self.max_samples, subsets)
+        realisations = _Realisations.of(block, rows, pool=self.pool_draws)
+        d = realisations.dim
         kwargs: dict[str, Any] = {"device": self.device or block.device, "dtype": self.dtype}
+        y = None if block.y is None else np.asarray(block.y)[rows]
 
-        # Common random numbers: the MC point mu_i + beta z_ik serves h(T) and h(T|Y=y_i) alike,
-        # so their MC errors largely cancel in I(T;Y), whose standard error is then that of the
-        # paired per-point differences. Wide layers draw inside the kernel instead of holding
-        # every draw in memory, and I(T;Y) takes the independent-errors bound.
-        shared = block.y is not None and n * self.n_mc * d <= _SHARED_NOISE_LIMIT
-        noise = rng.standard_normal((n, self.n_mc, d)) if shared else None
-        h_t, h_t_se, t_terms = gaussian_mixture_entropy(
-            s, beta, n_mc=self.n_mc, seed=_seed(rng), noise=noise, return_stderr=True,
-            return_terms=True, **kwargs,
-        )
-        cond = self._conditional_centres(block, rng)
-        h_cond, h_cond_se, m = self._conditional_entropy(cond, block, beta, d, _seed(rng), kwargs)
-        values: dict[str, tuple[float, str]] = {
-            "h_t": (h_t, "differential entropy h(T)"),
-            "h_t_stderr": (h_t_se, "standard error of h(T)"),
-            "h_t_given_x": (h_cond, "conditional differential entropy h(T|X)"),
-            "h_t_given_x_stderr": (h_cond_se, "standard error of h(T|X)"),
-            "mi_x_t": (h_t - h_cond, "mutual information I(X;T)"),
-            "mi_x_t_stderr": (math.hypot(h_t_se, h_cond_se), "standard error of I(X;T)"),
+        uncond = self._unconditional(realisations, y, beta, rng, kwargs)
+        cond = self._conditional(block, beta, d, rng, subsets, kwargs)
+
+        values: dict[str, tuple[float, str, str]] = {
+            "h_t": (uncond.h_t, "differential entropy h(T)", _NAT),
+            "h_t_stderr": (uncond.h_t_se, "standard error of h(T)", _NAT),
+            "h_t_bias": (uncond.h_t_bias, "estimated sampling bias of h(T)", _NAT),
+            "h_t_given_x": (cond.h, "conditional differential entropy h(T|X)", _NAT),
+            "h_t_given_x_stderr": (cond.se, "standard error of h(T|X)", _NAT),
+            "h_t_given_x_bias": (cond.bias, "estimated sampling bias of h(T|X)", _NAT),
+            "mi_x_t": (uncond.h_t - cond.h, "mutual information I(X;T)", _NAT),
+            "mi_x_t_stderr": (math.hypot(uncond.h_t_se, cond.se), "standard error of I(X;T)",
+                              _NAT),
+            "mi_x_t_bias": (uncond.h_t_bias - cond.bias, "estimated sampling bias of I(X;T)",
+                            _NAT),
         }
-        if block.y is not None:
-            y = np.asarray(block.y)[rows]
-            h_ty, h_ty_se, pairs = self._class_conditional_entropy(
-                s, y, beta, rng, noise, t_terms, kwargs
-            )
-            mi_se = mc_standard_error(pairs) if pairs is not None else math.hypot(h_t_se, h_ty_se)
-            values["h_t_given_y"] = (h_ty, "conditional differential entropy h(T|Y)")
-            values["h_t_given_y_stderr"] = (h_ty_se, "standard error of h(T|Y)")
-            values["mi_t_y"] = (h_t - h_ty, "mutual information I(T;Y)")
-            values["mi_t_y_stderr"] = (mi_se, "standard error of I(T;Y)")
+        biases = [values["mi_x_t_bias"][0]]
+        if uncond.h_ty is not None:
+            values.update({
+                "h_t_given_y": (uncond.h_ty, "conditional differential entropy h(T|Y)", _NAT),
+                "h_t_given_y_stderr": (uncond.h_ty_se, "standard error of h(T|Y)", _NAT),
+                "h_t_given_y_bias": (uncond.h_ty_bias, "estimated sampling bias of h(T|Y)",
+                                     _NAT),
+                "mi_t_y": (uncond.h_t - uncond.h_ty, "mutual information I(T;Y)", _NAT),
+                "mi_t_y_stderr": (uncond.mi_ty_se, "standard error of I(T;Y)", _NAT),
+                "mi_t_y_bias": (uncond.h_t_bias - uncond.h_ty_bias,
+                                "estimated sampling bias of I(T;Y)", _NAT),
+            })
+            biases.append(values["mi_t_y_bias"][0])
         if self.bounds:
-            values.update(self._bounds(s, cond, beta, d, kwargs))
+            values.update(self._bounds(realisations, cond.centres, beta, d, kwargs))
 
-        # Theorem 6 (14) holds for centres in [-1, 1]^d; otherwise (15) with their second moment
-        # (about their mean: the entropy does not change under translation).
-        bounded = float(np.abs(s).max()) <= 1.0
-        second_moment = None if bounded else float(((s - s.mean(axis=0)) ** 2).sum(axis=1).mean())
-        diag = sp_diagnostics(n=n, n_mc=self.n_mc, d=d, beta=beta, second_moment=second_moment)
-        sample_size_warning(n, d, beta, stacklevel=3)
-        data = {
-            name: ((), float(value), {"long_name": long_name, "units": _NAT, "role": _role(name)})
-            for name, (value, long_name) in values.items()
+        saturated = cond.saturated or uncond.saturated
+        converged = not saturated and all(
+            math.isfinite(b) and abs(b) <= self.bias_tolerance for b in biases
+        )
+        centres = realisations.centres
+        bounded = float(np.abs(centres).max()) <= 1.0
+        second_moment = None if bounded else float(
+            ((centres - centres.mean(axis=0)) ** 2).sum(axis=1).mean()
+        )
+        # Theorem 6 depends on the total number of MC points; Theorem 5 on the samples of S
+        diag = sp_diagnostics(n=uncond.n_points, n_mc=1, d=d, beta=beta,
+                              second_moment=second_moment)
+        theorem5 = sp_diagnostics(n=len(centres), n_mc=1, d=d, beta=beta)
+        data: dict[str, Any] = {
+            name: ((), float(value), {"long_name": long_name, "units": units,
+                                      "role": _role(name)})
+            for name, (value, long_name, units) in values.items()
         }
+        data["converged"] = ((), converged, {
+            "long_name": f"sampling bias of I within {self.bias_tolerance:g} nats, unsaturated",
+            "units": "1", "role": "quality", "advice": _ADVICE,
+        })
+        data["saturated"] = ((), saturated, {
+            "long_name": "mixtures fully separated: the value measures the number of draws",
+            "units": "1", "role": "diagnostic",
+        })
         diagnostics = {
             "mc_mse_bound": (diag.mc_mse_bound, "nat2",
                              "Theorem 6 bound on the MC mean squared error of h(T)"),
-            "bias_lower_bound": (diag.bias_lower_bound, _NAT,
+            "bias_lower_bound": (theorem5.bias_lower_bound, _NAT,
                                  "Theorem 5 lower bound on the worst-case bias of h(T)"),
-            "required_samples": (diag.required_samples, "1",
+            "required_samples": (theorem5.required_samples, "1",
                                  "samples Theorem 5 asks for, k*^(d(1-eps))"),
-            "n_samples": (n, "1", "centres of h(T)"),
-            "n_conditionals": (m, "1", "inputs averaged in h(T|X) (0: closed form)"),
+            "n_samples": (len(rows), "1", "inputs in h(T)"),
+            "n_centres": (len(centres), "1", "realisations pooled in h(T)"),
+            "n_points": (uncond.n_points, "1", "MC points of h(T)"),
+            "n_conditionals": (cond.m, "1", "inputs averaged in h(T|X) (0: closed form)"),
+            "draws": (cond.k, "1", "realisations per input in h(T|X) (0: closed form)"),
         }
         for name, (value, units, long_name) in diagnostics.items():
-            data[name] = ((), value, {"long_name": long_name, "units": units, "role": "diagnostic"})
+            data[name] = ((), value, {"long_name": long_name, "units": units,
+                                      "role": "diagnostic"})
         return xr.Dataset(data)
 
-    def _conditional_centres(self, block: Block, rng: np.random.Generator) -> np.ndarray | None:
-        """Conditional draws (m, n_x, d) of the inputs averaged in h(T|X), or None if exact."""
-        if block.deterministic_given_x:
-            return None
-        if block.s_cond is None:
-            msg = f"sp-mi: layer {block.layer!r} has no conditional draws"
-            raise EstimatorRequirementError(msg)
-        cond = np.asarray(block.s_cond, dtype=np.float64)
-        return cond[_subset_rows(cond.shape[0], self.max_conditionals, rng)]
+    # -- h(T) and h(T|Y) -----------------------------------------------------------------------
 
-    def _conditional_entropy(
+    def _unconditional(
         self,
-        cond: np.ndarray | None,
+        real: _Realisations,
+        y: npt.NDArray[np.integer] | None,
+        beta: float,
+        rng: np.random.Generator,
+        kwargs: dict[str, Any],
+    ) -> _Unconditional:
+        """h(T), h(T|Y) and I(T;Y)'s paired error, with nested-halves biases, at one set of MC
+        points: the columns of :func:`mixture_log_density` are the whole mixture, each half,
+        and each class (whole and halved)."""
+        groups, layout = real.groups(y)
+        n_points = self.n_points
+        if n_points is None:
+            pilot = self._evaluate(real, groups, beta, _PILOT_POINTS, _seed(rng), kwargs)
+            se = float(pilot[1][0])
+            n_points = _PILOT_POINTS if not math.isfinite(se) else min(
+                self.max_points, n_points_for_stderr(se, _PILOT_POINTS, self.target_stderr)
+            )
+        entropy, stderr, terms, points = self._evaluate(
+            real, groups, beta, n_points, _seed(rng), kwargs
+        )
+        h = entropy.numpy()
+        out = _Unconditional(
+            h_t=float(h[0]), h_t_se=float(stderr[0]),
+            h_t_bias=real.bias(float(h[0]), float(h[1]), float(h[2])),
+            n_points=n_points,
+            saturated=real.pooled and _saturated(
+                float(h[0]), float(stderr[0]), real.log_count_ceiling(), real.dim, beta
+            ),
+        )
+        if y is None:
+            return out
+        classes, p = layout.classes, layout.class_weights
+        whole = layout.class_columns
+        h_ty = float(np.dot(p, h[whole]))
+        halves = float(np.dot(p, (h[layout.class_half_a] + h[layout.class_half_b]) / 2))
+        # I(T;Y) point by point: log g_y(p) - log g(p) at the point's own class
+        t = terms.numpy()
+        own = np.searchsorted(classes, real.label_of(y)[points.centre[0].numpy()])
+        paired = t[:, 0] - t[np.arange(len(t)), np.asarray(whole)[own]]
+        return dataclasses.replace(
+            out, h_ty=h_ty,
+            h_ty_se=float(np.sqrt(np.dot(p**2, stderr.numpy()[whole] ** 2))),
+            h_ty_bias=real.bias(h_ty, halves, halves),
+            mi_ty_se=float(stratified_stderr(paired, points)[0]),
+        )
+
+    def _evaluate(
+        self,
+        real: _Realisations,
+        groups: npt.NDArray[np.bool_],
+        beta: float,
+        n_points: int,
+        seed: int,
+        kwargs: dict[str, Any],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+        points = draw_points(real.weights, n_points, real.dim, seed=seed)
+        density = mixture_log_density(
+            real.centres, beta, points, weights=real.weights, groups=groups, **kwargs
+        )
+        entropy, stderr, terms = mc_entropy_estimate(density.log_density.cpu(), points)
+        return entropy, stderr, terms, points
+
+    # -- h(T|X) ---------------------------------------------------------------------------------
+
+    def _conditional(
+        self,
         block: Block,
         beta: float,
         d: int,
-        seed: int,
-        kwargs: dict[str, Any],
-    ) -> tuple[float, float, int]:
-        """Mean h(T|X=x) with its standard error and the number of inputs averaged."""
-        if cond is None:
-            return gaussian_entropy(d, beta), 0.0, 0
-        m = cond.shape[0]
-        h, se = gaussian_mixture_entropy(
-            cond, beta, n_mc=self.n_mc_conditional, seed=seed, return_stderr=True, **kwargs
-        )
-        mc_var = float(np.sum(np.square(se))) / m**2
-        fpc = max(0.0, 1.0 - m / block.s.shape[0])
-        sampling_var = float(np.var(h, ddof=1)) / m * fpc if m > 1 else 0.0
-        return float(np.mean(h)), math.sqrt(mc_var + sampling_var), m
-
-    def _class_conditional_entropy(
-        self,
-        s: np.ndarray,
-        y: np.ndarray,
-        beta: float,
         rng: np.random.Generator,
-        noise: np.ndarray | None,
-        t_terms: np.ndarray,
+        subsets: np.random.Generator,
         kwargs: dict[str, Any],
-    ) -> tuple[float, float, np.ndarray | None]:
-        """sum_y p(y) h(T|Y=y), each class's centres its own mixture, with its standard error.
-
-        With shared ``noise`` also returns the per-point differences of the MC terms of h(T) and
-        h(T|Y=y_i), whose mean is the estimate of I(T;Y) (class weights p(y) = n_y / n make the
-        weighted class means the overall mean).
-        """
-        total, var = 0.0, 0.0
-        pairs = None if noise is None else np.empty_like(t_terms)
-        classes, counts = np.unique(y, return_counts=True)
-        for label, count in zip(classes, counts, strict=True):
-            p = count / len(y)
-            rows = y == label
-            h, se, terms = gaussian_mixture_entropy(
-                s[rows], beta, n_mc=self.n_mc, seed=_seed(rng),
-                noise=None if noise is None else noise[rows], return_stderr=True,
-                return_terms=True, **kwargs,
-            )
-            total += p * h
-            var += (p * (se if math.isfinite(se) else 0.0)) ** 2
-            if pairs is not None:
-                pairs[rows] = t_terms[rows] - terms
-        return total, math.sqrt(var), pairs
+    ) -> _Conditional:
+        """Mean h(T|X=x) over the inputs with draws, its standard error, nested-halves bias and
+        saturation; the closed form for a layer that is deterministic given x."""
+        if block.deterministic_given_x:
+            return _Conditional(gaussian_entropy(d, beta), 0.0, 0.0, 0, 0, False, None)
+        if block.s_cond is None or block.cond_index is None:
+            msg = f"sp-mi: layer {block.layer!r} has no conditional draws"
+            raise EstimatorRequirementError(msg)
+        pick = _subset_rows(block.s_cond.shape[0], self.max_conditionals, subsets)
+        own = np.asarray(block.s, dtype=np.float64)[np.asarray(block.cond_index)[pick]]
+        centres = np.concatenate(
+            [own[:, None, :], np.asarray(block.s_cond, dtype=np.float64)[pick]], axis=1
+        )
+        m, k, _ = centres.shape
+        half = _halves(k)
+        points = draw_points(np.ones((m, k)), k * self.n_mc_conditional, d, seed=_seed(rng))
+        density = mixture_log_density(centres, beta, points, groups=half, **kwargs)
+        entropy, stderr, _ = mc_entropy_estimate(density.log_density.cpu(), points)
+        h = entropy.numpy()
+        se = np.nan_to_num(stderr.numpy()[:, 0], nan=0.0)
+        mean = float(h[:, 0].mean())
+        mc_var = float(np.sum(se**2)) / m**2
+        fpc = max(0.0, 1.0 - m / block.s.shape[0])
+        sampling_var = float(np.var(h[:, 0], ddof=1)) / m * fpc if m > 1 else 0.0
+        sizes = half.sum(axis=1)
+        bias = _extrapolated_bias(mean, float((h[:, 1] + h[:, 2]).mean() / 2), 1 / k,
+                                  float(np.mean(1 / sizes)))
+        total_se = math.sqrt(mc_var + sampling_var)
+        saturated = _saturated(mean, total_se, math.log(k), d, beta)
+        return _Conditional(mean, total_se, bias, m, k, saturated, centres)
 
     def _bounds(
         self,
-        s: np.ndarray,
+        real: _Realisations,
         cond: np.ndarray | None,
         beta: float,
         d: int,
         kwargs: dict[str, Any],
-    ) -> dict[str, tuple[float, str]]:
+    ) -> dict[str, tuple[float, str, str]]:
         """I(X;T) bounds: h(T) bounded above (KL) or below (Bhattacharyya), h(T|X) the other way."""
-        upper_t = gaussian_mixture_entropy(s, beta, method="kl-upper", **kwargs)
-        lower_t = gaussian_mixture_entropy(s, beta, method="bhattacharyya-lower", **kwargs)
+        common = {"weights": real.weights, **kwargs}
+        upper_t = gaussian_mixture_entropy(real.centres, beta, method="kl-upper", **common)
+        lower_t = gaussian_mixture_entropy(real.centres, beta, method="bhattacharyya-lower",
+                                           **common)
         if cond is None:
             upper_c = lower_c = gaussian_entropy(d, beta)
         else:
-            upper_c = float(np.mean(gaussian_mixture_entropy(cond, beta, method="kl-upper", **kwargs)))
-            lower_c = float(
-                np.mean(gaussian_mixture_entropy(cond, beta, method="bhattacharyya-lower", **kwargs))
-            )
+            upper_c = float(np.mean(gaussian_mixture_entropy(cond, beta, method="kl-upper",
+                                                             **kwargs)))
+            lower_c = float(np.mean(gaussian_mixture_entropy(cond, beta,
+                                                             method="bhattacharyya-lower",
+                                                             **kwargs)))
         return {
-            "mi_x_t_upper": (upper_t - lower_c, "upper bound on I(X;T) (pairwise KL)"),
-            "mi_x_t_lower": (lower_t - upper_c, "lower bound on I(X;T) (pairwise Bhattacharyya)"),
+            "mi_x_t_upper": (upper_t - lower_c, "upper bound on I(X;T) (pairwise KL)", _NAT),
+            "mi_x_t_lower": (lower_t - upper_c, "lower bound on I(X;T) (pairwise Bhattacharyya)",
+                             _NAT),
         }
+
+
+# ------------------------------------------------------------------------------------------------
+# the samples
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where each quantity sits among the columns of the unconditional evaluation."""
+
+    classes: npt.NDArray[np.integer]
+    class_weights: npt.NDArray[np.float64]
+    class_columns: list[int]
+    class_half_a: list[int]
+    class_half_b: list[int]
+
+
+@dataclass(frozen=True)
+class _Realisations:
+    """Every realisation of S given each input, pooled: the centres of h(T).
+
+    Centres are ordered input by input, so that the stratified MC points of
+    :func:`draw_points` give every union of inputs (a class) its exact share; each input's
+    realisations share its weight 1/n. ``position`` numbers the realisations within their input.
+    """
+
+    centres: npt.NDArray[np.float64]
+    weights: npt.NDArray[np.float64]
+    input_of: npt.NDArray[np.int64]
+    position: npt.NDArray[np.int64]
+    count: npt.NDArray[np.int64]
+    """Realisations per input, K_i."""
+    pooled: bool
+    """Some input has more than one realisation."""
+    exact: bool
+    """S is a function of x (no noise before the layer): one realisation per input is p(S|x)."""
+
+    @property
+    def dim(self) -> int:
+        return int(self.centres.shape[1])
+
+    @classmethod
+    def of(cls, block: Block, rows: npt.NDArray[np.int64], *, pool: bool) -> _Realisations:
+        s = np.asarray(block.s, dtype=np.float64)[rows]
+        n = len(rows)
+        draws = None
+        if pool and not block.deterministic_given_x and block.s_cond is not None:
+            where = np.full(block.s.shape[0], -1, dtype=np.int64)
+            where[np.asarray(block.cond_index)] = np.arange(len(block.cond_index))
+            draws = where[rows]
+        if draws is None or not (draws >= 0).any():
+            ones = np.ones(n, dtype=np.int64)
+            return cls(s, np.full(n, 1.0 / n), np.arange(n), np.zeros(n, np.int64), ones,
+                       pooled=False, exact=block.deterministic_given_x)
+        extra = block.s_cond.shape[1]
+        count = np.where(draws >= 0, 1 + extra, 1).astype(np.int64)
+        start = np.concatenate([[0], np.cumsum(count)[:-1]])
+        total = int(count.sum())
+        centres = np.empty((total, s.shape[1]))
+        centres[start] = s
+        with_draws = np.flatnonzero(draws >= 0)
+        cond = np.asarray(block.s_cond, dtype=np.float64)[draws[with_draws]]
+        slots = start[with_draws, None] + 1 + np.arange(extra)[None, :]
+        centres[slots.ravel()] = cond.reshape(-1, s.shape[1])
+        input_of = np.repeat(np.arange(n), count)
+        position = np.arange(total) - np.repeat(start, count)
+        weights = 1.0 / (n * count[input_of])
+        return cls(centres, weights, input_of, position, count, pooled=True, exact=False)
+
+    def halves(self) -> npt.NDArray[np.bool_]:
+        """(2, centres) membership of the two halves of each input's realisations; an input
+        with one realisation keeps it in both."""
+        first = self.position < (self.count[self.input_of] + 1) // 2
+        single = self.count[self.input_of] == 1
+        return np.stack([first | single, ~first | single])
+
+    def groups(self, y: npt.NDArray[np.integer] | None) -> tuple[npt.NDArray[np.bool_], _Layout]:
+        """Columns: halves A and B, then each class, then each class within A and within B."""
+        halves = self.halves()
+        if y is None:
+            return halves, _Layout(np.array([]), np.array([]), [], [], [])
+        labels = self.label_of(y)
+        classes, counts = np.unique(y, return_counts=True)
+        member = labels[None, :] == classes[:, None]
+        groups = np.concatenate([halves, member, member & halves[0], member & halves[1]])
+        c = len(classes)
+        column = 1 + 2  # column 0 is the whole mixture, then the halves
+        layout = _Layout(
+            classes=classes,
+            class_weights=counts / counts.sum(),
+            class_columns=list(range(column, column + c)),
+            class_half_a=list(range(column + c, column + 2 * c)),
+            class_half_b=list(range(column + 2 * c, column + 3 * c)),
+        )
+        return groups, layout
+
+    def label_of(self, y: npt.NDArray[np.integer]) -> npt.NDArray[np.integer]:
+        """The class of every centre."""
+        return np.asarray(y)[self.input_of]
+
+    def bias(self, whole: float, half_a: float, half_b: float) -> float:
+        """The sampling bias of ``whole`` extrapolated from its halves (see the module notes):
+        0 when S is a function of x, NaN when no input has two realisations to halve."""
+        if self.exact:
+            return 0.0
+        halves = self.halves()
+        inverse_half = np.mean([
+            np.mean(1 / np.bincount(self.input_of[h], minlength=len(self.count))) for h in halves
+        ])
+        return _extrapolated_bias(whole, (half_a + half_b) / 2, float(np.mean(1 / self.count)),
+                                  float(inverse_half))
+
+    def log_count_ceiling(self) -> float:
+        """ln of the effective number of realisations per input, E[ln K_i]: h(T) reaches
+        ln n + E[ln K_i] + h(Z) when every realisation stands apart; the excess over ln n is
+        the part that measures the number of draws."""
+        return float(np.mean(np.log(self.count))) + math.log(len(self.count))
+
+
+@dataclass(frozen=True)
+class _Unconditional:
+    h_t: float
+    h_t_se: float
+    h_t_bias: float
+    n_points: int
+    saturated: bool
+    h_ty: float | None = None
+    h_ty_se: float = math.nan
+    h_ty_bias: float = math.nan
+    mi_ty_se: float = math.nan
+
+
+@dataclass(frozen=True)
+class _Conditional:
+    h: float
+    se: float
+    bias: float
+    m: int
+    k: int
+    saturated: bool
+    centres: npt.NDArray[np.float64] | None
+
+
+def _halves(k: int) -> npt.NDArray[np.bool_]:
+    """(2, k) membership of the first ceil(k/2) and the other realisations (both, for k = 1)."""
+    first = np.arange(k) < (k + 1) // 2
+    return np.stack([first, ~first]) if k > 1 else np.ones((2, 1), dtype=bool)
+
+
+def _extrapolated_bias(whole: float, half: float, inv_k: float, inv_k_half: float) -> float:
+    r"""Bias of an estimate from K samples, given its mean over halves of K_h samples.
+
+    The plug-in entropy's leading bias is :math:`-C/K`, so :math:`\bar e_h - e = -C(1/K_h - 1/K)`
+    and the bias of :math:`e` is :math:`(\bar e_h - e)\,(1/K)/(1/K_h - 1/K)`; with even halves
+    simply :math:`\bar e_h - e`. NaN when the halves are the whole (one sample per input).
+    """
+    if not inv_k_half > inv_k:
+        return math.nan
+    return (half - whole) * inv_k / (inv_k_half - inv_k)
+
+
+def _saturated(h: float, se: float, log_count: float, d: int, beta: float) -> bool:
+    """Whether a mixture entropy sits at its ceiling ln K + h(Z): its components stand apart."""
+    if log_count <= 0:
+        return False
+    excess = h - gaussian_entropy(d, beta)
+    return excess >= _SATURATION * log_count - 3 * se
 
 
 def _seed(rng: np.random.Generator) -> int:
@@ -322,13 +619,15 @@ def _seed(rng: np.random.Generator) -> int:
 
 
 def _role(name: str) -> str:
-    """How a variable relates to the estimates, for summaries: estimate, stderr or component."""
+    """How a variable relates to the estimates, for summaries."""
     if name.endswith("_stderr"):
         return "stderr"
+    if name.endswith("_bias"):
+        return "diagnostic"
     return "estimate" if name.startswith("mi_") else "component"
 
 
-def _subset_rows(n: int, limit: int | None, rng: np.random.Generator) -> np.ndarray:
+def _subset_rows(n: int, limit: int | None, rng: np.random.Generator) -> npt.NDArray[np.int64]:
     """Indices of a seeded subset of ``limit`` of ``n`` rows (all rows when not smaller)."""
     if limit is None or limit >= n:
         return np.arange(n)
