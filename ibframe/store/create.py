@@ -24,6 +24,7 @@ from ibframe.store.layout import (
     check_finite,
     check_names,
     chunks,
+    ibframe_version,
     json_value,
     real_array,
     user_attrs,
@@ -32,12 +33,6 @@ from ibframe.store.lock import LOCK_NAME, WriterLock
 from ibframe.store.run import Run, half_created_message
 
 _SPLIT_CODES = {"train": 0, "test": 1}
-
-
-def _version() -> str:
-    from ibframe import __version__
-
-    return __version__
 
 
 def create_run(
@@ -120,7 +115,7 @@ def create_run(
         raise StoreError(msg)
     root_attrs = {
         "ibframe_format": FORMAT,
-        "ibframe_version": _version(),
+        "ibframe_version": ibframe_version(),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "beta": float(beta),
         "noise": "gaussian" if beta > 0 else "none",
@@ -142,7 +137,7 @@ def create_run(
     try:
         store = LocalStore(path)
         state = _check_replaceable(path, overwrite)  # again, now that no other writer can act
-        marker = {CREATING: {"started": root_attrs["created"], "ibframe_version": _version()}}
+        marker = {CREATING: {"started": root_attrs["created"], "ibframe_version": ibframe_version()}}
         if state == "empty":
             remove_children(store, keep=[LOCK_NAME])
             root = zarr.create_group(store, zarr_format=3, attributes=marker)

@@ -49,6 +49,13 @@ NAME_RULE: typing.Final = (
 )
 
 
+def ibframe_version() -> str:
+    """The running ibframe's version, for the root attributes and messages."""
+    from ibframe import __version__
+
+    return __version__
+
+
 def check_name(kind: str, name: object, error: type[Exception] = StoreError) -> str:
     """``name`` if it is a safe layer/metric/parameter name (one path component), else refuse."""
     if (

@@ -17,6 +17,7 @@ import numpy.typing as npt
 import xarray as xr
 import zarr
 import zarr.errors
+from zarr.abc.store import Store
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
@@ -46,6 +47,7 @@ from ibframe.store.layout import (
     check_finite,
     check_name,
     check_names,
+    ibframe_version,
     real_array,
     summarise_epochs,
 )
@@ -55,12 +57,6 @@ from ibframe.store.lock import WriterLock
 #: missing chunk of theirs is damage, and reading NaN from them means a chunk may be missing.
 #: Format 2 writes every chunk of every array.
 _NEVER_FILL: typing.Final = frozenset({"S", "S_cond"})
-
-
-def _version() -> str:
-    from ibframe import __version__
-
-    return __version__
 
 
 def half_created_message(where: str, attrs: Mapping[str, Any]) -> str:
@@ -132,7 +128,7 @@ class Run:
     """
 
     path: Path
-    store: LocalStore
+    store: Store
     mode: Literal["r", "a"]
 
     def __init__(self, path: str | Path, mode: Literal["r", "a"] = "r") -> None:
@@ -155,6 +151,7 @@ class Run:
         self._nodes: dict[str, zarr.Array | zarr.Group] = {}
         self._layers: dict[str, _Layer] = {}
         self._cached: dict[str, npt.NDArray[Any]] = {}
+        self._present: dict[str, bool] = {}
         self._closed = False
         self._lock: WriterLock | None = None
         inspect_local(path)
@@ -215,11 +212,11 @@ class Run:
             if _is_int(fmt) and fmt > FORMAT:
                 msg = (
                     f"{self._where} has ibframe_format {fmt}, written by a newer ibframe; this "
-                    f"ibframe ({_version()}) reads formats {readable}: upgrade ibframe to read it"
+                    f"ibframe ({ibframe_version()}) reads formats {readable}: upgrade ibframe to read it"
                 )
             else:
                 msg = (
-                    f"{self._where} has ibframe_format {fmt!r}; this ibframe ({_version()}) "
+                    f"{self._where} has ibframe_format {fmt!r}; this ibframe ({ibframe_version()}) "
                     f"reads formats {readable}"
                 )
             raise StoreError(msg)
@@ -385,9 +382,14 @@ class Run:
     @property
     def has_labels(self) -> bool:
         """Whether the run stores class labels ``y``."""
-        if "data/y" in self._nodes:
-            return True
-        return bool(sync(self.store.exists("data/y/zarr.json")))
+        return self._has_data("data/y")
+
+    def _has_data(self, path: str) -> bool:
+        """Whether an optional array written at creation (``data/y``, ``data/split``) exists."""
+        present = self._present.get(path)
+        if present is None:
+            present = self._present[path] = bool(sync(self.store.exists(f"{path}/zarr.json")))
+        return present
 
     def layer_attrs(self, layer: str) -> dict[str, Any]:
         """Stored attributes of one layer: index, shape, units, activation, kind, ..."""
@@ -410,7 +412,7 @@ class Run:
     @property
     def split(self) -> npt.NDArray[np.str_] | None:
         """"train" or "test" per sample (stored as 0 and 1), or None when the run has no split."""
-        if not sync(self.store.exists("data/split/zarr.json")):
+        if not self._has_data("data/split"):
             return None
         codes = self._data("data/split")
         bad = set(np.unique(codes).tolist()) - {0, 1}
