@@ -204,3 +204,11 @@ def test_a_metric_first_reported_later_is_nan_before(tmp_path):
     metrics = ibframe.open_run(tmp_path / "r.zarr").metrics()
     assert np.isnan(metrics["late"].values[0]) and metrics["late"].values[1] == 2.0
     assert np.isnan(metrics["loss"].values[1])
+
+
+def test_layer_declarations_cannot_set_what_ibframe_derives(tmp_path):
+    with pytest.raises(StoreError, match="set by ibframe"):
+        ibframe.create_run(tmp_path / "r.zarr", x=_x(), layers={"h1": {"shape": 2, "index": 9}})
+    with pytest.raises(StoreError, match="invalid shape"):
+        ibframe.create_run(tmp_path / "r.zarr", x=_x(), layers={"h1": "wide"})
+    assert not (tmp_path / "r.zarr").exists()

@@ -147,3 +147,44 @@ def test_two_writer_processes_never_mix_their_epochs(tmp_path):
         value = s[epoch, 0, 0]
         assert value - epoch in (1000.0, 2000.0)
         assert np.all(s[epoch] == value)  # one writer's epoch, whole
+
+
+def test_a_forked_child_neither_holds_nor_releases_the_lock(tmp_path):
+    """Data-loader workers and the like are forked from the writer: they must not be writers,
+    and their exit must not release the writer's lock (flock locks are shared across fork)."""
+    path = tmp_path / "r.zarr"
+    run = _create(path)
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 3
+        try:
+            run.append_epoch(0, _acts(0))
+            code = 1
+        except StoreError as err:
+            code = 0 if "does not hold the writer lock" in str(err) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    with pytest.raises(StoreError, match="locked by another writer"):
+        ibframe.open_run(path, mode="a")
+    run.append_epoch(0, _acts(0))
+    run.close()
+    assert ibframe.open_run(path).epochs.tolist() == [0]
+
+
+def test_a_refused_resume_releases_the_lock(tmp_path):
+    from ibframe.recording.datasets import Dataset
+    from ibframe.recording.nn import noisy_mlp
+    from ibframe.recording.recorder import Recorder
+
+    x = np.random.default_rng(0).integers(0, 2, (16, 6)).astype(np.float32)
+    data = Dataset(x, np.arange(16) % 2, np.array(["train"] * 16), "bits", "random bits")
+    path = tmp_path / "r.zarr"
+    with Recorder.for_network(noisy_mlp((6, 4, 2), beta=0.1), path, data) as recorder:
+        recorder.record(0)
+    with pytest.raises(StoreError, match="cannot resume") as info:
+        Recorder.for_network(noisy_mlp((6, 4, 3, 2), beta=0.1), path, data, resume=True)
+    assert info.value is not None  # the failed recorder's frames are still alive here
+    with ibframe.open_run(path, mode="a") as run:
+        assert run.epochs.tolist() == [0]

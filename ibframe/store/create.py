@@ -241,6 +241,10 @@ def _layer_spec(name: str, spec: Any, position: int, beta: float) -> dict[str, A
         msg = f"layer {name!r} has an invalid shape {shape_value!r}"
         raise StoreError(msg)
     deterministic = raw.pop("deterministic_given_x", beta == 0 or position == 1)
+    clash = sorted({"index", "beta"} & set(raw))
+    if clash:
+        msg = f"layer {name!r}: {clash} are set by ibframe, not in the layer declaration"
+        raise StoreError(msg)
     return {
         "index": position,
         "shape": shape,

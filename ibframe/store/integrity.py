@@ -1,10 +1,10 @@
 """Reading a run store without ever taking damage for data.
 
 Zarr fills a missing chunk with the array's fill value and reads a garbled one as whatever it
-decodes to. Here every read of a store's arrays goes through :func:`read`, which first checks
-that every chunk it covers exists (where the format promises they all do) and turns a chunk that
-fails to decode (the CRC-32C codec catches truncation and bit rot) into a :class:`StoreError`
-naming the store, the array and the epoch. :func:`open_node` does the same for metadata, and
+decodes to. Here every read of a store's arrays goes through an :class:`ArrayReader`, which
+checks that the chunks it covers exist and turns a chunk that fails to
+decode (the CRC-32C codec catches truncation and bit rot) into a :class:`StoreError` naming the
+store, the array and the epoch. :func:`open_node` does the same for metadata, and
 :func:`inspect` tells a run from a half-created store, an empty directory or something foreign.
 
 Everything goes through zarr's store API (``exists``, ``get``, ``list_dir``), not the file
@@ -149,26 +149,22 @@ def _chunk_ranges(array: zarr.Array, selection: Selection) -> list[range]:
     return ranges
 
 
-#: When a reader checks that the chunks it reads exist: "before" every read; "on_fill" only when
-#: the result holds the fill value, for arrays where no write can store it (S and S_cond: NaN
-#: is refused), which spares a round trip to the store on their bulk reads; "never" for arrays of
-#: format-1 stores, which skipped chunks equal to the fill value.
-ChunkCheck = Literal["before", "on_fill", "never"]
-
-
 @dataclasses.dataclass(frozen=True)
 class ArrayReader:
-    """Checked reads of one array: the chunks read must exist (see :data:`ChunkCheck`) and decode.
+    """Checked reads of one array: every chunk read must decode and, if ``complete``, exist.
 
-    ``epochs`` maps positions along a leading ``epoch`` axis to epoch numbers for messages
-    (None for arrays without one). Picklable, so dask can ship it.
+    zarr reads a missing chunk as the fill value, so a result that holds no fill value read no
+    missing chunk; only one that does costs a look at which chunks exist. ``complete`` is False
+    for arrays that may legitimately lack chunks (format 1 skipped chunks equal to the fill
+    value). ``epochs`` maps positions along a leading ``epoch`` axis to epoch numbers for
+    messages (None for arrays without one). Picklable, so dask can ship it.
     """
 
     array: zarr.Array
     name: str
     where: str
     epochs: tuple[int, ...] | None
-    chunk_check: ChunkCheck
+    complete: bool
 
     def _epoch_note(self, position: int | None) -> str:
         if self.epochs is None or position is None:
@@ -195,8 +191,6 @@ class ArrayReader:
     def __getitem__(self, selection: Selection | int | slice) -> npt.NDArray[Any]:
         if not isinstance(selection, tuple):
             selection = (selection,)
-        if self.chunk_check == "before":
-            self.check_chunks(selection)
         try:
             values = np.asarray(self.array[selection])
         except _DECODE_ERRORS as err:
@@ -205,7 +199,7 @@ class ArrayReader:
                 self.where,
                 f"{self.name}{self._epoch_note(position)} cannot be decoded ({_brief(err)})",
             ) from None
-        if self.chunk_check == "on_fill" and np.isnan(values).any():
+        if self.complete and _holds(values, self.array.fill_value):
             self.check_chunks(selection)
         return values
 
@@ -233,6 +227,13 @@ class ArrayReader:
     @property
     def ndim(self) -> int:
         return len(self.array.shape)
+
+
+def _holds(values: npt.NDArray[Any], fill: Any) -> bool:
+    """Whether ``values`` contain the fill value ``fill`` anywhere (NaN included)."""
+    if values.dtype.kind in "fc" and np.isnan(fill):
+        return bool(np.isnan(values).any())
+    return bool((values == fill).any())
 
 
 async def _exist_all(store: Store, keys: list[str]) -> list[bool]:

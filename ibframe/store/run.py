@@ -30,7 +30,6 @@ from ibframe.errors import (
 )
 from ibframe.store.integrity import (
     ArrayReader,
-    ChunkCheck,
     Inspection,
     child_names,
     damaged,
@@ -53,9 +52,9 @@ from ibframe.store.layout import (
 )
 from ibframe.store.lock import WriterLock
 
-#: Arrays whose fill value (NaN) no write can produce, NaN being refused: in every format, a
-#: missing chunk of theirs is damage, and reading NaN from them means a chunk may be missing.
-#: Format 2 writes every chunk of every array.
+#: Arrays whose fill value (NaN) no write can produce, NaN being refused: even in format 1, which
+#: skipped chunks equal to the fill value, a missing chunk of theirs is damage. Format 2 writes
+#: every chunk of every array.
 _NEVER_FILL: typing.Final = frozenset({"S", "S_cond"})
 
 
@@ -154,19 +153,24 @@ class Run:
         self._present: dict[str, bool] = {}
         self._closed = False
         self._lock: WriterLock | None = None
-        inspect_local(path)
+        if not path.exists():
+            msg = f"no run store at {self._where}"
+            raise StoreNotFoundError(msg)
         if mode == "a" and lock is None:
+            inspect_local(path)  # before making a lock file in what may not be a run store
             lock = WriterLock.acquire(path, self._where, "open_run(mode='a')")
         self._lock = lock
         try:
             self.store = LocalStore(path, read_only=mode == "r")
             try:
                 self._root = zarr.open_group(self.store, mode="r+" if mode == "a" else "r")
+                self._attrs: dict[str, Any] = self._root.attrs.asdict()
             except (ValueError, OSError, zarr.errors.BaseZarrError) as err:
+                inspect_local(path)  # says what is there instead, if not a run
                 raise damaged(self._where, f"its root group cannot be opened ({err})") from None
-            self._attrs: dict[str, Any] = self._root.attrs.asdict()
-            if "ibframe_format" not in self._attrs:  # replaced since inspect_local looked
-                inspect_local(path)
+            if "ibframe_format" not in self._attrs or self._root.metadata.zarr_format != 3:
+                inspect_local(path)  # half-created, foreign, ...: the reason
+                raise damaged(self._where, "its root attributes changed while it was opened")
             self._check_root()
             if mode == "a":
                 self._repair()
@@ -310,11 +314,9 @@ class Run:
             )
 
     def _reader(self, array: zarr.Array, path: str, by_epoch: bool = True) -> ArrayReader:
-        check: ChunkCheck = "before" if self.format >= 2 else "never"
-        if path.rsplit("/", 1)[-1] in _NEVER_FILL:
-            check = "on_fill"
+        complete = self.format >= 2 or path.rsplit("/", 1)[-1] in _NEVER_FILL
         epochs = tuple(self._attrs["epochs"]) if by_epoch else None
-        return ArrayReader(array, path, self._where, epochs, check)
+        return ArrayReader(array, path, self._where, epochs, complete)
 
     def _data(self, path: str) -> npt.NDArray[Any]:
         """A whole array written once at creation (data/*, cond_sample), read once per Run."""
