@@ -223,3 +223,32 @@ def test_checksums_do_not_stop_plain_xarray(store):
                                   _pattern(7, (20, 3, 3))[:, 0])
     codecs = zarr.open_array(store / "layers/h1/S", mode="r").metadata.codecs
     assert any(type(c).__name__ == "Crc32cCodec" for c in codecs)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["epochs longer", "epochs not a list", "layer group missing", "half-created", "S chunk"],
+)
+def test_the_command_line_names_the_damage_in_one_line(store, damage, capsys):
+    """Item 10 of the issue: each of these gave a traceback."""
+    command = ["info", str(store)]
+    if damage == "epochs longer":
+        _edit_root(store, epochs=[0, 2, 7, 9])
+    elif damage == "epochs not a list":
+        _edit_root(store, epochs="0,2,7")
+    elif damage == "layer group missing":
+        _edit_root(store, layers=["h1", "conv", "h9"])
+    elif damage == "half-created":
+        meta = json.loads((store / "zarr.json").read_text())
+        meta["attributes"] = {"ibframe_creating": {"started": "2026-01-01T00:00:00+00:00"}}
+        (store / "zarr.json").write_text(json.dumps(meta))
+    else:
+        _chunk(store, "layers/h1/S", 1).unlink()
+        command = ["estimate", str(store), "-e", "binned-entropy", "--no-cache"]
+    with pytest.raises(SystemExit) as code:
+        main(command)
+    err = capsys.readouterr().err
+    assert code.value.code != 0 and "Traceback" not in err
+    assert str(store) in err.replace("\n", "")
+    if damage != "S chunk":  # estimate's failure report is the engine's to format
+        assert len(err.strip().splitlines()) == 1
