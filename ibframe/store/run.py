@@ -162,15 +162,7 @@ class Run:
         self._lock = lock
         try:
             self.store = LocalStore(path, read_only=mode == "r")
-            try:
-                self._root = zarr.open_group(self.store, mode="r+" if mode == "a" else "r")
-                self._attrs: dict[str, Any] = self._root.attrs.asdict()
-            except (ValueError, OSError, zarr.errors.BaseZarrError) as err:
-                inspect_local(path)  # says what is there instead, if not a run
-                raise damaged(self._where, f"its root group cannot be opened ({err})") from None
-            if "ibframe_format" not in self._attrs or self._root.metadata.zarr_format != 3:
-                inspect_local(path)  # half-created, foreign, ...: the reason
-                raise damaged(self._where, "its root attributes changed while it was opened")
+            self._root, self._attrs = self._open_root()
             self._check_root()
             if mode == "a":
                 self._repair()
@@ -180,6 +172,25 @@ class Run:
             raise
         if lock is not None:
             weakref.finalize(self, lock.release)
+
+    def _open_root(self) -> tuple[zarr.Group, dict[str, Any]]:
+        """The root group and its attributes, once they are those of a run.
+
+        What was read decides: a half-created store is refused as such. A store that was not a
+        run when read but is one now (created meanwhile) is read again.
+        """
+        for _ in range(2):
+            try:
+                root = zarr.open_group(self.store, mode="r+" if self.mode == "a" else "r")
+                attrs = root.attrs.asdict()
+            except (ValueError, OSError, zarr.errors.BaseZarrError):
+                attrs = None
+            if attrs is not None and "ibframe_format" in attrs and root.metadata.zarr_format == 3:
+                return root, attrs
+            if attrs is not None and CREATING in attrs:
+                raise IncompleteStoreError(half_created_message(self._where, attrs))
+            inspect_local(self.path)  # raises, saying what is there, unless a run is there now
+        raise damaged(self._where, "its root metadata changed each time it was read")
 
     # -- context manager -------------------------------------------------------------------
 
