@@ -23,6 +23,14 @@ class StoreNotFoundError(IbframeError, FileNotFoundError):
     """No run store exists at the given path."""
 
 
+class IncompleteStoreError(StoreError):
+    """A run store's creation was interrupted; ``create_run(..., overwrite=True)`` replaces it."""
+
+
+class StoreLockedError(StoreError):
+    """Another writer holds the run store's writer lock; the message names it."""
+
+
 class ActivationError(IbframeError, ValueError):
     """Activations handed to the store have the wrong shape or hold NaN/inf."""
 

@@ -20,6 +20,11 @@ RANKS: dict[str, int] = {
     "block": 1,
     "kernels": 2,
     "theory": 2,
+    "store.layout": 2,  # the store's parts: format rules, the writer lock, checked reads,
+    "store.lock": 2,  # Run, create_run; siblings, below the package that gathers them
+    "store.integrity": 2,
+    "store.run": 2,
+    "store.create": 2,
     "store": 3,
     "results": 3,
     "cache": 3,

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ibframe.errors import ParameterError, StoreError
+from ibframe.errors import IncompleteStoreError, ParameterError, StoreError, StoreNotFoundError
 from ibframe.recording.datasets import Dataset
 from ibframe.recording.nn import GaussianNoise, HiddenLayer, NoisyNetwork, controlled_noise
 from ibframe.recording.spec import MetricsFn
@@ -237,8 +237,12 @@ class Recorder:
     resume
         Append to an existing store at ``path`` instead of creating one; its beta, draws,
         conditional samples and recording seed are used, and its layers and inputs must match.
+        A store whose creation was interrupted (no epoch recorded) is created afresh.
     overwrite
-        Replace an existing store at ``path`` (ignored with ``resume=True``).
+        Replace an existing store at ``path`` (ignored when ``resume=True`` finds a run).
+
+    The recorder holds the store's writer lock from creation to :meth:`close` (or the end of its
+    ``with`` block).
     """
 
     def __init__(
@@ -293,14 +297,24 @@ class Recorder:
 
         self.run: Run
         path = Path(path)
-        if resume and path.exists():
-            self.run = open_run(path, mode="a")
-            self._check_resumable()
-            self.seed = int(self.run.attrs.get("record_seed", seed))
-            self.draws = self.run.draws
-            cond = self.run.conditional(self.run.layers[0])
-            self._cond_index = None if cond is None else cond["cond_sample"].values
-            return
+        if resume:
+            try:
+                self.run = open_run(path, mode="a")
+            except StoreNotFoundError:
+                pass  # nothing recorded yet: start afresh
+            except IncompleteStoreError:
+                overwrite = True  # killed inside create_run, before any epoch: start afresh
+            else:
+                try:
+                    self._check_resumable()
+                except BaseException:
+                    self.run.close()
+                    raise
+                self.seed = int(self.run.attrs.get("record_seed", seed))
+                self.draws = self.run.draws
+                cond = self.run.conditional(self.run.layers[0])
+                self._cond_index = None if cond is None else cond["cond_sample"].values
+                return
         self.seed = seed
         self.draws = draws
         self._cond_index = self._conditional_index(conditional_samples)
@@ -586,7 +600,7 @@ class Recorder:
         return self.record(epoch, metrics)
 
     def close(self) -> None:
-        """Close the run store (each recorded epoch is already on disk)."""
+        """Close the run store, releasing its writer lock (each recorded epoch is on disk)."""
         self.run.close()
 
     def __enter__(self) -> Self:
