@@ -55,7 +55,7 @@ ESTIMATORS: dict[str, dict[str, Any]] = {
     "binned-entropy": {"bin_size": [0.1, 0.5]},
     "distance-histogram": {"bins": 8},
     "unit-entropy-slopes": {"bin_sizes": [0.01, 0.1]},
-    "sp-mi": {"n_mc": 2},
+    "sp-mi": {"n_points": 512},
 }
 #: ``--quick`` leaves out sp-mi, the slowest, and runs four trials.
 QUICK_ESTIMATORS = {k: v for k, v in ESTIMATORS.items() if k != "sp-mi"}

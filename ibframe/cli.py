@@ -305,8 +305,8 @@ def train(
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="Data augmentation (MNIST: App. B.3's shifts, rotations, shears; on by default).", rich_help_panel=_TRAINING)] = None,
     device: Annotated[str, typer.Option(help="Torch device to train on: cpu, cuda, cuda:N or auto.", rich_help_panel=_TRAINING)] = "cpu",
     record: Annotated[str | None, typer.Option(help="Epochs to record: all, every:K, log:N, or 0,1,5.", rich_help_panel=_RECORDING)] = None,
-    draws: Annotated[int | None, typer.Option(help="Conditional draws n_x per conditional input.", rich_help_panel=_RECORDING)] = None,
-    conditional_samples: Annotated[int | None, typer.Option(help="Inputs with conditional draws, a seeded subset.", rich_help_panel=_RECORDING)] = None,
+    draws: Annotated[int | None, typer.Option(help="Conditional draws per conditional input (default 32 for a noisy network; the SP bias falls as 1/draws).", rich_help_panel=_RECORDING)] = None,
+    conditional_samples: Annotated[int | None, typer.Option(help="Inputs with conditional draws, a seeded subset (default all, within a 2 GiB store).", rich_help_panel=_RECORDING)] = None,
     samples: Annotated[int | None, typer.Option(help="Inputs recorded, a seeded subset (default all).", rich_help_panel=_RECORDING)] = None,
 ) -> None:
     """Train one of the paper's set-ups and record it into a run store.
@@ -335,7 +335,7 @@ def train(
             lr=lr, optimizer=optimizer, batch_size=batch_size, seed=seed, record=record,
             draws=draws, conditional_samples=conditional_samples, samples=samples,
             orthonormal=orthonormal, augment=augment, device=device, overwrite=overwrite,
-            on_epoch=report, on_data=lambda line: say(line, err=True),
+            on_epoch=report, on_info=lambda line: say(line, err=True),
         )
     except KeyboardInterrupt:
         bar.stop()
@@ -387,7 +387,7 @@ def demo(
 
     try:
         outputs = run_demo(out, epochs=epochs, on_epoch=on_epoch, on_estimate=on_estimate,
-                           device=device)
+                           on_info=lambda line: say(line, err=True), device=device)
     except KeyboardInterrupt:
         bar.stop()
         kept = f"what the demo wrote so far is in {out}; run it again to redo it"
@@ -454,7 +454,9 @@ def print_summary(ds: xr.Dataset) -> None:
     """Tables of the estimates per layer, at the first and last epoch, with standard errors.
 
     Only variables of role ``estimate`` (the default) are shown; their standard errors
-    (``NAME_stderr``) appear as ``value ± stderr``. Of an extra dimension that is a setting (bin
+    (``NAME_stderr``) and sampling biases (``NAME_bias``) appear as ``value ± stderr (bias +b)``,
+    and ``!`` marks a cell whose estimator's quality flag (role ``quality``, such as sp-mi's
+    ``converged``) is false. Of an extra dimension that is a setting (bin
     size, pair) the first value with data is shown and named. Vector-valued results are summarised:
     per-unit values by their mean and [min, max] over units, histograms (a ``<q>_bin``
     dimension) by their mean position on the bin axis. Summaries across epochs (no ``epoch``
@@ -484,9 +486,15 @@ def print_summary(ds: xr.Dataset) -> None:
             f"epochs shown: {shown[0]} and {shown[-1]}, the first and last of the "
             f"{len(epochs)} estimated"
         )
-        stderr = any("±" in cell for row in per_epoch for cells in row.cells.values()
-                     for cell in cells)
-        say(which + ("; ± is the Monte Carlo standard error" if stderr else ""))
+        cells = [cell for row in per_epoch for cells in row.cells.values() for cell in cells]
+        legend = [
+            "± is the Monte Carlo standard error" if any("±" in c for c in cells) else "",
+            "bias is the estimated sampling bias (estimate minus truth)"
+            if any("(bias" in c for c in cells) else "",
+            "! marks estimates that did not converge (docs/sp-estimator.md, 'Convergence')"
+            if any(c.endswith(" !") for c in cells) else "",
+        ]
+        say("; ".join([which, *(part for part in legend if part)]))
     if over_epochs:
         span = f"epochs {epochs[0]}..{epochs[-1]}" if epochs else "the epochs estimated"
         table = Table("variable", "layer", f"across {span}", "units")
@@ -527,9 +535,16 @@ def _summary_row(ds: xr.Dataset, name: str, var: xr.DataArray, epochs: list[int 
     first = {d: _first_with_values(var, d) for d in settings}
     notes = [f"{d}={var[d].values[i]}" for d, i in first.items() if d in var.coords]
     var = var.isel(first)
-    error = ds.get(f"{name}_stderr")
+    error, bias = ds.get(f"{name}_stderr"), ds.get(f"{name}_bias")
     if error is not None:
         error = error.isel({d: i for d, i in first.items() if d in error.dims})
+    if bias is not None:
+        bias = bias.isel({d: i for d, i in first.items() if d in bias.dims})
+    quality = [
+        flag for flag in ds.data_vars.values()
+        if flag.attrs.get("role") == "quality" and flag.attrs.get("estimator") == estimator
+        and "layer" in flag.dims and set(flag.dims) <= {"layer", "epoch"}
+    ]
     for dim in histograms:
         centres = var[dim] if dim in var.coords else xr.DataArray(np.arange(var.sizes[dim]), dims=dim)
         total = var.sum(dim)
@@ -537,10 +552,10 @@ def _summary_row(ds: xr.Dataset, name: str, var: xr.DataArray, epochs: list[int 
         var = ((var * centres).sum(dim) / total).where(valid)
         units = str(ds[dim].attrs.get("units", "")) if dim in ds.coords else ""
         notes.append(f"mean {dim}")
-        error = None
+        error = bias = None
     if per_unit:
         notes.append("over units: mean [min, max]")
-        error = None
+        error = bias = None
     cells: dict[str, list[str]] = {}
     for layer in ds["layer"].values:
         row = []
@@ -548,7 +563,12 @@ def _summary_row(ds: xr.Dataset, name: str, var: xr.DataArray, epochs: list[int 
             where = {"layer": layer} if epoch is None else {"layer": layer, "epoch": epoch}
             values = var.sel(where).values
             err = None if error is None else float(error.sel(where))
-            row.append(_cell(values, err))
+            off = None if bias is None else float(bias.sel(where))
+            failed = any(
+                not bool(flag.sel({k: v for k, v in where.items() if k in flag.dims}))
+                for flag in quality
+            )
+            row.append(_cell(values, err, off, failed))
         cells[str(layer)] = row
     return _Row([name], notes, units, estimator, cells)
 
@@ -560,8 +580,11 @@ def _first_with_values(var: xr.DataArray, dim: str) -> int:
     return int(np.argmax(has_values)) if has_values.any() else 0
 
 
-def _cell(values: Any, error: float | None) -> str:
-    """``value ± error``, ``mean [min, max]`` of a vector, or ``-`` where there is no value."""
+def _cell(
+    values: Any, error: float | None, bias: float | None = None, failed: bool = False
+) -> str:
+    """``value ± error (bias +b)``, ``mean [min, max]`` of a vector, or ``-`` where there is no
+    value; ``!`` marks a value whose estimator's quality flag (``converged``) is false."""
     values = np.asarray(values, dtype=float)
     finite = values[np.isfinite(values)]
     if finite.size == 0:
@@ -569,7 +592,11 @@ def _cell(values: Any, error: float | None) -> str:
     if values.ndim:
         return f"{finite.mean():.4g} [{finite.min():.3g}, {finite.max():.3g}]"
     text = f"{float(values):.4g}"
-    return text if error is None or not np.isfinite(error) else f"{text} ± {error:.2g}"
+    if error is not None and np.isfinite(error):
+        text += f" ± {error:.2g}"
+    if bias is not None and np.isfinite(bias):
+        text += f" (bias {bias:+.2g})"
+    return text + (" !" if failed else "")
 
 
 def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:

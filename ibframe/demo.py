@@ -1,8 +1,8 @@
 """``ibframe demo``: the whole pipeline on the embedded default, in about a minute on 2 CPU cores.
 
 Train the noisy tanh SZT network (12-10-7-5-4-3-2, beta = 0.05) on the generated SZT-style data,
-record it as the paper defines (S before the noise, 32 conditional draws for 256 inputs at each
-of 25 log-spaced epochs), estimate I(X;T_l), I(T_l;Y) with ``sp-mi``, H(Bin(T_l)) with
+record it as the paper defines (S before the noise, the recorder's default 32 conditional draws
+for every input at each of 25 log-spaced epochs), estimate I(X;T_l), I(T_l;Y) with ``sp-mi``, H(Bin(T_l)) with
 ``binned-entropy`` and the within/between-class distance histograms with ``distance-histogram``
 (on a seeded subset of 1024 inputs), and draw the figures: compression of I(X;T) next to the
 clustering that explains it.
@@ -10,13 +10,11 @@ clustering that explains it.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ibframe.engine import ProgressCallback, estimate, resolve_device
-from ibframe.errors import SampleSizeWarning
 from ibframe.plot import plot_results
 from ibframe.recording.experiments import demo_config, train
 from ibframe.results import save_results
@@ -37,6 +35,7 @@ def run_demo(
     epochs: int | None = None,
     on_epoch: Callable[[int, Mapping[str, float]], None] | None = None,
     on_estimate: ProgressCallback | None = None,
+    on_info: Callable[[str], None] | None = None,
     device: str = "auto",
 ) -> DemoOutputs:
     """Train, record, estimate and plot into ``out_dir``; returns the paths written."""
@@ -46,19 +45,16 @@ def run_demo(
     config = demo_config()
     if epochs is not None:
         config["epochs"] = epochs
-    run_path = train(**config, out=out / "run.zarr", overwrite=True, on_epoch=on_epoch)
-    with warnings.catch_warnings():
-        # n = 4096 is below Theorem 5's worst-case size for the 10-unit layer; the diagnostics
-        # are in the results (bias_lower_bound, required_samples) and docs/sp-estimator.md.
-        warnings.simplefilter("ignore", SampleSizeWarning)
-        results = estimate(
-            run_path, ["sp-mi", "binned-entropy", "distance-histogram"],
-            params={
-                "binned-entropy": {"bin_size": [0.01, 0.07, 0.3]},
-                "distance-histogram": {"max_samples": 1024, "bins": 60},
-            },
-            device=device, progress=on_estimate,
-        )
+    run_path = train(**config, out=out / "run.zarr", overwrite=True, on_epoch=on_epoch,
+                     on_info=on_info)
+    results = estimate(
+        run_path, ["sp-mi", "binned-entropy", "distance-histogram"],
+        params={
+            "binned-entropy": {"bin_size": [0.01, 0.07, 0.3]},
+            "distance-histogram": {"max_samples": 1024, "bins": 60},
+        },
+        device=device, progress=on_estimate,
+    )
     results_path = save_results(results, out / "results.nc", overwrite=True)  # as the run
     figures = plot_results(results, out_dir=out / "figures", run=run_path)
     return DemoOutputs(run=run_path, results=results_path, figures=figures)

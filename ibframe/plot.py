@@ -163,7 +163,9 @@ def plot_mi_epochs(results: xr.Dataset, *, layers: Sequence[str] | None = None) 
     """I(X;T_l) of each layer over epochs, above the train and test losses (Fig. 5, left).
 
     Needs ``mi_x_t`` (epoch, layer); draws ``loss_train`` and ``loss_test`` (epoch) when present.
-    The epoch axis is logarithmic when the epochs span decades, as in the paper.
+    The epoch axis is logarithmic when the epochs span decades, as in the paper. With
+    ``mi_x_t_stderr`` and ``mi_x_t_bias`` a band spans 2 standard errors around both the estimate
+    and the estimate less its bias; epochs where ``converged`` is false get open markers.
     """
     _require(results, "mi-epochs", {"mi_x_t": ("epoch", "layer")})
     mi = results["mi_x_t"]
@@ -175,8 +177,27 @@ def plot_mi_epochs(results: xr.Dataset, *, layers: Sequence[str] | None = None) 
         gridspec_kw={"height_ratios": [3, 1.4]} if losses else None,
     ).ravel()
     epochs = mi["epoch"].values
+    stderr, bias = results.get("mi_x_t_stderr"), results.get("mi_x_t_bias")
+    converged = results.get("converged")
+    flagged = False
     for name in names:
-        axes[0].plot(epochs, mi.sel(layer=name).values, marker=".", label=name)
+        values = mi.sel(layer=name).values
+        (line,) = axes[0].plot(epochs, values, marker=".", label=name)
+        if stderr is not None:
+            spread = 2 * np.nan_to_num(stderr.sel(layer=name).values)
+            shift = 0.0 if bias is None else np.nan_to_num(bias.sel(layer=name).values)
+            low = np.minimum(values, values - shift) - spread
+            high = np.maximum(values, values - shift) + spread
+            axes[0].fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, lw=0)
+        if converged is not None and "epoch" in converged.dims:
+            bad = ~converged.sel(layer=name).values.astype(bool)
+            if bad.any():
+                axes[0].plot(epochs[bad], values[bad], ls="none", marker="o", mfc="none",
+                             color=line.get_color())
+                flagged = True
+    if flagged:
+        axes[0].plot([], [], ls="none", marker="o", mfc="none", color="grey",
+                     label="not converged")
     axes[0].set_ylabel(f"I(X;T_l) ({mi.attrs.get('units', 'nat')})")
     axes[0].legend(title="layer", fontsize="small")
     axes[0].set_title("Mutual information between input and layer")

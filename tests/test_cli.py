@@ -109,6 +109,8 @@ def test_parse_epochs():
 
 
 @pytest.mark.slow
+# three epochs of training leave sp-mi's sampling bias where it is: the demo may say so
+@pytest.mark.filterwarnings("default::ibframe.errors.QualityWarning")
 def test_demo_runs_end_to_end(tmp_path, capsys):
     code, out, err = run_cli(["demo", "--out", str(tmp_path / "demo"), "--epochs", "3",
                               "--device", "cpu"], capsys)
@@ -118,6 +120,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
                                           "distance-histograms"}
     assert all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
     assert "mi_x_t" in out and str(tmp_path / "demo" / "results.nc") in out
+    assert "32 conditional draws for 4096 of them" in err  # the recording plan is told
 
 
 def test_train_records_a_run(tmp_path, capsys):
@@ -328,14 +331,43 @@ def wide_console(monkeypatch):
 
 @pytest.mark.filterwarnings("ignore::ibframe.errors.SampleSizeWarning")
 @pytest.mark.usefixtures("wide_console")
+@pytest.mark.usefixtures("wide_console")
+@pytest.mark.filterwarnings("default::ibframe.errors.QualityWarning")
 def test_summary_with_one_epoch_has_one_column_and_says_what_it_shows(store, capsys):
     code, out, _ = run_cli(["estimate", str(store), "-e", "sp-mi", "--epochs", "2",
                             "--device", "cpu"], capsys)
     assert code == 0
     header = next(line for line in out.splitlines() if "variable" in line)
     assert header.count("epoch 2") == 1 and "epoch 0" not in header
-    assert "epoch shown: 2, the only one estimated; ± is the Monte Carlo standard error" in out
-    assert "±" in next(line for line in out.splitlines() if "mi_x_t" in line)
+    assert ("epoch shown: 2, the only one estimated; ± is the Monte Carlo standard error; bias "
+            "is the estimated sampling bias (estimate minus truth)") in out
+    # every cell: value ± standard error (bias), and "!" exactly where sp-mi did not converge
+    from ibframe import estimate
+
+    ds = estimate(store, ["sp-mi"], epochs=[2], device="cpu").sel(epoch=2)  # from the cache
+    for layer in ds["layer"].values:
+        line = next(row for row in out.splitlines()
+                    if row.split("│")[1:3] and row.split("│")[1].strip() == "mi_x_t"
+                    and row.split("│")[2].strip() == layer)
+        cell = line.split("│")[3].strip()
+        value, se, bias = (float(ds[name].sel(layer=layer))
+                           for name in ("mi_x_t", "mi_x_t_stderr", "mi_x_t_bias"))
+        assert cell.startswith(f"{value:.4g} ± {se:.2g} (bias {bias:+.2g})"), cell
+        assert cell.endswith(" !") == (not bool(ds["converged"].sel(layer=layer))), cell
+
+
+@pytest.mark.usefixtures("wide_console")
+@pytest.mark.filterwarnings("default::ibframe.errors.QualityWarning")
+def test_summary_flags_estimates_that_did_not_converge(tmp_path, capsys):
+    # one draw per input at a small beta: every conditional mixture is saturated
+    make_test_run(tmp_path / "r.zarr", epochs=1, draws=1, beta=0.001)
+    code, out, err = run_cli(["estimate", str(tmp_path / "r.zarr"), "-e", "sp-mi",
+                              "--device", "cpu"], capsys)
+    assert code == 0
+    rows = [row for row in out.splitlines() if "│ mi_x_t " in row and "│ h1 " not in row]
+    assert rows and all(row.split("│")[3].strip().endswith(" !") for row in rows)
+    assert "! marks estimates that did not converge" in out
+    assert "not converged" in err and "record more conditional draws" in err
 
 
 def test_summary_of_several_epochs_names_them(store, capsys):

@@ -23,7 +23,7 @@ from ibframe.testing import make_test_run
 USAGE = "usage"  # expected: Typer's usage message, exit 2
 #: Lines that inform rather than complain: the data set used, a progress bar's last state.
 INFO = ("data: ", "training ", "estimating ")
-NEEDS_STORE = pytest.mark.xfail(reason="needs the store branch", strict=False)
+NEEDS_STORE = ()
 NEEDS_ENGINE = ()
 
 
@@ -117,7 +117,8 @@ CASES = [
     case("--version", ["--version"], USAGE),
     # info on things that are not run stores
     case("info on a missing path", ["info", "missing.zarr"], "no run store at"),
-    case("info on a plain directory", ["info", "{tmp}/plain"], "not a Zarr v3 group"),
+    case("info on an empty directory", ["info", "{tmp}/plain"], "(an empty directory)"),
+    case("info on a directory of other files", ["info", "{tmp}/full"], "not"),
     case("info on a text file", ["info", "{tmp}/notes.txt"], "not"),
     case("info on a results file", ["info", "{res}"], "not"),
     # estimate: estimators and parameters
@@ -126,11 +127,12 @@ CASES = [
     case("parameter of the wrong type", [*E, "-p", "bin_size=big"], "expects list[float] | None"),
     case("unknown parameter", [*E, "-p", "colour=red"], "has a parameter 'colour'"),
     case("-p without =", [*E, "-p", "novalue"], "expects key=value"),
-    case("-p for an estimator not asked for", [*E, "-p", "sp-mi.n_mc=3"], "is not among -e"),
+    case("-p for an estimator not asked for", [*E, "-p", "sp-mi.n_points=512"], "is not among -e"),
     case("empty list parameter", [*E, "-p", "bin_size="], "bin_size needs one or more"),
     case("negative bin size", [*E, "-p", "bin_size=-1"], "bin_size"),
-    case("n_mc of zero", ["estimate", "{run}", "-e", "sp-mi", "-p", "n_mc=0"], "n_mc"),
-    case("n_mc not a number", ["estimate", "{run}", "-e", "sp-mi", "-p", "n_mc=many"], "n_mc"),
+    case("n_points of one", ["estimate", "{run}", "-e", "sp-mi", "-p", "n_points=1"], "n_points"),
+    case("n_points not a number", ["estimate", "{run}", "-e", "sp-mi", "-p", "n_points=many"],
+         "n_points"),
     case("dtype not offered", ["estimate", "{run}", "-e", "sp-mi", "-p", "dtype=float16"], "dtype"),
     case("bool parameter not a bool", ["estimate", "{run}", "-e", "sp-mi", "-p", "bounds=maybe"],
      "bounds"),
@@ -166,8 +168,8 @@ CASES = [
     case("-o onto another run store", [*E, "-o", "{det}", "--overwrite"], "run store",
                  marks=NEEDS_ENGINE),
     # estimate: absurd parameters and an unreachable scheduler
-    case("n_mc that cannot fit in memory",
-                 ["estimate", "{run}", "-e", "sp-mi", "-p", "n_mc=1000000000000"], "memory",
+    case("n_points that cannot fit in memory",
+                 ["estimate", "{run}", "-e", "sp-mi", "-p", "n_points=1000000000000"], "memory",
                  marks=NEEDS_ENGINE),
     case("beta that overflows", ["estimate", "{run}", "-e", "sp-mi", "-p", "beta=1e300"],
                  "beta", marks=NEEDS_ENGINE),
@@ -179,7 +181,7 @@ CASES = [
     # train
     case("train an unknown experiment", ["train", "nope", "-o", "n.zarr"], "unknown experiment"),
     case("train onto an existing run", ["train", "neuron", "-o", "{run}"], "pass --overwrite"),
-    case("train --overwrite onto a non-store", ["train", "neuron", "-o", "{tmp}/plain",
+    case("train --overwrite onto a non-store", ["train", "neuron", "-o", "{tmp}/full",
                                             "--overwrite", "--epochs", "1"],
      "not an ibframe run store"),
     case("train --device unknown", ["train", "neuron", "-o", "n.zarr", "--device", "tpu"],
@@ -221,7 +223,8 @@ CASES = [
 
 # damaged stores: one line naming the store, for `info` and for `estimate`
 for damage, (_, reported, in_metadata) in DAMAGE.items():
-    commands = [["estimate", "{damaged}", "-e", "binned-entropy"]]
+    # --no-cache: results cached before the damage were computed from intact data
+    commands = [["estimate", "{damaged}", "-e", "binned-entropy", "--no-cache"]]
     for command in [["info", "{damaged}"], *commands] if in_metadata else commands:
         CASES.append(case(f"{command[0]}: {damage}", command, "damaged.zarr", damage,
                           marks=() if reported else NEEDS_STORE))
@@ -265,6 +268,8 @@ def test_user_error_gives_one_line_and_no_traceback(
         else:
             shutil.copy(path, paths[name])
     (tmp_path / "plain").mkdir()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "thesis.tex").write_text("\\documentclass{article}\n")
     (tmp_path / "adir.nc").mkdir()
     (tmp_path / "notes.txt").write_text("not data\n")
     (tmp_path / "garbage.nc").write_text("not netCDF")

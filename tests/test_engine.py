@@ -100,7 +100,7 @@ def test_refusals_name_the_problem(run):
     with pytest.raises(ParameterError, match="expects list"):
         estimate(run, ["binned-entropy"], params={"binned-entropy": {"bin_size": "wide"}})
     with pytest.raises(ParameterError, match="not among the estimators"):
-        estimate(run, ["binned-entropy"], params={"sp-mi": {"n_mc": 1}})
+        estimate(run, ["binned-entropy"], params={"sp-mi": {"n_points": 512}})
     with pytest.raises(ParameterError, match="no layer 'h9'"):
         estimate(run, [MeanS()], layers=["h9"])
     with pytest.raises(ParameterError, match="no epoch 99"):
@@ -333,7 +333,7 @@ def test_ctrl_c_keeps_what_finished_and_the_rerun_computes_the_rest(run, tmp_pat
 
 def test_work_that_cannot_fit_in_memory_is_refused_before_starting(run):
     with pytest.raises(ParameterError, match=r"sp-mi on layer 'h1' needs about .*PiB of memory"):
-        estimate(run, ["sp-mi"], params={"sp-mi": {"n_mc": 10**12}}, device="cpu")
+        estimate(run, ["sp-mi"], params={"sp-mi": {"n_points": 10**12}}, device="cpu")
     assert not (run.path / "results").exists()
 
 

@@ -10,7 +10,7 @@ import xarray as xr
 from matplotlib.image import imread
 
 from ibframe.engine import estimate
-from ibframe.errors import ParameterError, ResultConventionError, SampleSizeWarning
+from ibframe.errors import ParameterError, QualityWarning, ResultConventionError
 from ibframe.plot import (
     PLOT_KINDS,
     plot_activation_scatter,
@@ -31,12 +31,12 @@ def results(tmp_path_factory):
     where = tmp_path_factory.mktemp("plot")
     run = make_test_run(where / "run.zarr", n=64, epochs=4)
     twin = make_test_run(where / "twin.zarr", n=64, epochs=4, beta=0.05)
-    with warnings.catch_warnings():  # 64 samples are too few for SP, and fine for figures
-        warnings.simplefilter("ignore", SampleSizeWarning)
+    with warnings.catch_warnings():  # 4 draws of 64 inputs do not converge; fine for figures
+        warnings.simplefilter("ignore", QualityWarning)
         return estimate(
             run,
             {
-                "sp-mi": {"n_mc": 2},
+                "sp-mi": {"n_points": 512},
                 "binned-entropy": {"bin_size": [0.1, 0.5]},
                 "distance-histogram": {"bins": 20},
                 "unit-entropy-slopes": {"bin_sizes": [0.01, 0.1]},
@@ -109,6 +109,31 @@ def test_scatter_needs_the_run_and_a_small_layer(results):
         plot_activation_scatter(results, layer="h1")
     fig = plot_activation_scatter(results, epochs=[0, 3])
     assert [ax.get_title() for ax in fig.axes] == ["h3, epoch 0", "h3, epoch 3"]
+
+
+def test_mi_epochs_shows_errors_biases_and_what_did_not_converge(results):
+    from matplotlib.collections import PolyCollection
+
+    from ibframe.plot import plot_mi_epochs
+
+    flags = results["converged"].copy(data=np.ones(results["converged"].shape, dtype=bool))
+    flags[1, 2] = False  # epoch 1 of layer h3 did not converge
+    fig = plot_mi_epochs(results.assign(converged=flags))
+    ax = fig.axes[0]
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == results.sizes["layer"]
+    mi, se, bias = (results[n].sel(layer="h2") for n in ("mi_x_t", "mi_x_t_stderr", "mi_x_t_bias"))
+    low = np.minimum(mi, mi - bias) - 2 * se
+    high = np.maximum(mi, mi - bias) + 2 * se
+    band = bands[1].get_paths()[0].vertices[:, 1]
+    np.testing.assert_allclose([band.min(), band.max()], [low.min(), high.max()], rtol=1e-12)
+    open_markers = [line for line in ax.lines
+                    if line.get_marker() == "o" and line.get_markerfacecolor() == "none"
+                    and len(line.get_xdata())]
+    assert len(open_markers) == 1
+    assert open_markers[0].get_xdata().tolist() == [int(results["epoch"][1])]
+    assert open_markers[0].get_ydata().tolist() == [float(results["mi_x_t"][1, 2])]
+    assert "not converged" in [text.get_text() for text in ax.get_legend().get_texts()]
 
 
 def test_hand_built_results_follow_the_conventions():

@@ -13,7 +13,12 @@ import ibframe
 from ibframe.errors import ParameterError, StoreError
 from ibframe.recording.datasets import Dataset, szt_like
 from ibframe.recording.nn import GaussianNoise, controlled_noise, mnist_cnn, noisy_mlp, szt_mlp
-from ibframe.recording.recorder import Recorder, RecordSchedule, classification_metrics
+from ibframe.recording.recorder import (
+    DEFAULT_DRAWS,
+    Recorder,
+    RecordSchedule,
+    classification_metrics,
+)
 
 BETA = 0.1
 
@@ -63,20 +68,71 @@ def _record_small(tmp_path: Path, draws: int = 16, **kwargs: object) -> tuple[Re
     return recorder, data
 
 
-def test_layer_one_draws_identical_deeper_draws_differ(tmp_path: Path) -> None:
+def test_layer_one_stores_no_draws_deeper_draws_differ(tmp_path: Path) -> None:
     recorder, _ = _record_small(tmp_path)
     with recorder:
         recorder.record(0)
     run = ibframe.open_run(tmp_path / "run.zarr")
     assert run.layer_attrs("h1")["deterministic_given_x"] is True
     assert run.layer_attrs("h2")["deterministic_given_x"] is False
-    h1 = run.conditional("h1").isel(epoch=0).values
+    assert run.conditional("h1") is None  # S_1 is a function of x: draws would be copies
+    assert not (tmp_path / "run.zarr" / "layers" / "h1" / "S_cond").exists()
     h2 = run.conditional("h2").isel(epoch=0).values
-    assert h1.shape == (40, 16, 6) and h2.shape == (40, 16, 4)
-    assert np.all(h1 == h1[:, :1])
-    assert np.array_equal(h1[:, 0], run.activations("h1").isel(epoch=0).values)
+    assert h2.shape == (40, 16, 4)
     spread = h2.std(axis=1)
     assert np.all(spread > 0) and 0.005 < spread.mean() < BETA
+
+
+def test_a_noisy_network_gets_the_default_draws_for_every_input(tmp_path: Path) -> None:
+    data = _small_data()
+    recorder = Recorder.for_network(noisy_mlp((12, 6, 4, 2), beta=BETA), tmp_path / "a.zarr",
+                                    data, schedule="log:5", epochs=100)
+    with recorder:
+        assert recorder.draws == DEFAULT_DRAWS == 32
+        assert recorder.conditional_index.tolist() == list(range(40))
+        assert "32 conditional draws for 40 of them" in recorder.plan
+        assert "for 5 epochs" in recorder.plan
+    deterministic = Recorder.for_network(noisy_mlp((12, 6, 4, 2), beta=0.0),
+                                         tmp_path / "b.zarr", data)
+    with deterministic:
+        assert deterministic.draws == 0 and deterministic.conditional_index is None
+        assert "no conditional draws" in deterministic.plan
+
+
+def test_the_store_budget_shrinks_the_conditional_inputs_and_says_so(tmp_path: Path) -> None:
+    data = _small_data(n=400)
+    net = noisy_mlp((12, 6, 4, 2), beta=BETA)
+    # per epoch: S of h1 (6 units) and h2 (4) and the parameters, plus 32 draws of h2 per input
+    per_input = 4 * 32 * 4
+    fixed = 4 * 400 * (6 + 4) + 4 * sum(p.numel() for p in net.model.state_dict().values())
+    budget = 11 * (fixed + 150 * per_input)  # 11 epochs of every:10 over 100; 150 inputs fit
+    recorder = Recorder.for_network(net, tmp_path / "a.zarr", data, schedule="every:10",
+                                    epochs=100, max_store_bytes=budget)
+    with recorder:
+        assert len(recorder.conditional_index) == 150
+        assert "for 150 of them" in recorder.plan and "all 400 would need" in recorder.plan
+        for epoch in (0, 10):
+            recorder.step(epoch)
+    # what the plan promised is what the store holds
+    run = ibframe.open_run(tmp_path / "a.zarr")
+    assert run.conditional("h2").shape == (2, 150, 32, 4)
+    assert run.conditional("h1") is None
+    # an explicit choice is kept whatever the budget
+    explicit = Recorder.for_network(net, tmp_path / "b.zarr", data, schedule="every:10",
+                                    epochs=100, max_store_bytes=budget, conditional_samples=300)
+    with explicit:
+        assert len(explicit.conditional_index) == 300
+        assert "all 400 would need" not in explicit.plan
+    unlimited = Recorder.for_network(net, tmp_path / "c.zarr", data, schedule="every:10",
+                                     epochs=100, max_store_bytes=None)
+    with unlimited:
+        assert len(unlimited.conditional_index) == 400
+
+
+def test_draws_on_a_deterministic_network_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ParameterError, match="deterministic network"):
+        Recorder.for_network(noisy_mlp((12, 6, 4, 2), beta=0.0), tmp_path / "a.zarr",
+                             _small_data(), draws=4)
 
 
 def _hand_forward(

@@ -18,9 +18,7 @@ import torch
 import ibframe
 from ibframe.errors import QualityWarning
 from ibframe.recording.nn import noisy_mlp
-from ibframe.recording.recorder import Recorder
-
-DEFAULT_DRAWS = 32  # until the recorder default lands
+from ibframe.recording.recorder import DEFAULT_DRAWS, Recorder
 
 
 class TwoLayerNet:
@@ -61,7 +59,7 @@ class TwoLayerNet:
             model.fc1.bias.fill_(self.b1)
             model.fc2.weight.fill_(self.w2)
             model.fc2.bias.fill_(self.b2)
-        options = {"draws": DEFAULT_DRAWS if draws is None else draws}
+        options = {} if draws is None else {"draws": draws}  # None: the recorder's default
         recorder = Recorder(network.model, path, x=self.xs[:, None].astype(np.float32),
                             layers=network.layers, beta=self.beta, seed=3, **options)
         with recorder:

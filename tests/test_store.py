@@ -48,9 +48,14 @@ def test_round_trip(tmp_path):
     s = run.activations("conv").compute()
     assert s.dims == ("epoch", "sample", "unit") and s.shape == (3, 20, 8)
     np.testing.assert_allclose(s.sel(epoch=2), written[1]["conv"][:, 0].reshape(20, 8), rtol=1e-6)
-    cond = run.conditional("h1").compute()
+    cond = run.conditional("conv").compute()
     assert cond.dims == ("epoch", "cond_sample", "draw", "unit")
-    np.testing.assert_allclose(cond.sel(epoch=7), written[2]["h1"][:, 1:], rtol=1e-6)
+    np.testing.assert_allclose(cond.sel(epoch=7), written[2]["conv"][:, 1:].reshape(20, 2, 8),
+                               rtol=1e-6)
+    # h1 is a function of x (no noise before it): its draws are copies of S, not stored
+    assert run.conditional("h1") is None
+    assert not (tmp_path / "r.zarr" / "layers" / "h1" / "S_cond").exists()
+    assert run.block("h1", 7).s_cond is None
     assert run.metrics()["loss_train"].values.tolist() == [0.0, 0.2, 0.7]
     np.testing.assert_array_equal(run.params(7)["w"], np.full((3, 2), 7))
     assert run.split.tolist() == split.tolist()
@@ -65,15 +70,16 @@ def test_conditional_subset_is_indexed(tmp_path):
     with _run(tmp_path, conditional_samples=[3, 11]) as run:
         full = _epoch(rng)
         run.append_epoch(0, full)
-        direct = rng.random((2, 2, 3))
-        run.append_epoch(1, {"h1": full["h1"][:, 0], "conv": full["conv"]},
-                         conditional={"h1": direct})
-    cond = ibframe.open_run(tmp_path / "r.zarr").conditional("h1")
+        direct = rng.random((2, 2, 2, 2, 2))
+        run.append_epoch(1, {"h1": full["h1"], "conv": full["conv"][:, 0]},
+                         conditional={"conv": direct})
+    cond = ibframe.open_run(tmp_path / "r.zarr").conditional("conv")
     assert cond["cond_sample"].values.tolist() == [3, 11]
-    np.testing.assert_allclose(cond.sel(epoch=0).values, full["h1"][[3, 11], 1:], rtol=1e-6)
-    np.testing.assert_allclose(cond.sel(epoch=1).values, direct, rtol=1e-6)
-    block = ibframe.open_run(tmp_path / "r.zarr").block("h1", 1)
-    assert block.cond_index.tolist() == [3, 11] and block.s_cond.shape == (2, 2, 3)
+    np.testing.assert_allclose(cond.sel(epoch=0).values,
+                               full["conv"][[3, 11], 1:].reshape(2, 2, 8), rtol=1e-6)
+    np.testing.assert_allclose(cond.sel(epoch=1).values, direct.reshape(2, 2, 8), rtol=1e-6)
+    block = ibframe.open_run(tmp_path / "r.zarr").block("conv", 1)
+    assert block.cond_index.tolist() == [3, 11] and block.s_cond.shape == (2, 2, 8)
 
 
 def test_plain_xarray_opens_the_store(tmp_path):
@@ -198,7 +204,7 @@ WRITER = textwrap.dedent(
     def dying_setitem(self, key, value):
         if state["epoch"] == kill_epoch:
             state["writes"] += 1
-            if state["writes"] == 3:  # after layer a's S and S_cond, before the rest
+            if state["writes"] == 3:  # after the S of both layers, before b's draws
                 os.kill(os.getpid(), signal.SIGKILL)
         return original(self, key, value)
 

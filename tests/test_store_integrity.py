@@ -66,7 +66,7 @@ DATA_READS = {
     "data/x": [lambda r: r.x],
     "data/y": [lambda r: r.y, lambda r: r.block("h1", 2)],
     "data/split": [lambda r: r.split],
-    "layers/h1/cond_sample": [lambda r: r.conditional("h1"), lambda r: r.block("h1", 0)],
+    "layers/conv/cond_sample": [lambda r: r.conditional("conv"), lambda r: r.block("conv", 0)],
 }
 
 

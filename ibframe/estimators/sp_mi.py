@@ -327,11 +327,17 @@ class SPMutualInformation(Estimator):
         groups, layout = real.groups(y)
         n_points = self.n_points
         if n_points is None:
-            pilot = self._evaluate(real, groups, beta, _PILOT_POINTS, _seed(rng), kwargs)
-            se = float(pilot[1][0])
-            n_points = _PILOT_POINTS if not math.isfinite(se) else min(
-                self.max_points, n_points_for_stderr(se, _PILOT_POINTS, self.target_stderr)
+            # two points for each of a seeded subset of inputs: the error within inputs, which
+            # is what remains once the points are stratified by input
+            pilot = real.pilot_weights(_PILOT_POINTS // 2, rng)
+            se = float(self._evaluate(real, groups, beta, _PILOT_POINTS, _seed(rng), kwargs,
+                                      sample=pilot)[1][0])
+            wanted = _PILOT_POINTS if not math.isfinite(se) else n_points_for_stderr(
+                se, _PILOT_POINTS, self.target_stderr
             )
+            # at least two points per input where that fits, so that the standard error is
+            # measured within inputs (one point each pairs neighbouring inputs and overstates it)
+            n_points = min(self.max_points, max(wanted, 2 * real.n_inputs))
         entropy, stderr, terms, points = self._evaluate(
             real, groups, beta, n_points, _seed(rng), kwargs
         )
@@ -369,8 +375,12 @@ class SPMutualInformation(Estimator):
         n_points: int,
         seed: int,
         kwargs: dict[str, Any],
+        sample: npt.NDArray[np.float64] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
-        points = draw_points(real.weights, n_points, real.dim, seed=seed)
+        """Entropies of the mixture and its groups at points drawn by ``sample`` (weights of
+        the centres; default the mixture's own), stratified by input."""
+        weights = real.weights if sample is None else sample
+        points = draw_points(weights, n_points, real.dim, seed=seed, strata=real.input_of)
         density = mixture_log_density(
             real.centres, beta, points, weights=real.weights, groups=groups, **kwargs
         )
@@ -519,6 +529,19 @@ class _Realisations:
         first = self.position < (self.count[self.input_of] + 1) // 2
         single = self.count[self.input_of] == 1
         return np.stack([first | single, ~first | single])
+
+    @property
+    def n_inputs(self) -> int:
+        return int(self.count.shape[0])
+
+    def pilot_weights(self, inputs: int, rng: np.random.Generator) -> npt.NDArray[np.float64]:
+        """The weights restricted to a seeded subset of ``inputs`` inputs (all if fewer)."""
+        n = self.n_inputs
+        if inputs >= n:
+            return self.weights
+        chosen = np.zeros(n, dtype=bool)
+        chosen[rng.choice(n, size=inputs, replace=False)] = True
+        return np.where(chosen[self.input_of], self.weights, 0.0)
 
     def groups(self, y: npt.NDArray[np.integer] | None) -> tuple[npt.NDArray[np.bool_], _Layout]:
         """Columns: halves A and B, then each class, then each class within A and within B."""

@@ -24,7 +24,10 @@ contributes its sample variance, :math:`m s^2 / N^2`. The other points (slots th
 centres, or a centre's single point) are paired with their neighbours in slot order, as
 collapsed strata (Cochran, *Sampling Techniques*, 5A.12): a pair contributes
 :math:`(y_1 - y_2)^2 / N^2`, which can only overstate the variance, by the squared difference of
-the pair's means. With one point per centre this pairs adjacent centres.
+the pair's means. With one point per centre this pairs adjacent centres. Given ``strata`` (runs of centres, such
+as the realisations of one input), points whose slot lies within a stratum form its cell: with
+many centres per input and a few points per input, pairs of adjacent inputs would otherwise add
+the spread between inputs, which stratification has removed, to the error.
 """
 
 from __future__ import annotations
@@ -69,7 +72,8 @@ class MixturePoints:
     """``(b, N, d)`` standard normal draws (float32 when generated)."""
     cell: torch.Tensor
     """``(b, N)`` int64: the variance cell, the centre when the point's slot lies within it,
-    else -1 (the point is paired with its neighbours for the standard error)."""
+    else its stratum (``n`` + stratum number, with ``strata``) when it lies within that, else -1
+    (the point is paired with its neighbours for the standard error)."""
 
     @property
     def n_points(self) -> int:
@@ -101,6 +105,7 @@ def draw_points(
     *,
     seed: int | None = None,
     device: str | torch.device | None = None,
+    strata: npt.ArrayLike | torch.Tensor | None = None,
 ) -> MixturePoints:
     r"""Stratified MC points of mixtures with the given centre ``weights`` (module notes).
 
@@ -118,6 +123,12 @@ def draw_points(
         seed on the same device gives the same points.
     device
         Where to put the points (default: that of a tensor ``weights``, else the CPU).
+    strata
+        ``(n,)`` labels of the centres, equal for consecutive centres that make one stratum
+        (e.g. the realisations of one input). A point whose slot lies within one centre has that
+        centre as its variance cell; otherwise, within one stratum, the stratum. Without strata
+        such points are paired with their neighbours, which overstates the error by the spread
+        between strata when they get one point each.
     """
     n_points = positive_int(n_points, "n_points")
     d = positive_int(d, "d")
@@ -129,7 +140,13 @@ def draw_points(
     shape = (1, raw.shape[0]) if raw.ndim == 1 else tuple(raw.shape)
     w = mixture_weights(raw, (shape[0], shape[1]), target)
     uniform, noise = _standard_draws(shape[0], n_points, d, check_seed(seed), target)
-    centre, cell = _allocate(w, uniform)
+    labels = None
+    if strata is not None:
+        labels = torch.as_tensor(np.asarray(strata), dtype=torch.int64, device=target)
+        if labels.shape != (shape[1],):
+            msg = f"strata must have shape ({shape[1]},), one label per centre, got {tuple(labels.shape)}"
+            raise ParameterError(msg)
+    centre, cell = _allocate(w, uniform, labels)
     return MixturePoints(centre=centre, noise=noise, cell=cell)
 
 
@@ -165,9 +182,12 @@ def _standard_draws(
     return uniform.view(b, n_points), noise.view(b, n_points, d)
 
 
-def _allocate(w: torch.Tensor, uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _allocate(
+    w: torch.Tensor, uniform: torch.Tensor, strata: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Centre and variance cell of each slot ``k`` at position ``k + uniform[k]`` in units of
-    ``1/N`` of the cumulative weight."""
+    ``1/N`` of the cumulative weight: the centre, else the stratum (numbered from ``n``) when
+    the slot lies within it, else -1."""
     b, n = w.shape
     n_points = uniform.shape[1]
     slots = torch.arange(n_points, dtype=torch.float64, device=w.device)
@@ -185,7 +205,19 @@ def _allocate(w: torch.Tensor, uniform: torch.Tensor) -> tuple[torch.Tensor, tor
     centre = torch.searchsorted(ends, position.contiguous(), right=True).clamp_(max=n - 1)
     starts = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1]], dim=1)
     inside = (starts.gather(1, centre) <= slots) & (slots + 1 <= ends.gather(1, centre))
-    cell = torch.where(inside, centre, torch.full_like(centre, -1))
+    outside = torch.full_like(centre, -1)
+    if strata is not None:
+        change = torch.ones(n, dtype=torch.bool, device=w.device)
+        change[1:] = strata[1:] != strata[:-1]
+        run = torch.cumsum(change.to(torch.int64), 0) - 1  # the stratum of each centre
+        first = torch.nonzero(change).squeeze(1)
+        last = torch.cat([first[1:] - 1, first.new_tensor([n - 1])])
+        stratum = run[centre]
+        within = (starts[:, first].gather(1, stratum) <= slots) & (
+            slots + 1 <= ends[:, last].gather(1, stratum)
+        )
+        outside = torch.where(within, n + stratum, outside)
+    cell = torch.where(inside, centre, outside)
     return centre, cell
 
 

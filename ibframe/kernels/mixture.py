@@ -584,8 +584,17 @@ def _atoms(member: torch.Tensor) -> tuple[torch.Tensor, int, torch.Tensor]:
     if member.shape[0] == 0:
         return (torch.zeros(n, dtype=torch.int64, device=member.device), 1,
                 torch.zeros(0, 1, dtype=torch.bool, device=member.device))
-    signatures, atoms = torch.unique(member.T, dim=0, return_inverse=True)
-    return atoms, signatures.shape[0], signatures.T.contiguous()
+    groups = member.shape[0]
+    if groups > 62:
+        signatures, atoms = torch.unique(member.T, dim=0, return_inverse=True)
+        return atoms, signatures.shape[0], signatures.T.contiguous()
+    # each centre's memberships as the bits of one integer: a 1-D unique, ~100x faster than
+    # torch.unique(dim=0) on the rows of a (n, G) boolean matrix
+    bits = torch.arange(groups, device=member.device, dtype=torch.int64)
+    codes = (member.to(torch.int64) << bits[:, None]).sum(dim=0)
+    unique, atoms = torch.unique(codes, return_inverse=True)  # sorted, as torch.unique(dim=0)
+    signatures = ((unique[None, :] >> bits[:, None]) & 1).bool()
+    return atoms, unique.shape[0], signatures.contiguous()
 
 
 def _checked_points(points: Any, mu: torch.Tensor) -> MixturePoints:

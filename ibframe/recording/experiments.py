@@ -117,8 +117,6 @@ _SZT_DEFAULTS = TrainSettings(
     lr=4e-4,
     batch_size=256,
     record="log:100",
-    draws=32,
-    conditional_samples=512,
 )
 
 # Appendix B.3: SGD without momentum, minibatches of 32, 128 epochs, lr 5e-3 falling geometrically
@@ -243,8 +241,8 @@ def demo_config() -> dict[str, Any]:
 
     The SZT network with tanh units and beta = 0.05 on the generated SZT-style data (no file
     needed), 800 epochs of Adam (lr 4e-3) on minibatches of 256, 25 log-spaced recorded epochs
-    with 32 conditional draws for 256 inputs: about 15 s on 2 CPU cores, and I(X;T) of the
-    deeper layers rises, then falls. Call ``train(**demo_config(), out=...)``.
+    with the recorder's default draws (32 for every input), and I(X;T) of the deeper layers
+    rises, then falls. Call ``train(**demo_config(), out=...)``.
     """
     return {
         "experiment": "szt",
@@ -253,8 +251,6 @@ def demo_config() -> dict[str, Any]:
         "activation": "tanh",
         "lr": 4e-3,
         "record": "log:25",
-        "draws": 32,
-        "conditional_samples": 256,
     }
 
 
@@ -333,7 +329,7 @@ def train(
     threads: int | None = None,
     overwrite: bool = False,
     on_epoch: EpochCallback | None = None,
-    on_data: Callable[[str], None] | None = None,
+    on_info: Callable[[str], None] | None = None,
 ) -> Path:
     """Train one experiment and record it into a run store; returns the store's path.
 
@@ -373,8 +369,9 @@ def train(
         Called after every epoch with the epoch and its metrics: ``loss`` (the mean training loss
         of the epoch's minibatches) and, at recorded epochs, what was recorded (``loss_train``,
         ``accuracy_test``, ...). Drives a progress bar.
-    on_data
-        Called once, before training, with one line naming the data set used.
+    on_info
+        Called before training with one line naming the data set used and one saying what each
+        recorded epoch holds (inputs, conditional draws) and about what the store will weigh.
 
     Raises
     ------
@@ -408,8 +405,8 @@ def train(
         },
     )
     dataset = spec.load_data(data)
-    if on_data is not None:
-        on_data(f"data: {dataset.name}, {dataset.description}")
+    if on_info is not None:
+        on_info(f"data: {dataset.name}, {dataset.description}")
     torch.manual_seed(seed)
     network = spec.build_model(dataset, settings.beta, settings.activation)
     if network.beta != settings.beta:
@@ -451,6 +448,8 @@ def train(
             "data_path": None if data is None else str(Path(data).resolve()),
         },
     )
+    if on_info is not None:
+        on_info(recorder.plan)
     with recorder, _torch_threads(threads):
         recorded = recorder.step(0) or {}
         if on_epoch is not None:

@@ -45,9 +45,11 @@ class TrainSettings:
     record
         Which epochs to record (see :meth:`ibframe.recording.recorder.RecordSchedule.parse`).
     draws
-        Conditional draws n_x per conditional sample (0: none).
+        Conditional draws per conditional sample (0: none); None: the recorder's default,
+        :data:`ibframe.recording.recorder.DEFAULT_DRAWS` for a noisy network.
     conditional_samples
-        Inputs that get conditional draws, a seeded subset of this size; None: all.
+        Inputs that get conditional draws, a seeded subset of this size; None: all of them, as
+        far as the recorder's store budget allows.
     samples
         Inputs recorded, a seeded subset of this size (all of them when None).
     orthonormal
@@ -67,7 +69,7 @@ class TrainSettings:
     optimizer: Literal["adam", "sgd"] = "adam"
     batch_size: int | None = None
     record: str = "log:100"
-    draws: int = 0
+    draws: int | None = None
     conditional_samples: int | None = None
     samples: int | None = None
     orthonormal: float | None = None

@@ -9,6 +9,7 @@ Layout (``ibframe_format`` 2; docs/store-format.md is the reference)::
       layers/<name>/          epoch (epoch), S (epoch, sample, unit): pre-noise outputs, draw 0
                               S_cond (epoch, cond_sample, draw, unit): the conditional draws,
                               cond_sample (cond_sample): the sample index of each conditional row
+                              (both absent in a layer that is a function of x alone)
       metrics/                epoch (epoch), <metric> (epoch)
       params/                 epoch (epoch), <parameter> (epoch, ...)
       results/<estimator>/<key>/<layer>/   cached estimator results (see ibframe.engine)

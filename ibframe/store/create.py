@@ -208,7 +208,9 @@ def _build(
         _array(group, "S", shape=shape, chunks=chunks(shape), dtype="float32",
                dimension_names=["epoch", "sample", "unit"], fill_value=np.nan,
                attributes={"long_name": f"pre-noise output S of layer {name}"})
-        if draws > 0 and cond is not None:
+        # S of a layer that is a function of x alone has one realisation per input: its
+        # conditional draws would be copies of S
+        if draws > 0 and cond is not None and not spec["deterministic_given_x"]:
             _array(group, "cond_sample", data=cond, dimension_names=["cond_sample"])
             shape_c = (0, len(cond), draws, units)
             _array(group, "S_cond", shape=shape_c, chunks=chunks(shape_c), dtype="float32",

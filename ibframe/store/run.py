@@ -301,7 +301,11 @@ class Run:
         s = self._array(f"{base}/S")
         self._check_epoch_array(s, f"{base}/S", (units,), ndim=3)
         s_cond = cond_sample = None
-        if self.draws > 0:
+        # a deterministic layer has no conditional draws in format 2; format-1 stores hold
+        # copies of S there, read as they are
+        if self.draws > 0 and (
+            not attrs["deterministic_given_x"] or "S_cond" in child_names(self.store, base)
+        ):
             s_cond = self._array(f"{base}/S_cond")
             self._check_epoch_array(s_cond, f"{base}/S_cond", (self.draws, units), ndim=4)
             cond_sample = self._array(f"{base}/cond_sample")
@@ -653,10 +657,11 @@ class Run:
         elif values.shape[2:] in (shape, (units,)):
             s = values[:, 0].reshape(n, units)
             if values.shape[1] > 1:
-                if cond_rows is None:
+                if self.draws == 0:
                     msg = f"layer {layer!r}: draws given, but the run was created with draws=0"
                     raise ActivationError(msg)
-                s_cond = values[cond_rows, 1:].reshape(len(cond_rows), -1, units)
+                if cond_rows is not None:  # else a deterministic layer: its draws are copies
+                    s_cond = values[cond_rows, 1:].reshape(len(cond_rows), -1, units)
         else:
             msg = (
                 f"layer {layer!r}: expected S of shape ({n}, {units}) or ({n}, 1+draws, {units})"
@@ -664,12 +669,15 @@ class Run:
             )
             raise ActivationError(msg)
         if conditional is not None and layer in conditional:
-            if cond_rows is None:
+            if self.draws == 0:
                 msg = f"layer {layer!r}: conditional draws given, but the run has draws=0"
                 raise ActivationError(msg)
             what_c = f"conditional draws of layer {layer!r}"
             c = real_array(what_c, conditional[layer]).astype(np.float32)
-            s_cond = c.reshape(c.shape[0], c.shape[1], -1) if c.ndim >= 3 else c
+            if cond_rows is None:  # a layer that is a function of x: its draws are not kept
+                check_finite(what_c, c)
+            else:
+                s_cond = c.reshape(c.shape[0], c.shape[1], -1) if c.ndim >= 3 else c
         if cond_rows is not None:
             expected = (len(cond_rows), self.draws, units)
             if s_cond is None:
@@ -755,7 +763,8 @@ class Run:
         arrays = [
             self._array(f"layers/{layer}/{name}")
             for layer in self.layers
-            for name in ("S", "epoch", *(("S_cond",) if self.draws > 0 else ()))
+            for name in ("S", "epoch", "S_cond")
+            if name != "S_cond" or name in child_names(self.store, f"layers/{layer}")
         ]
         for kind in ("metrics", "params"):
             names = set(child_names(self.store, kind)) - {"zarr.json"}
