@@ -94,6 +94,35 @@ def test_stratified_stderr_matches_the_spread_of_means() -> None:
     assert np.mean(stderrs) / np.std(estimates, ddof=1) == pytest.approx(1.0, abs=0.15)
 
 
+def test_strata_make_cells_of_an_inputs_realisations() -> None:
+    """30 inputs far apart, each with 8 realisations (centres) of weight 1/240, 3 points per
+    input: no point lies within a centre, every point within its input."""
+    rng = np.random.default_rng(0)
+    means = np.repeat(rng.normal(size=30) * 5, 8) + rng.normal(size=240) * 0.1
+    strata = np.repeat(np.arange(30), 8)
+    with_strata, without, estimates = [], [], []
+    for seed in range(300):
+        points = draw_points(np.ones(240), 90, 1, seed=seed, strata=strata)
+        assert (points.cell[0] == 240 + torch.from_numpy(strata)[points.centre[0]]).all()
+        bare = draw_points(np.ones(240), 90, 1, seed=seed)
+        assert torch.equal(bare.centre, points.centre) and (bare.cell == -1).all()
+        values = torch.from_numpy(means)[points.centre[0]] + points.noise[0, :, 0].double()
+        estimates.append(float(values.mean()))
+        with_strata.append(float(stratified_stderr(values, points)[0]))
+        without.append(float(stratified_stderr(values, bare)[0]))
+    spread = np.std(estimates, ddof=1)
+    # within an input: a little conservative (its points are themselves spread over its draws)
+    assert 1.0 <= np.mean(with_strata) / spread <= 1.3
+    # without strata, points are paired in slot order and every other pair joins two inputs:
+    # it adds the spread between inputs that stratification removed
+    assert np.mean(without) / spread > 1.8
+
+
+def test_strata_need_one_label_per_centre() -> None:
+    with pytest.raises(ParameterError, match="strata"):
+        draw_points(np.ones(6), 12, 2, seed=0, strata=[0, 0, 1])
+
+
 def test_n_points_for_stderr() -> None:
     assert n_points_for_stderr(0.02, 1000, 0.01) == 4000
     assert n_points_for_stderr(0.005, 1000, 0.01) == 1000
