@@ -25,6 +25,7 @@ store that replaces one key at a time, as Zarr's local and object stores do.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import hashlib
@@ -37,6 +38,7 @@ import numpy as np
 import xarray as xr
 import zarr
 import zarr.errors
+from zarr.core.sync import sync
 
 from ibframe.errors import IbframeWarning, ResultConventionError
 
@@ -119,6 +121,11 @@ class CacheEntry:
         self._commit: dict[str, Any] | None = None
         self._group: zarr.Group | None = None  # open for writing, once written to
         self._arrays: dict[str, zarr.Array] = {}
+        self._rows = 1
+
+    def reserve(self, rows: int) -> None:
+        """Size new or growing arrays for ``rows`` epochs at once, rather than doubling."""
+        self._rows = max(1, rows)
 
     def read(self) -> xr.Dataset | None:
         """The committed epochs whose checksums hold, as one Dataset along ``epoch``, or None.
@@ -194,10 +201,11 @@ class CacheEntry:
             if not _is_per_epoch(array):
                 continue
             value = _storable(piece[name].values[0])
-            if array.shape[0] <= row:  # room for this row and as many again: few resizes
-                array.resize((max(row + 1, 2 * array.shape[0]), *array.shape[1:]))
-            array[row] = value
+            if array.shape[0] <= row:  # room for the reserved rows, or twice as many: few resizes
+                array.resize((max(row + 1, 2 * array.shape[0], self._rows), *array.shape[1:]))
             row_values[name] = value
+        # the rows' chunks at once (one file each): about 10x faster than one after the other
+        sync(_set_rows([(self._arrays[name], value) for name, value in row_values.items()], row))
         entries = [entry for entry in commit["epochs"] if int(entry[0]) != epoch]
         entries.append([epoch, row, _row_digest(row_values)])
         commit = {**commit, "epochs": entries}
@@ -223,7 +231,7 @@ class CacheEntry:
             var = piece[name]
             values = _storable(var.values)
             per_epoch = "epoch" in var.dims
-            shape = (0, *values.shape[1:]) if per_epoch else values.shape
+            shape = (self._rows, *values.shape[1:]) if per_epoch else values.shape
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", zarr.errors.UnstableSpecificationWarning)
                 array = group.create_array(
@@ -257,6 +265,10 @@ class CacheEntry:
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+
+async def _set_rows(targets: list[tuple[zarr.Array, np.ndarray]], row: int) -> None:
+    await asyncio.gather(*(array._async_array.setitem(row, value) for array, value in targets))
 
 
 def _one_line(err: BaseException) -> str:

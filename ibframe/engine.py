@@ -572,6 +572,8 @@ def _plan(run: Run, est: Estimator, layer: str, epochs: list[int], store: Any) -
     done = set() if cached is None else set(cached["epoch"].values.tolist())
     structure = None if cached is None else Structure.of(cached.isel(epoch=[0]))
     missing = [e for e in epochs if e not in done]
+    if entry is not None:
+        entry.reserve(len(done) + len(missing))  # rows for every epoch: no resize per write
     return _Job(est, layer, context, entry, cached, missing, structure)
 
 

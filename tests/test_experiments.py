@@ -21,6 +21,7 @@ from ibframe.recording.experiments import (
     ibframe_register_experiments,
     train,
 )
+from ibframe.recording.recorder import DEFAULT_DRAWS
 from ibframe.registry import ExperimentRegistry
 
 #: Small settings per experiment, so that each trains for two epochs in about a second.
@@ -60,7 +61,10 @@ def test_experiment_trains_and_writes_a_readable_store(name: str, tmp_path: Path
     for layer in run.layers:
         assert np.all(np.isfinite(run.activations(layer).values))
     spec = BUILTIN_EXPERIMENTS[name]
-    draws = QUICK[name].get("draws", spec.defaults.draws) if spec.defaults.beta > 0 else 0
+    # by default, draws where some layer has noise before it (not the single neuron's)
+    noisy = any(not run.layer_attrs(layer)["deterministic_given_x"] for layer in run.layers)
+    default = DEFAULT_DRAWS if noisy else 0
+    draws = QUICK[name].get("draws", default) if spec.defaults.beta > 0 else 0
     assert run.draws == draws
     assert [epoch for epoch, _ in seen] == [0, 1, 2]
     assert all("loss_train" in metrics for _, metrics in seen)
@@ -158,5 +162,7 @@ def test_demo_config_is_a_valid_call_of_train(tmp_path: Path) -> None:
     inspect.signature(train).bind(**config, out=tmp_path / "demo.zarr")
     path = train(**{**config, "epochs": 3}, out=tmp_path / "demo.zarr")
     run = ibframe.open_run(path)
-    assert run.draws == 32 and run.conditional("h1").sizes["cond_sample"] == 256
+    assert run.n_samples == 1024 and run.draws == DEFAULT_DRAWS
+    assert run.conditional("h1") is None  # a function of x
+    assert run.conditional("h2").sizes["cond_sample"] == 1024
     assert run.epochs[-1] == 3

@@ -241,8 +241,8 @@ def demo_config() -> dict[str, Any]:
 
     The SZT network with tanh units and beta = 0.05 on the generated SZT-style data (no file
     needed), 800 epochs of Adam (lr 4e-3) on minibatches of 256, 25 log-spaced recorded epochs
-    with the recorder's default draws (32 for every input), and I(X;T) of the deeper layers
-    rises, then falls. Call ``train(**demo_config(), out=...)``.
+    of a seeded 512 of the 4096 inputs with the recorder's default draws (32 for each), and
+    I(X;T) of the deeper layers rises, then falls. Call ``train(**demo_config(), out=...)``.
     """
     return {
         "experiment": "szt",
@@ -251,6 +251,7 @@ def demo_config() -> dict[str, Any]:
         "activation": "tanh",
         "lr": 4e-3,
         "record": "log:25",
+        "samples": 512,
     }
 
 

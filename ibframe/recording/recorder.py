@@ -233,7 +233,7 @@ class Recorder:
         ``GaussianNoise`` with one common beta, or absent for a deterministic network).
     draws
         Conditional passes per conditional sample (0: none). None: :data:`DEFAULT_DRAWS` for a
-        noisy network, 0 for a deterministic one.
+        noisy network with noise before some recorded layer, else 0.
     conditional_samples
         Which inputs get conditional draws: an int m for m inputs drawn without replacement with
         ``seed``, or an array of indices. None: all inputs, or as many as ``max_store_bytes``
@@ -346,8 +346,9 @@ class Recorder:
                 self.plan = self._describe(shapes)
                 return
         self.seed = seed
-        if draws is None:
-            draws = DEFAULT_DRAWS if self.beta > 0 else 0
+        if draws is None:  # draws only serve layers with noise before them
+            noisy = not all(self._deterministic.values())
+            draws = DEFAULT_DRAWS if self.beta > 0 and noisy else 0
         if draws < 0 or (draws > 0 and self.beta == 0):
             msg = f"draws must be >= 0, and 0 for a deterministic network (beta = 0); got {draws}"
             raise ParameterError(msg)
