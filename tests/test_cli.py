@@ -120,7 +120,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
                                           "distance-histograms"}
     assert all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
     assert "mi_x_t" in out and str(tmp_path / "demo" / "results.nc") in out
-    assert "1024 inputs, 32 conditional draws for 1024 of them" in err  # the plan is told
+    assert "512 inputs, 32 conditional draws for 512 of them" in err  # the plan is told
 
 
 def test_train_records_a_run(tmp_path, capsys):

@@ -162,7 +162,7 @@ def test_demo_config_is_a_valid_call_of_train(tmp_path: Path) -> None:
     inspect.signature(train).bind(**config, out=tmp_path / "demo.zarr")
     path = train(**{**config, "epochs": 3}, out=tmp_path / "demo.zarr")
     run = ibframe.open_run(path)
-    assert run.n_samples == 1024 and run.draws == DEFAULT_DRAWS
+    assert run.n_samples == 512 and run.draws == DEFAULT_DRAWS
     assert run.conditional("h1") is None  # a function of x
-    assert run.conditional("h2").sizes["cond_sample"] == 1024
+    assert run.conditional("h2").sizes["cond_sample"] == 512
     assert run.epochs[-1] == 3
