@@ -26,8 +26,10 @@ sides alike (timings are the best of a few repetitions):
   torch and SciPy included.
 * ``loaded``: the ibframe cases again with CPU-bound processes (one per core) running beside
   them, and the slowdown against the idle figures.
-* ``sp_mi_epoch``: today's sp-mi estimator on a synthetic SZT epoch through the run store and
-  engine (draw 0 only: the sp-mi rewrite changes this).
+* ``sp_mi_epoch``: the ``sp-mi`` estimator with its defaults on a synthetic SZT epoch of all
+  4096 inputs recorded with the recorder's defaults (32 draws each: 135,168 pooled centres per
+  noisy layer), through the run store and the engine, at beta = 0.005 and 0.1: the issue's
+  "SZT epoch" figures (I(X;T) and I(T;Y) of 5 layers).
 
 ``--quick`` runs a small grid. On CUDA, GPU figures are added under ``"cuda"``.
 """
@@ -57,7 +59,7 @@ import torch
 from scipy.spatial.distance import cdist
 from scipy.special import logsumexp
 
-from ibframe.errors import SampleSizeWarning
+from ibframe.errors import QualityWarning
 from ibframe.kernels._threads import kernel_threads, run_parallel
 from ibframe.kernels.mixture import (
     draw_points,
@@ -71,7 +73,6 @@ N_MC = 4
 CHUNK = 2**22  # exponents per chunk of the peers (16 MiB float32)
 SZT_WIDTHS = (10, 7, 5, 4, 3)
 SZT_DRAWS = 16
-SPMI_DRAWS = 256
 
 
 def best_time(run: Callable[[], Any], repeats: int, sync: bool = False) -> float:
@@ -363,43 +364,45 @@ def cpu_load(processes: int) -> Iterator[None]:
 # sp-mi through the engine (today's estimator)
 
 
-def sp_mi_epoch(n_bits: int) -> dict[str, Any]:
-    """Time one synthetic SZT epoch from a run store to today's ``sp-mi`` result."""
+def sp_mi_epoch(n_bits: int, beta: float) -> dict[str, Any]:
+    """Time one synthetic SZT epoch from a run store to the ``sp-mi`` result, defaults all."""
     import ibframe
     from ibframe.engine import estimate
+    from ibframe.recording.recorder import DEFAULT_DRAWS
 
     rng = np.random.default_rng(0)
     inputs = ((np.arange(2**n_bits)[:, None] >> np.arange(n_bits)) & 1) * 2.0 - 1.0
     n = 2**n_bits
     single, cond, fan_in = [], [], n_bits
-    t_single, t_cond = inputs, np.repeat(inputs[:, None, :], SPMI_DRAWS, axis=1)
+    t_single, t_cond = inputs, np.repeat(inputs[:, None, :], DEFAULT_DRAWS, axis=1)
     for width in SZT_WIDTHS:
         weights = rng.normal(size=(fan_in, width)) * 2.0 / math.sqrt(fan_in)
         bias = rng.normal(size=width) * 0.3
         s_single, s_cond = np.tanh(t_single @ weights + bias), np.tanh(t_cond @ weights + bias)
         single.append(s_single.astype(np.float32))
         cond.append(s_cond.astype(np.float32))
-        t_single = s_single + 0.1 * rng.normal(size=s_single.shape)
-        t_cond = s_cond + 0.1 * rng.normal(size=s_cond.shape)
+        t_single = s_single + beta * rng.normal(size=s_single.shape)
+        t_cond = s_cond + beta * rng.normal(size=s_cond.shape)
         fan_in = width
     y = np.random.default_rng(1).permutation(np.arange(n) % 2)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "szt.zarr"
         layers = {f"h{i + 1}": s.shape[1] for i, s in enumerate(single)}
-        with ibframe.create_run(path, x=np.zeros((n, n_bits), np.float32), y=y, beta=0.1,
-                                layers=layers, draws=SPMI_DRAWS) as run:
+        with ibframe.create_run(path, x=np.zeros((n, n_bits), np.float32), y=y, beta=beta,
+                                layers=layers, draws=DEFAULT_DRAWS) as run:
             run.append_epoch(0, {name: np.concatenate([s[:, None], c], axis=1)
                                  for name, s, c in zip(layers, single, cond, strict=True)})
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SampleSizeWarning)
+            warnings.simplefilter("ignore", QualityWarning)
 
             def epoch() -> Any:
                 return estimate(path, ["sp-mi"], cache=False)
 
             result = epoch()
             seconds = best_time(epoch, 2)
-    return {"n_inputs": n, "beta": 0.1, "seconds": round(seconds, 3),
-            "max_mi_x_t_stderr": round(float(result["mi_x_t_stderr"].max()), 4)}
+    return {"n_inputs": n, "draws": DEFAULT_DRAWS, "beta": beta, "seconds": round(seconds, 3),
+            "max_mi_x_t_stderr": round(float(result["mi_x_t_stderr"].max()), 4),
+            "n_points": [int(v) for v in result["n_points"].isel(epoch=0).values]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,7 +501,7 @@ def main() -> None:
         "szt_kernel_epoch": [szt_kernel_epoch(gain, beta) for gain, beta in epochs],
         "fig4_single_neuron": fig4_single_neuron(fig4_n),
         "memory": memory_case(*memory),
-        "sp_mi_epoch": sp_mi_epoch(spmi_bits),
+        "sp_mi_epoch": [sp_mi_epoch(spmi_bits, beta) for beta in (0.005, 0.1)],
     }
     report["machine"]["load_average_1min_after_idle_pass"] = load_average()
     if not args.no_load:
