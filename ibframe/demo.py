@@ -1,4 +1,4 @@
-"""``ibframe demo``: the whole pipeline on the embedded default, in about a minute on 2 CPU cores.
+"""``ibframe demo``: the whole pipeline on the embedded default, in about 75 s on 2 CPU cores.
 
 Train the noisy tanh SZT network (12-10-7-5-4-3-2, beta = 0.05) on the generated SZT-style data,
 record a seeded 512 of its 4096 inputs as the paper defines (S before the noise, the
