@@ -329,8 +329,6 @@ def wide_console(monkeypatch):
     monkeypatch.setattr(cli.console, "width", 250)
 
 
-@pytest.mark.filterwarnings("ignore::ibframe.errors.SampleSizeWarning")
-@pytest.mark.usefixtures("wide_console")
 @pytest.mark.usefixtures("wide_console")
 @pytest.mark.filterwarnings("default::ibframe.errors.QualityWarning")
 def test_summary_with_one_epoch_has_one_column_and_says_what_it_shows(store, capsys):
