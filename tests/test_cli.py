@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -257,7 +258,17 @@ def _interrupt_when(proc: subprocess.Popen[str], ready: Callable[[], bool]) -> t
         assert time.monotonic() < deadline, "the command never reached the point to interrupt"
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    return proc.communicate(timeout=300)
+    try:
+        return proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # with PYTHONFAULTHANDLER: every thread's stack
+        _, err = proc.communicate(timeout=60)
+        pytest.fail(f"still running 300 s after SIGINT; where its threads were:\n{err[-8000:]}")
+
+
+def _faulthandler_env() -> dict[str, str]:
+    """The environment as it is now, for a subprocess that dumps its threads on SIGABRT."""
+    return {**os.environ, "PYTHONFAULTHANDLER": "1"}
 
 
 @pytest.mark.slow
@@ -270,7 +281,7 @@ def test_ctrl_c_during_estimate_exits_130_saying_what_was_kept(
     proc = subprocess.Popen(
         [*_ibframe_command(), "estimate", str(store), "-e", "sleepy", "-p", f"marker={marker}",
          "--layers", "h1", "--scheduler", scheduler, "--device", "cpu"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_faulthandler_env(),
     )
     out, err = _interrupt_when(proc, marker.exists)
     assert proc.returncode == 130, err
@@ -305,7 +316,7 @@ def test_ctrl_c_during_train_exits_130_naming_the_recorded_epochs(tmp_path):
     proc = subprocess.Popen(
         [*_ibframe_command(), "train", "neuron", "-o", str(out_path), "--epochs", "1000000",
          "--record", "all"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_faulthandler_env(),
     )
     out, err = _interrupt_when(proc, recorded_some)
     assert proc.returncode == 130, err
