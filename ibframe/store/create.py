@@ -259,17 +259,23 @@ def _layer_spec(name: str, spec: Any, position: int, beta: float) -> dict[str, A
     }
 
 
+def _per_sample(values: npt.ArrayLike, n: int, what: str, holding: str) -> npt.NDArray[Any]:
+    """``values`` as a flat array of one value per sample, else refuse."""
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError) as err:
+        msg = f"{what} must be {holding} in a flat array ({err})"
+        raise ActivationError(msg) from None
+    if array.shape != (n,):
+        msg = f"{what} must have shape ({n},) to match x, got {array.shape}"
+        raise ActivationError(msg)
+    return array
+
+
 def _labels(y: npt.ArrayLike | None, n: int) -> npt.NDArray[np.int64] | None:
     if y is None:
         return None
-    try:
-        labels = np.asarray(y)
-    except (ValueError, TypeError) as err:
-        msg = f"labels y must be integer class indices in a flat array ({err})"
-        raise ActivationError(msg) from None
-    if labels.shape != (n,):
-        msg = f"labels y must have shape ({n},) to match x, got {labels.shape}"
-        raise ActivationError(msg)
+    labels = _per_sample(y, n, "labels y", "integer class indices")
     if labels.dtype.kind in "biu":
         return labels.astype(np.int64)
     kind = {"c": "complex", "U": "str", "S": "bytes", "O": "object"}.get(labels.dtype.kind)
@@ -285,14 +291,7 @@ def _labels(y: npt.ArrayLike | None, n: int) -> npt.NDArray[np.int64] | None:
 def _split_codes(split: npt.ArrayLike | None, n: int) -> npt.NDArray[np.uint8] | None:
     if split is None:
         return None
-    try:
-        values = np.asarray(split)
-    except (ValueError, TypeError) as err:
-        msg = f"split must be a flat array of 'train'/'test' ({err})"
-        raise ActivationError(msg) from None
-    if values.shape != (n,):
-        msg = f"split must have shape ({n},) to match x, got {values.shape}"
-        raise ActivationError(msg)
+    values = _per_sample(split, n, "split", "'train'/'test' values")
     if values.dtype.kind in "US":
         unknown = set(np.unique(values.astype(str))) - set(_SPLIT_CODES)
         if unknown:

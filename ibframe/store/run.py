@@ -301,11 +301,7 @@ class Run:
         s = self._array(f"{base}/S")
         self._check_epoch_array(s, f"{base}/S", (units,), ndim=3)
         s_cond = cond_sample = None
-        # a deterministic layer has no conditional draws in format 2; format-1 stores hold
-        # copies of S there, read as they are
-        if self.draws > 0 and (
-            not attrs["deterministic_given_x"] or "S_cond" in child_names(self.store, base)
-        ):
+        if self._has_draws(attrs):
             s_cond = self._array(f"{base}/S_cond")
             self._check_epoch_array(s_cond, f"{base}/S_cond", (self.draws, units), ndim=4)
             cond_sample = self._array(f"{base}/cond_sample")
@@ -314,6 +310,12 @@ class Run:
         found = _Layer(attrs, s, s_cond, cond_sample)
         self._layers[layer] = found
         return found
+
+    def _has_draws(self, layer_attrs: Mapping[str, Any]) -> bool:
+        """Whether a layer holds conditional draws: every layer of a run with draws, except
+        that from format 2 on a layer that is a function of x keeps none (they would be copies
+        of S; format-1 stores hold those copies)."""
+        return self.draws > 0 and (self.format < 2 or not layer_attrs["deterministic_given_x"])
 
     def _check_epoch_array(
         self, array: zarr.Array, path: str, tail: tuple[int, ...], ndim: int
@@ -693,10 +695,7 @@ class Run:
     def _prepare_metrics(self, metrics: Mapping[str, Any]) -> dict[str, float]:
         out = {}
         for name, value in metrics.items():
-            check_name("metric", name, ActivationError)
-            if name == "epoch":
-                msg = "invalid metric name 'epoch': it is the coordinate of every metric"
-                raise ActivationError(msg)
+            _check_series_name("metric", name)
             number = np.asarray(value) if not isinstance(value, str) else np.asarray(None)
             if number.ndim != 0 or number.dtype.kind not in "biuf":
                 msg = f"metric {name!r} must be a real number, got {value!r}"
@@ -712,10 +711,7 @@ class Run:
         n = len(self._attrs["epochs"])
         out = {}
         for name, value in params.items():
-            check_name("parameter", name, ActivationError)
-            if name == "epoch":
-                msg = "invalid parameter name 'epoch': it is the coordinate of every parameter"
-                raise ActivationError(msg)
+            _check_series_name("parameter", name)
             try:
                 arr = np.asarray(value)
             except (ValueError, TypeError) as err:
@@ -764,7 +760,7 @@ class Run:
             self._array(f"layers/{layer}/{name}")
             for layer in self.layers
             for name in ("S", "epoch", "S_cond")
-            if name != "S_cond" or name in child_names(self.store, f"layers/{layer}")
+            if name != "S_cond" or self._has_draws(self._layer(layer).attrs)
         ]
         for kind in ("metrics", "params"):
             names = set(child_names(self.store, kind)) - {"zarr.json"}
@@ -775,6 +771,14 @@ class Run:
         for array in arrays:
             if array.shape and array.shape[0] > n:
                 array.resize((n, *array.shape[1:]))
+
+
+def _check_series_name(kind: str, name: str) -> None:
+    """A valid name for a metric or parameter series, which cannot be its coordinate."""
+    check_name(kind, name, ActivationError)
+    if name == "epoch":
+        msg = f"invalid {kind} name 'epoch': it is the coordinate of every {kind}"
+        raise ActivationError(msg)
 
 
 def _merged(committed: list[str], new: Mapping[str, Any]) -> list[str]:
