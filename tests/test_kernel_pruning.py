@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy.special import logsumexp
 
+from ibframe.kernels import _engine
 from ibframe.kernels.mixture import (
     draw_points,
     gaussian_mixture_entropy,
@@ -48,8 +49,15 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("route", ["chosen", "chunks", "few-pairs"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_neighbours_equal_dense_float64_on_the_same_points(case: str) -> None:
+def test_neighbours_equal_dense_float64_on_the_same_points(
+    case: str, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Either route of the neighbour path (chunks, or a ball query per point where the pairs
+    are few) and the one the cost model picks."""
+    if route != "chosen":
+        monkeypatch.setattr(_engine, "_FEW_PAIRS", 0 if route == "chunks" else 10**9)
     make, beta = CASES[case]
     rng = np.random.default_rng(len(case))
     centers = make(rng)
@@ -164,3 +172,22 @@ def test_cuda_neighbours_match_cpu() -> None:
                               strategy="neighbours")
     assert gpu.strategy == "neighbours"
     assert float((cpu.log_density - gpu.log_density.cpu()).abs().max()) < 1e-4
+
+
+def test_a_rare_dense_cluster_among_spread_centres_is_exact() -> None:
+    """The route is chosen from a sample of 64 points, which misses a cluster that few points
+    fall in but that holds most of the pairs; the result is still the dense one."""
+    rng = np.random.default_rng(0)
+    spread_part = rng.uniform(-1, 1, size=(20000, 3))
+    cluster = 1e-4 * rng.normal(size=(20000, 3))
+    centers = np.concatenate([spread_part, cluster])
+    weights = np.concatenate([np.ones(20000), np.full(20000, 2e-4)])  # ~0.4% of the points
+    points = draw_points(weights, 20000, 3, seed=2)
+    in_cluster = int((points.centre >= 20000).sum())
+    assert 0 < in_cluster < 200  # few points, each with ~20000 pairs: most of all pairs
+    pruned = mixture_log_density(centers, 0.001, points, weights=weights,
+                                         dtype="float64", strategy="neighbours")
+    reference = mixture_log_density(centers, 0.001, points, weights=weights, dtype="float64",
+                                    strategy="dense")
+    assert pruned.strategy == "neighbours"
+    assert float((pruned.log_density - reference.log_density).abs().max()) < 1e-7

@@ -47,6 +47,7 @@ from ibframe.errors import EstimatorRequirementError, ParameterError, ParameterW
 from ibframe.estimator import Block, Estimator
 from ibframe.hookspecs import hookimpl
 from ibframe.kernels.mixture import (
+    MixturePoints,
     draw_points,
     gaussian_entropy,
     gaussian_mixture_entropy,
@@ -64,7 +65,7 @@ if typing.TYPE_CHECKING:
 
 _NAT = "nat"
 _BETA_SQUARED_RANGE = (1e-300, 1e300)  # beta^2 and 1/beta^2 stay finite floats
-_PILOT_POINTS = 1024
+_FIRST_POINTS = 1024  # the fewest points of h(T) chosen for a target error
 #: A mixture entropy within this fraction of its ceiling ln K + h(Z) is saturated.
 _SATURATION = 0.99
 _ADVICE = (
@@ -325,22 +326,22 @@ class SPMutualInformation(Estimator):
         points: the columns of :func:`mixture_log_density` are the whole mixture, each half,
         and each class (whole and halved)."""
         groups, layout = real.groups(y)
-        n_points = self.n_points
-        if n_points is None:
-            # two points for each of a seeded subset of inputs: the error within inputs, which
-            # is what remains once the points are stratified by input
-            pilot = real.pilot_weights(_PILOT_POINTS // 2, rng)
-            se = float(self._evaluate(real, groups, beta, _PILOT_POINTS, _seed(rng), kwargs,
-                                      sample=pilot)[1][0])
-            wanted = _PILOT_POINTS if not math.isfinite(se) else n_points_for_stderr(
-                se, _PILOT_POINTS, self.target_stderr
-            )
-            # at least two points per input where that fits, so that the standard error is
-            # measured within inputs (one point each pairs neighbouring inputs and overstates it)
-            n_points = min(self.max_points, max(wanted, 2 * real.n_inputs))
-        entropy, stderr, terms, points = self._evaluate(
-            real, groups, beta, n_points, _seed(rng), kwargs
-        )
+        if self.n_points is not None:
+            log_density, points = self._density(real, groups, beta, self.n_points, rng, kwargs)
+        else:
+            # two points per input first, so that the standard error is measured within inputs
+            # (one point each pairs neighbouring inputs and overstates it); then, if that error
+            # is above target, the points it asks for are added to them
+            first = min(self.max_points, max(_FIRST_POINTS, 2 * real.n_inputs))
+            log_density, points = self._density(real, groups, beta, first, rng, kwargs)
+            se = float(mc_entropy_estimate(log_density[:, :1], points)[1][0])
+            if math.isfinite(se) and se > self.target_stderr and first < self.max_points:
+                total = min(self.max_points, n_points_for_stderr(se, first, self.target_stderr))
+                more, more_points = self._density(real, groups, beta, total - first, rng, kwargs)
+                log_density = torch.cat([log_density, more])
+                points = points.join(more_points)
+        entropy, stderr, terms = mc_entropy_estimate(log_density, points)
+        n_points = points.n_points
         h = entropy.numpy()
         out = _Unconditional(
             h_t=float(h[0]), h_t_se=float(stderr[0]),
@@ -367,25 +368,23 @@ class SPMutualInformation(Estimator):
             mi_ty_se=float(stratified_stderr(paired, points)[0]),
         )
 
-    def _evaluate(
+    def _density(
         self,
         real: _Realisations,
         groups: npt.NDArray[np.bool_],
         beta: float,
         n_points: int,
-        seed: int,
+        rng: np.random.Generator,
         kwargs: dict[str, Any],
-        sample: npt.NDArray[np.float64] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
-        """Entropies of the mixture and its groups at points drawn by ``sample`` (weights of
-        the centres; default the mixture's own), stratified by input."""
-        weights = real.weights if sample is None else sample
-        points = draw_points(weights, n_points, real.dim, seed=seed, strata=real.input_of)
+    ) -> tuple[torch.Tensor, MixturePoints]:
+        """Log densities ``(N, columns)`` of the mixture and its groups at ``n_points`` fresh
+        points drawn from the mixture, stratified by input, and the points."""
+        points = draw_points(real.weights, n_points, real.dim, seed=_seed(rng),
+                             strata=real.input_of)
         density = mixture_log_density(
             real.centres, beta, points, weights=real.weights, groups=groups, **kwargs
         )
-        entropy, stderr, terms = mc_entropy_estimate(density.log_density.cpu(), points)
-        return entropy, stderr, terms, points
+        return density.log_density.cpu(), points
 
     # -- h(T|X) ---------------------------------------------------------------------------------
 
@@ -533,15 +532,6 @@ class _Realisations:
     @property
     def n_inputs(self) -> int:
         return int(self.count.shape[0])
-
-    def pilot_weights(self, inputs: int, rng: np.random.Generator) -> npt.NDArray[np.float64]:
-        """The weights restricted to a seeded subset of ``inputs`` inputs (all if fewer)."""
-        n = self.n_inputs
-        if inputs >= n:
-            return self.weights
-        chosen = np.zeros(n, dtype=bool)
-        chosen[rng.choice(n, size=inputs, replace=False)] = True
-        return np.where(chosen[self.input_of], self.weights, 0.0)
 
     def groups(self, y: npt.NDArray[np.integer] | None) -> tuple[npt.NDArray[np.bool_], _Layout]:
         """Columns: halves A and B, then each class, then each class within A and within B."""

@@ -50,11 +50,12 @@ On the CPU the blocks run on :mod:`._threads`'s pool of single-threaded workers.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -93,7 +94,14 @@ _COST_PLAN = 30.0
 _COST_TEST = 2.0
 _COST_LOCAL = 1.4
 _COST_PAIR = 60.0
+_COST_SCAN = 3.0  # per chunk, per centre scanned for its candidates
+_COST_CHUNK = 2e5  # per chunk, its fixed work (some 50 small torch calls)
 _DENSE_SHARE = 0.3  # sampled pairs in reach above this share of the centres: no pruning
+# at most this many pairs in reach per point (sampled mean): every pair is found by one k-d
+# tree ball query about each point and evaluated on its own, with no chunk planning
+_FEW_PAIRS = 128
+_COST_QUERY = 40.0  # per point queried, per centre in the tree (its build), in the same units
+_PAIR_BLOCK = 2**16  # pairs per work item of the few-pairs route
 # prune only below this share of the dense cost: the estimate errs by up to ~2x either way
 _PRUNE_BELOW = 0.6
 
@@ -398,6 +406,11 @@ class _Neighbours:
         self.reach = reach.scatter_reduce(0, slot, radii[self.point_order], "amax",
                                           include_self=False)
         self._plan: list[tuple[torch.Tensor, torch.Tensor, float]] | None = None
+        self.few_pairs = False
+        self._tree: cKDTree | None = None
+        self._points = self.centers
+        self._query: dict[str, Any] = {}
+        """Whether :meth:`run` takes the few-pairs route (set by :meth:`estimated_cost`)."""
 
     # planning ------------------------------------------------------------------------------
 
@@ -477,6 +490,12 @@ class _Neighbours:
         per_point = float((degree * weight).sum() / weight.sum())
         if per_point > _DENSE_SHARE * n:
             return math.inf
+        if per_point <= _FEW_PAIRS:
+            # the sample may miss a rare cluster: the pairs are counted exactly (cheap here)
+            pairs = int(self._ball_query(count=True).sum())
+            if pairs <= 2 * _FEW_PAIRS * n_points:
+                self.few_pairs = True
+                return _COST_QUERY * (n + n_points) + _COST_PAIR * pairs
         plan = self.plan()
         picked = rng.choice(len(plan), size=min(_PLAN_SAMPLE, len(plan)), replace=False)
         tested = local = 0.0
@@ -487,11 +506,15 @@ class _Neighbours:
             local += int(self.counts[members].sum()) * count
         share = len(plan) / len(picked)
         evaluation = min(_COST_LOCAL * local * share, _COST_PAIR * per_point * n_points)
-        return _COST_PLAN * n + _COST_TEST * tested * share + evaluation
+        chunks = len(plan) * (_COST_SCAN * n + _COST_CHUNK)
+        return _COST_PLAN * n + chunks + _COST_TEST * tested * share + evaluation
 
     # evaluation ----------------------------------------------------------------------------
 
     def run(self, out: torch.Tensor) -> None:
+        if self.few_pairs:
+            self._run_pairs(out)
+            return
         problem = self.problem
         n_points = problem.own.shape[1]
         # the own term of every point is exp(0) w_own, in the own centre's atom
@@ -504,6 +527,60 @@ class _Neighbours:
             self._chunk(members, self.candidates(centroid, reach), sums)
 
         _run(self.device, work, list(self.plan()))
+        out[0] = sums.log_() + self.lw_ref
+
+    def _ball_query(self, count: bool) -> Any:
+        r"""For each point, the centres with a term above the floor, :math:`\|p_k - \mu_j\|^2
+        \le \beta^2\|z_k\|^2 - \text{floor}/s`, by a k-d tree ball query about the point:
+        their number (``count``) or their lists."""
+        problem = self.problem
+        if self._tree is None:
+            points = torch.index_select(self.centers, 0, problem.own[0])
+            if problem.noise is not None:
+                points = points + problem.beta * problem.noise[0].to(torch.float64)
+            radii = (self.own_sq - EXP_FLOOR / problem.scale).sqrt() * (1 + 1e-9) + 1e-12
+            self._points = points
+            self._tree = cKDTree(self.centers.cpu().numpy(), leafsize=16, copy_data=False)
+            self._query = {"x": points.cpu().numpy(), "r": radii.cpu().numpy(),
+                           "workers": kernel_threads()}
+        if count:
+            return self._tree.query_ball_point(**self._query, return_length=True)
+        return self._tree.query_ball_point(**self._query, return_sorted=False)
+
+    def _run_pairs(self, out: torch.Tensor) -> None:
+        """The few-pairs route: every pair from :meth:`_ball_query`, evaluated on its own with
+        exact differences in float64, with no chunk planning."""
+        problem = self.problem
+        n_points = problem.own.shape[1]
+        found = self._ball_query(count=False)
+        points = self._points
+        degree = np.fromiter(map(len, found), dtype=np.int64, count=n_points)
+        neighbours = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(found),
+                                                  dtype=np.int64, count=int(degree.sum())))
+        neighbours = neighbours.to(self.device)
+        degree_t = torch.from_numpy(degree).to(self.device)
+        first = torch.cumsum(degree_t, 0) - degree_t
+        # items of whole points, about _PAIR_BLOCK pairs each
+        bounds = np.searchsorted(np.cumsum(degree), np.arange(_PAIR_BLOCK, degree.sum(),
+                                                              _PAIR_BLOCK), side="right")
+        cuts = [0, *np.unique(bounds).tolist(), n_points]
+        items = [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
+        sums = torch.zeros(n_points, problem.n_atoms, dtype=torch.float64, device=self.device)
+
+        def work(item: object) -> None:
+            k0, k1 = item  # type: ignore[misc]
+            j0, j1 = int(first[k0]), int(first[k1 - 1] + degree_t[k1 - 1])
+            rows = torch.repeat_interleave(torch.arange(k0, k1, device=self.device),
+                                           degree_t[k0:k1])
+            ids = neighbours[j0:j1]
+            delta = torch.index_select(points, 0, rows) - torch.index_select(self.centers, 0, ids)
+            exponent = (torch.index_select(self.own_sq, 0, rows) - (delta * delta).sum(-1))
+            exponent.mul_(problem.scale).add_(torch.index_select(self.lw, 0, ids))
+            terms = exponent.clamp_(min=EXP_FLOOR).exp_()
+            slot = rows * problem.n_atoms + torch.index_select(problem.atoms, 0, ids)
+            sums.view(-1).index_add_(0, slot, terms)
+
+        _run(self.device, work, items)
         out[0] = sums.log_() + self.lw_ref
 
     def _chunk(self, members: torch.Tensor, candidates: torch.Tensor, sums: torch.Tensor) -> None:
@@ -701,7 +778,8 @@ class _LocalDense:
         own_col = torch.index_select(own_pos, 0, self.member_of_point)
         rows = self.point_ids.numel()
         total = torch.zeros(rows, dtype=torch.float64, device=owner.device)
-        cols = min(j1 - j0, _MAX_COLS)
+        # wide blocks where the chunk has few points: a block costs ~10 torch calls
+        cols = min(j1 - j0, max(_MAX_COLS, owner.block // max(1, rows)))
         row_step = max(1, owner.block // cols)
         for c0 in range(j0, j1, cols):
             c1 = min(j1, c0 + cols)

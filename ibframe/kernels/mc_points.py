@@ -90,6 +90,15 @@ class MixturePoints:
         z = self.noise.to(torch.float64)
         return 0.5 * (z * z).sum(-1)
 
+    def join(self, other: MixturePoints) -> MixturePoints:
+        """These points followed by ``other``'s, drawn for the same mixtures: one sample of
+        ``N + N'`` points (the cells keep their meaning, so a cell's points pool)."""
+        return MixturePoints(
+            centre=torch.cat([self.centre, other.centre], dim=1),
+            noise=torch.cat([self.noise, other.noise], dim=1),
+            cell=torch.cat([self.cell, other.cell], dim=1),
+        )
+
     def to(self, device: torch.device) -> MixturePoints:
         """The same points on ``device``."""
         return MixturePoints(
