@@ -36,6 +36,11 @@ Two exact ways to evaluate it, chosen per call by an estimate of their cost:
     :math:`\beta` (no term of size :math:`sR^2` cancels). The points of own centres of similar
     degree run as one batched matrix product.
 
+    Where a sample of 64 points has at most :data:`_FEW_PAIRS` centres in reach on average and
+    an exact count confirms it, no chunks are planned: a k-d tree ball query about each point
+    (radius :math:`\sqrt{\beta^2\|z_k\|^2 - \text{floor}/s}`) lists its centres in reach,
+    and each pair is evaluated once in float64.
+
 The choice (:func:`log_sums`) samples 64 own centres for their pairs in reach, plans the chunks
 when that is not most of the centres, and prices each path in units of one dense exponent with
 costs measured on this project's 2-core machine (:data:`_COST_PLAN` and the rest). The estimate
