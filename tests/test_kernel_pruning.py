@@ -56,8 +56,11 @@ def test_neighbours_equal_dense_float64_on_the_same_points(
 ) -> None:
     """Either route of the neighbour path (chunks, or a ball query per point where the pairs
     are few) and the one the cost model picks."""
-    if route != "chosen":
-        monkeypatch.setattr(_engine, "_FEW_PAIRS", 0 if route == "chunks" else 10**9)
+    if route == "chunks":
+        monkeypatch.setattr(_engine, "_MAX_PAIRS", 0)
+    elif route == "few-pairs":  # free pairs: the few-pairs route wins wherever it may run
+        monkeypatch.setattr(_engine, "_COST_PAIR", 0.0)
+        monkeypatch.setattr(_engine, "_COST_QUERY", 0.0)
     make, beta = CASES[case]
     rng = np.random.default_rng(len(case))
     centers = make(rng)

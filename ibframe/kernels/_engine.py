@@ -36,8 +36,8 @@ Two exact ways to evaluate it, chosen per call by an estimate of their cost:
     :math:`\beta` (no term of size :math:`sR^2` cancels). The points of own centres of similar
     degree run as one batched matrix product.
 
-    Where a sample of 64 points has at most :data:`_FEW_PAIRS` centres in reach on average and
-    an exact count confirms it, no chunks are planned: a k-d tree ball query about each point
+    Where that is cheaper (priced from a sample of 64 points, then from an exact count of the
+    pairs, at most :data:`_MAX_PAIRS`), no chunks are planned: a k-d tree ball query about each point
     (radius :math:`\sqrt{\beta^2\|z_k\|^2 - \text{floor}/s}`) lists its centres in reach,
     and each pair is evaluated once in float64.
 
@@ -102,9 +102,10 @@ _COST_PAIR = 60.0
 _COST_SCAN = 3.0  # per chunk, per centre scanned for its candidates
 _COST_CHUNK = 2e5  # per chunk, its fixed work (some 50 small torch calls)
 _DENSE_SHARE = 0.3  # sampled pairs in reach above this share of the centres: no pruning
-# at most this many pairs in reach per point (sampled mean): every pair is found by one k-d
-# tree ball query about each point and evaluated on its own, with no chunk planning
-_FEW_PAIRS = 128
+# the few-pairs route (every pair found by a k-d tree ball query about each point, evaluated on
+# its own, no chunks) is priced against the chunks' where at most this many pairs are in reach
+# (each is a Python int on the way: 2**23 of them take ~300 MiB)
+_MAX_PAIRS = 2**23
 _COST_QUERY = 40.0  # per point queried, per centre in the tree (its build), in the same units
 _PAIR_BLOCK = 2**16  # pairs per work item of the few-pairs route
 # prune only below this share of the dense cost: the estimate errs by up to ~2x either way
@@ -148,7 +149,8 @@ def log_sums(problem: Problem, strategy: str = "auto") -> tuple[torch.Tensor, st
         strategy == "auto" and b == 1 and dense_evals > _DENSE_ONLY_EVALS
     ):
         pruned = _Neighbours(problem)
-        if strategy == "neighbours" or pruned.estimated_cost() < _PRUNE_BELOW * dense_evals:
+        cost = pruned.estimated_cost()  # also chooses between the chunks and few pairs
+        if strategy == "neighbours" or cost < _PRUNE_BELOW * dense_evals:
             pruned.run(out)
             return out, "neighbours"
     _Dense(problem).run(out)
@@ -495,12 +497,6 @@ class _Neighbours:
         per_point = float((degree * weight).sum() / weight.sum())
         if per_point > _DENSE_SHARE * n:
             return math.inf
-        if per_point <= _FEW_PAIRS:
-            # the sample may miss a rare cluster: the pairs are counted exactly (cheap here)
-            pairs = int(self._ball_query(count=True).sum())
-            if pairs <= 2 * _FEW_PAIRS * n_points:
-                self.few_pairs = True
-                return _COST_QUERY * (n + n_points) + _COST_PAIR * pairs
         plan = self.plan()
         picked = rng.choice(len(plan), size=min(_PLAN_SAMPLE, len(plan)), replace=False)
         tested = local = 0.0
@@ -512,7 +508,15 @@ class _Neighbours:
         share = len(plan) / len(picked)
         evaluation = min(_COST_LOCAL * local * share, _COST_PAIR * per_point * n_points)
         chunks = len(plan) * (_COST_SCAN * n + _COST_CHUNK)
-        return _COST_PLAN * n + chunks + _COST_TEST * tested * share + evaluation
+        chunked = _COST_PLAN * n + chunks + _COST_TEST * tested * share + evaluation
+        query = _COST_QUERY * (n + n_points)
+        if per_point * n_points <= _MAX_PAIRS and query + _COST_PAIR * per_point * n_points < chunked:
+            # the sample may miss a rare cluster: the pairs are counted exactly (cheap here)
+            pairs = int(self._ball_query(count=True).sum())
+            if pairs <= _MAX_PAIRS and query + _COST_PAIR * pairs < chunked:
+                self.few_pairs = True
+                return query + _COST_PAIR * pairs
+        return chunked
 
     # evaluation ----------------------------------------------------------------------------
 
