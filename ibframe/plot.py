@@ -286,8 +286,7 @@ def plot_binned_entropy(results: xr.Dataset, *, layers: Sequence[str] | None = N
         _epoch_axis(ax, epochs)
         ax.set_ylabel(f"H(Bin(T_l)) ({entropy.attrs.get('units', 'nat')})")
         ax.set_title(title, fontsize="medium")
-    runs = results.attrs.get("aggregate") if band is not None else None
-    axes[0].legend(title="layer" + (f"\n{runs}" if runs else ""), fontsize="small")
+    axes[0].legend(title="layer", fontsize="small")
     fig.suptitle("Binned entropy over training")
     return fig
 
