@@ -231,3 +231,37 @@ def test_run_metrics_of_several_runs(three_runs):
     several = ibframe.run_metrics(three_runs)
     assert several.sizes["run"] == 3
     np.testing.assert_array_equal(several["loss_test"].sel(seed=1).values, one["loss_test"].values)
+
+
+# -- Table 1: test errors over seeds ------------------------------------------------------------
+
+
+def test_test_error_of_the_eval_network_on_the_whole_test_split(tmp_path):
+    """accuracy_test_eval is the network in eval mode on every test input, at recorded epochs."""
+    import torch
+
+    from ibframe.recording.datasets import spiral
+    from ibframe.recording.nn import spiral_mlp
+
+    paths = train_seeds("spiral", [0, 1], out=tmp_path / "runs", epochs=2, samples=64, draws=2,
+                        beta=0.1, record="all", lr=0.01)
+    data = spiral()
+    test = data.indices("test")
+    errors = []
+    for seed, path in zip([0, 1], paths, strict=True):
+        run = ibframe.open_run(path)
+        assert run.n_samples == 64  # the recorded inputs: fewer than the test split
+        net = spiral_mlp(beta=0.1, activation="tanh")
+        net.model.load_state_dict({k: torch.as_tensor(v) for k, v in run.params(2).items()})
+        net.model.eval()
+        with torch.no_grad():
+            out = net.model(torch.as_tensor(data.x[test]))
+        accuracy = float((out.argmax(1) == torch.as_tensor(data.y[test])).float().mean())
+        stored = run.metrics()["accuracy_test_eval"].sel(epoch=2).item()
+        assert stored == pytest.approx(accuracy, abs=1e-6), seed
+        errors.append(1 - accuracy)
+    # mean ± sd of test errors over the seeds, as Table 1 reports them
+    metrics = ibframe.run_metrics(paths)
+    error = 1 - metrics["accuracy_test_eval"].isel(epoch=-1)
+    assert float(error.mean()) == pytest.approx(np.mean(errors), abs=1e-6)
+    assert float(error.std(ddof=1)) == pytest.approx(np.std(errors, ddof=1), abs=1e-6)
