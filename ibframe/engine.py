@@ -39,7 +39,7 @@ from ibframe.errors import (
 )
 from ibframe.estimator import Estimator, params_json
 from ibframe.plugins import estimator_registry, plugin_version
-from ibframe.runs import is_glob
+from ibframe.runs import estimate_runs, is_glob
 from ibframe.store import Run, open_run
 
 #: ``progress(done, total)``, called as tasks finish; ``progress(0, 0)`` when all was cached.
@@ -247,8 +247,6 @@ def estimate(
         msg = f"errors must be 'raise' or 'warn', got {errors!r}"
         raise ParameterError(msg)
     if not isinstance(run, Run) and (not isinstance(run, str | os.PathLike) or is_glob(run)):
-        from ibframe.runs import estimate_runs
-
         return estimate_runs(
             run, estimators, layers=layers, epochs=epochs, params=params, scheduler=scheduler,
             device=device, cache=cache, progress=progress, errors=errors,
