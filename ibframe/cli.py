@@ -363,7 +363,7 @@ def train(
         )
     except KeyboardInterrupt:
         bar.stop()
-        kept = _recorded_epochs(current[-1]) if current else "no epoch was recorded"
+        kept = _recorded_epochs(current[-1] if current else out)
         if finished:
             kept = f"{len(finished)} seed(s) finished ({', '.join(map(str, finished))}); {kept}"
         raise _interrupted(kept) from None
