@@ -7,6 +7,7 @@ exit 2; Ctrl-C exits 130, saying what was kept. No user error shows a traceback.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import typing
@@ -118,12 +119,47 @@ def parse_params(items: list[str], names: list[str]) -> dict[str, dict[str, str]
     return {k: v for k, v in out.items() if v}
 
 
+#: ``--storage-option key=value``, repeatable: fsspec options for run stores and results at URLs.
+StorageOptions = Annotated[
+    list[str],
+    typer.Option("--storage-option", help="key=value fsspec option for s3://... and other URLs (endpoint_url=..., profile=...); repeat for several.", show_default=False),
+]
+
+
+def parse_storage_options(items: list[str]) -> dict[str, Any] | None:
+    """``["endpoint_url=http://...", "anon=true"]`` as fsspec storage options (None for none).
+
+    Values are read as JSON where they parse (``true``, ``3``, ``{"a": 1}``), else as text; a
+    dotted key (``client_kwargs.region_name=...``) sets a nested option.
+    """
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            msg = f"--storage-option takes key=value, got {item.split('=')[0]!r}..."
+            raise ParameterError(msg)
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        *parents, leaf = key.split(".")
+        target = options
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return options or None
+
+
 @app.command()
-def info(run: Annotated[Path, typer.Argument(metavar="RUN", help="A run store (.zarr directory).")]) -> None:
+def info(
+    run: Annotated[str, typer.Argument(metavar="RUN", help="A run store: a .zarr directory, or a URL such as s3://bucket/run.zarr.")],
+    storage_option: StorageOptions = [],  # noqa: B006
+) -> None:
     """Show what a run store holds: layers, epochs, noise, metrics and cached results."""
     from ibframe.store import open_run
+    from ibframe.store.integrity import child_names
 
-    r = open_run(run)
+    r = open_run(run, storage_options=parse_storage_options(storage_option))
     attrs = r.attrs
     epochs = r.epochs
     say(f"{r.path}  (ibframe_format {attrs['ibframe_format']}, written by ibframe "
@@ -149,9 +185,9 @@ def info(run: Annotated[Path, typer.Argument(metavar="RUN", help="A run store (.
     if metrics.data_vars and epochs.size:
         last = {k: float(v[-1]) for k, v in metrics.data_vars.items()}
         say("metrics at the last epoch: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items()))
-    results = r.path / "results"
-    if results.exists():
-        cached = sorted(p.name for p in results.iterdir() if p.is_dir())
+    in_results = child_names(r.store, "results")
+    if in_results:
+        cached = sorted(set(in_results) - {"zarr.json"})
         say("cached results: " + (", ".join(cached) or "none"))
 
 
@@ -178,16 +214,17 @@ def estimators() -> None:
 
 @app.command()
 def estimate(
-    run: Annotated[Path, typer.Argument(metavar="RUN", help="A run store (.zarr directory).")],
+    run: Annotated[str, typer.Argument(metavar="RUN", help="A run store: a .zarr directory, or a URL such as s3://bucket/run.zarr.")],
     estimator: Annotated[list[str], typer.Option("-e", "--estimator", help="Estimator name; repeat for several.")],
     param: Annotated[list[str], typer.Option("-p", "--param", help="key=value, or estimator.key=value.")] = [],  # noqa: B006
     layers: Annotated[str | None, typer.Option(help="Comma-separated layer names (default all).")] = None,
     epochs: Annotated[str | None, typer.Option(help="0,5,10 or 0:100[:step] (default all).")] = None,
     scheduler: Annotated[str | None, typer.Option(help="threads, synchronous, processes, or tcp://host:port.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write results to .nc or .zarr.")] = None,
+    output: Annotated[str | None, typer.Option("-o", "--output", help="Write results to .nc or .zarr (a path or a URL).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing results file at -o.")] = False,
     cache: Annotated[bool, typer.Option(help="Read and write cached results in the run store.")] = True,
+    storage_option: StorageOptions = [],  # noqa: B006
 ) -> None:
     """Run estimators on a run store, show a summary, and optionally write the results.
 
@@ -198,8 +235,9 @@ def estimate(
     from ibframe.engine import estimate as run_estimate
     from ibframe.results import check_results_path, save_results
 
-    if output is not None:
-        check_results_path(output, overwrite=overwrite)  # before the work, not after it
+    storage_options = parse_storage_options(storage_option)
+    if output is not None:  # before the work, not after it
+        check_results_path(output, overwrite=overwrite, storage_options=_for(output, storage_options))
     params = parse_params(param, estimator)
     bar = progress_bar()
     task = bar.add_task("estimating", total=None)
@@ -219,6 +257,7 @@ def estimate(
             run, estimator, params=params,
             layers=layers.split(",") if layers else None, epochs=parse_epochs(epochs),
             scheduler=scheduler, device=device, cache=cache, progress=report,
+            storage_options=_for(run, storage_options),
         )
     except EstimationFailed as err:
         failed, ds = err, err.result
@@ -236,13 +275,19 @@ def estimate(
         if output is not None:
             command = " ".join(["ibframe", *sys.argv[1:]])
             ds.attrs["history"] = "\n".join(filter(None, [ds.attrs.get("history"), command]))
-            save_results(ds, output, overwrite=overwrite)
+            save_results(ds, output, overwrite=overwrite,
+                         storage_options=_for(output, storage_options))
             say(f"results written to {output}")
     if failed is not None:
         raise typer.Exit(1)
 
 
-def _estimate_kept(run: Path, done: int, total: int, cache: bool) -> str:
+def _for(where: str, storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The storage options for ``where``: they serve URLs, and local paths take none."""
+    return storage_options if "://" in where else None
+
+
+def _estimate_kept(run: str, done: int, total: int, cache: bool) -> str:
     """What an interrupted ``estimate`` leaves behind, in words."""
     if total < 0 or done == 0:
         return "no result was computed yet"
@@ -291,7 +336,7 @@ _RECORDING = "Recording"
 @app.command()
 def train(
     experiment: Annotated[str, typer.Argument(metavar="EXPERIMENT", help="szt, spiral, mnist-cnn, neuron, leaky-relu-pair, or a plugin's.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run store to write (.zarr).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Run store to write: a .zarr path, or a URL such as s3://bucket/run.zarr.")],
     data: Annotated[Path | None, typer.Option(help="Data file or directory (var_u.mat, MNIST IDX files); default: the experiment's own or stand-in data.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run store.")] = False,
     epochs: Annotated[int | None, typer.Option(help="Training epochs.", rich_help_panel=_TRAINING)] = None,
@@ -308,6 +353,7 @@ def train(
     draws: Annotated[int | None, typer.Option(help="Conditional draws per conditional input (default 32 for a noisy network; the SP bias falls as 1/draws).", rich_help_panel=_RECORDING)] = None,
     conditional_samples: Annotated[int | None, typer.Option(help="Inputs with conditional draws, a seeded subset (default all, within a 2 GiB store).", rich_help_panel=_RECORDING)] = None,
     samples: Annotated[int | None, typer.Option(help="Inputs recorded, a seeded subset (default all).", rich_help_panel=_RECORDING)] = None,
+    storage_option: StorageOptions = [],  # noqa: B006
 ) -> None:
     """Train one of the paper's set-ups and record it into a run store.
 
@@ -318,6 +364,7 @@ def train(
     from ibframe.recording.experiments import train as run_training
 
     spec = experiment_registry().get(experiment)
+    storage_options = _for(out, parse_storage_options(storage_option))
     device = resolve_device(device)
     total = epochs if epochs is not None else spec.defaults.epochs
     bar = progress_bar()
@@ -336,21 +383,22 @@ def train(
             draws=draws, conditional_samples=conditional_samples, samples=samples,
             orthonormal=orthonormal, augment=augment, device=device, overwrite=overwrite,
             on_epoch=report, on_info=lambda line: say(line, err=True),
+            storage_options=storage_options,
         )
     except KeyboardInterrupt:
         bar.stop()
-        raise _interrupted(_recorded_epochs(out)) from None
+        raise _interrupted(_recorded_epochs(out, storage_options)) from None
     finally:
         bar.stop()
     say(f"recorded {path}; next: ibframe info {path}")
 
 
-def _recorded_epochs(out: Path) -> str:
+def _recorded_epochs(out: str, storage_options: dict[str, Any] | None) -> str:
     """What an interrupted ``train`` leaves in its run store, in words."""
     from ibframe.store import open_run, summarise_epochs
 
     try:
-        recorded = open_run(out).epochs
+        recorded = open_run(out, storage_options=storage_options).epochs
     except (IbframeError, KeyError):  # no store yet, or one interrupted while being created
         return f"no epoch was recorded in {out}"
     if recorded.size == 0:
@@ -405,28 +453,33 @@ def demo(
 
 @app.command()
 def plot(
-    results: Annotated[list[Path], typer.Argument(metavar="RESULTS", help="Results files (.nc or .zarr) from `ibframe estimate -o`.")],
+    results: Annotated[list[str], typer.Argument(metavar="RESULTS", help="Results files (.nc or .zarr, paths or URLs) from `ibframe estimate -o`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the figures.")] = Path("figures"),
     kind: Annotated[list[str], typer.Option("--kind", "-k", help="mi-epochs, info-plane, binned-entropy, distance-histograms, unit-slopes, cosine-similarity or scatter; repeat (default: all the results allow).")] = [],  # noqa: B006
     format: Annotated[list[str], typer.Option("--format", "-f", help="png and/or svg.")] = ["png"],  # noqa: B006
-    run: Annotated[Path | None, typer.Option(help="Run store for scatter plots of the activations.")] = None,
+    run: Annotated[str | None, typer.Option(help="Run store (path or URL) for scatter plots of the activations.")] = None,
+    storage_option: StorageOptions = [],  # noqa: B006
 ) -> None:
     """Draw the paper's figures from results (information plane, I(X;T) over epochs, ...)."""
     from ibframe.plot import plot_results
     from ibframe.results import load_results
+    from ibframe.store import open_run
 
+    storage_options = parse_storage_options(storage_option)
+    opened = None if run is None else open_run(run, storage_options=_for(run, storage_options))
     make_output_directory(out)
-    for source in results:
-        if (source / "layers").is_dir():
+    for where in results:
+        source = Path(where.rsplit("/", 1)[-1] if "://" in where else where)
+        if "://" not in where and (source / "layers").is_dir():
             msg = (
                 f"{source} is a run store, not results: run `ibframe estimate {source} -e ... "
                 f"-o results.nc` first, and pass the run with --run for scatter plots"
             )
             raise ParameterError(msg)
-        ds = load_results(source)
+        ds = load_results(where, storage_options=_for(where, storage_options))
         target = out / source.stem if len(results) > 1 else out
         paths = plot_results(ds, kinds=kind or None, out_dir=target, formats=tuple(format),
-                             run=run)
+                             run=opened)
         for path in paths:
             say(f"figure: {path}")
 

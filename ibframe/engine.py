@@ -18,7 +18,6 @@ import typing
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import dask
@@ -40,6 +39,7 @@ from ibframe.errors import (
 from ibframe.estimator import Estimator, params_json
 from ibframe.plugins import estimator_registry, plugin_version
 from ibframe.store import Run, open_run
+from ibframe.store.location import Location, storage_error
 
 #: ``progress(done, total)``, called as tasks finish; ``progress(0, 0)`` when all was cached.
 ProgressCallback = Callable[[int, int], None]
@@ -122,14 +122,14 @@ def _one_line(err: BaseException) -> str:
 
 
 def _compute_block(
-    path: str, estimator: Estimator, layer: str, epoch: int, device: str, context: dict[str, Any]
+    location: Location, estimator: Estimator, layer: str, epoch: int, device: str, context: dict[str, Any]
 ) -> xr.Dataset | _Failed:
     """One task: read the block from the run store, estimate, check the result's conventions.
 
-    Errors come back as :class:`_Failed` so that one failing task never stops the others.
+    The task opens the store itself, by path or URL, wherever it runs. Errors come back as :class:`_Failed` so that one failing task never stops the others.
     """
     try:
-        run = open_run(path)
+        run = open_run(location)
         result = estimator.compute(run.block(layer, epoch, device=device, context=context))
         _check_result(result, estimator)
         return result.expand_dims(epoch=[int(epoch)]).load()
@@ -175,7 +175,7 @@ class _Task:
 
 
 def estimate(
-    run: Run | str | os.PathLike[str],
+    run: Run | str | os.PathLike[str] | Location,
     estimators: Sequence[str | Estimator] | Mapping[str, Mapping[str, Any]],
     *,
     layers: Sequence[str] | None = None,
@@ -186,13 +186,14 @@ def estimate(
     cache: bool = True,
     progress: ProgressCallback | Literal[False] | None = None,
     errors: Literal["raise", "warn"] = "raise",
+    storage_options: Mapping[str, Any] | None = None,
 ) -> xr.Dataset:
     """Run estimators on a run store and return their results as one labelled Dataset.
 
     Parameters
     ----------
     run
-        A :class:`Run` or the path of a run store.
+        A :class:`Run`, or the path or URL (``s3://bucket/prefix/run.zarr``) of a run store.
     estimators
         Registered names (``["sp-mi", "binned-entropy"]``), a ``{name: params}`` mapping, or
         estimator instances.
@@ -221,6 +222,9 @@ def estimate(
         :class:`~ibframe.errors.TaskFailure` per failed task) and ``.result`` (the Dataset of
         what succeeded, or None); ``"warn"`` returns that Dataset with one
         :class:`EstimationWarning` per failure (and raises only if nothing succeeded).
+    storage_options
+        fsspec's options for a run store given by URL (``endpoint_url``, ``key``, ...). Tasks on
+        dask.distributed workers open the store by URL with them, so workers need no shared disk.
 
     Returns
     -------
@@ -243,7 +247,7 @@ def estimate(
         msg = f"errors must be 'raise' or 'warn', got {errors!r}"
         raise ParameterError(msg)
     report = progress or None
-    run = run if isinstance(run, Run) else open_run(Path(run))
+    run = run if isinstance(run, Run) else open_run(run, storage_options=storage_options)
     _check_scheduler(scheduler)
     instances = build_estimators(estimators, params)
     device = resolve_device(device)
@@ -327,7 +331,11 @@ def _run_tasks(
         elif job.entry is not None:
             try:
                 job.entry.write(job.fresh[task.epoch])
-            except (OSError, ValueError, TypeError, zarr.errors.BaseZarrError) as err:
+            except Exception as err:
+                if storage_error(err, run.location) is None and not isinstance(
+                    err, OSError | ValueError | TypeError | zarr.errors.BaseZarrError
+                ):
+                    raise
                 job.entry = None  # this entry is not written again; the others still try
                 if not warned:
                     warned = True
@@ -344,7 +352,7 @@ def _run_tasks(
     if report is not None:
         report(0, len(tasks))
     if tasks:
-        graph = _graph(str(run.path), tasks, device)
+        graph = _graph(run.location, tasks, device)
         if client is not None:
             _compute_distributed(client, graph, finished)
         else:
@@ -382,7 +390,7 @@ def _accept(job: _Job, epoch: int, outcome: Any) -> str | None:
 _Graph = list[tuple[str, _Task, Any]]
 
 
-def _graph(path: str, tasks: list[_Task], device: str) -> _Graph:
+def _graph(location: Location, tasks: list[_Task], device: str) -> _Graph:
     """One delayed call per task, under keys unique to this call (a cluster keeps old keys)."""
     token = uuid.uuid4().hex
     annotations = {"resources": {"GPU": 1}} if device.startswith("cuda") else {}
@@ -392,7 +400,7 @@ def _graph(path: str, tasks: list[_Task], device: str) -> _Graph:
             key = f"ibframe-task-{token}-{i}"
             job = task.job
             value = dask.delayed(_compute_block, pure=False)(
-                path, job.estimator, job.layer, task.epoch, device, job.context,
+                location, job.estimator, job.layer, task.epoch, device, job.context,
                 dask_key_name=key,
             )
             graph.append((key, task, value))
@@ -559,7 +567,7 @@ def _bytes(count: int) -> str:
 
 def _cache_store(run: Run) -> Any:
     """The run store's Zarr store, for the cache to read and write through."""
-    return zarr.open_group(run.path, mode="r+", zarr_format=3).store
+    return run.location.store(read_only=False)
 
 
 def _plan(run: Run, est: Estimator, layer: str, epochs: list[int], store: Any) -> _Job:
@@ -608,8 +616,8 @@ def _assemble(
     names = [e.name for e in instances]
     stamp = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     result.attrs = {
-        "title": f"ibframe estimates for {run.path.name}",
-        "source": str(Path(run.path).absolute()),
+        "title": f"ibframe estimates for {run.location.name}",
+        "source": run.location.absolute(),
         "history": f"{stamp} ibframe.estimate({names})",
         "ibframe_version": __version__,
         "beta": run.beta,

@@ -45,6 +45,7 @@ from ibframe.recording.nn import (
 from ibframe.recording.nn import single_neuron as single_neuron_net
 from ibframe.recording.recorder import Recorder, RecordSchedule, classification_metrics
 from ibframe.recording.spec import ExperimentSpec, LossFn, MetricsFn, TrainSettings
+from ibframe.store.location import Location
 
 EpochCallback = Callable[[int, Mapping[str, float]], None]
 
@@ -311,7 +312,7 @@ def _recorded_subset(data: Dataset, size: int | None, seed: int) -> Dataset:
 def train(
     experiment: str | ExperimentSpec,
     *,
-    out: str | Path,
+    out: str | Path | Location,
     data: str | Path | None = None,
     epochs: int | None = None,
     beta: float | None = None,
@@ -331,7 +332,8 @@ def train(
     overwrite: bool = False,
     on_epoch: EpochCallback | None = None,
     on_info: Callable[[str], None] | None = None,
-) -> Path:
+    storage_options: Mapping[str, Any] | None = None,
+) -> Path | str:
     """Train one experiment and record it into a run store; returns the store's path.
 
     Arguments left as None take the experiment's defaults (:attr:`ExperimentSpec.defaults`; see
@@ -344,7 +346,8 @@ def train(
     experiment
         A registered experiment's name (built-in or from a plugin) or an :class:`ExperimentSpec`.
     out
-        Path of the run store to write (a ``.zarr`` directory).
+        Path or URL (``s3://bucket/prefix/run.zarr``) of the run store to write, with
+        ``storage_options`` for a URL.
     data
         The experiment's data file or directory (e.g. ``var_u.mat``, MNIST IDX files); None: the
         experiment's own data, generated, or a stand-in (the SZT-style set for ``szt``, sklearn's
@@ -382,7 +385,10 @@ def train(
     from ibframe.plugins import experiment_registry
 
     spec = experiment_registry().get(experiment) if isinstance(experiment, str) else experiment
-    if Path(out).exists() and not overwrite:
+    location = Location.of(out, storage_options)
+    if not overwrite and (
+        location.local.exists() if location.local is not None else location.names()
+    ):
         msg = (
             f"{out} already exists; pass --overwrite (overwrite=True in Python) to replace it, "
             "or choose another --out"
@@ -433,7 +439,7 @@ def train(
 
     recorder = Recorder.for_network(
         network,
-        out,
+        location,
         _recorded_subset(dataset, settings.samples, seed),
         draws=settings.draws,
         conditional_samples=settings.conditional_samples,
@@ -481,4 +487,4 @@ def train(
             metrics.update(recorder.step(epoch) or {})
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
-    return Path(out)
+    return location.local if location.local is not None else location.url
