@@ -122,7 +122,7 @@ def parse_params(items: list[str], names: list[str]) -> dict[str, dict[str, str]
 #: ``--storage-option key=value``, repeatable: fsspec options for run stores and results at URLs.
 StorageOptions = Annotated[
     list[str],
-    typer.Option("--storage-option", help="key=value fsspec option for s3://... and other URLs (endpoint_url=..., profile=...); repeat for several.", show_default=False),
+    typer.Option("--storage-option", metavar="KEY=VALUE", help="key=value for URL stores (endpoint_url=...); repeatable.", show_default=False),
 ]
 
 
@@ -221,7 +221,7 @@ def estimate(
     epochs: Annotated[str | None, typer.Option(help="0,5,10 or 0:100[:step] (default all).")] = None,
     scheduler: Annotated[str | None, typer.Option(help="threads, synchronous, processes, or tcp://host:port.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    output: Annotated[str | None, typer.Option("-o", "--output", help="Write results to .nc or .zarr (a path or a URL).")] = None,
+    output: Annotated[str | None, typer.Option("-o", "--output", metavar="PATH|URL", help="Write results to .nc or .zarr.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing results file at -o.")] = False,
     cache: Annotated[bool, typer.Option(help="Read and write cached results in the run store.")] = True,
     storage_option: StorageOptions = [],  # noqa: B006
@@ -336,7 +336,7 @@ _RECORDING = "Recording"
 @app.command()
 def train(
     experiment: Annotated[str, typer.Argument(metavar="EXPERIMENT", help="szt, spiral, mnist-cnn, neuron, leaky-relu-pair, or a plugin's.")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Run store to write: a .zarr path, or a URL such as s3://bucket/run.zarr.")],
+    out: Annotated[str, typer.Option("--out", "-o", metavar="PATH|URL", help="Run store to write (.zarr).")],
     data: Annotated[Path | None, typer.Option(help="Data file or directory (var_u.mat, MNIST IDX files); default: the experiment's own or stand-in data.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run store.")] = False,
     epochs: Annotated[int | None, typer.Option(help="Training epochs.", rich_help_panel=_TRAINING)] = None,
@@ -457,7 +457,7 @@ def plot(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the figures.")] = Path("figures"),
     kind: Annotated[list[str], typer.Option("--kind", "-k", help="mi-epochs, info-plane, binned-entropy, distance-histograms, unit-slopes, cosine-similarity or scatter; repeat (default: all the results allow).")] = [],  # noqa: B006
     format: Annotated[list[str], typer.Option("--format", "-f", help="png and/or svg.")] = ["png"],  # noqa: B006
-    run: Annotated[str | None, typer.Option(help="Run store (path or URL) for scatter plots of the activations.")] = None,
+    run: Annotated[str | None, typer.Option(metavar="PATH|URL", help="Run store for scatter plots of the activations.")] = None,
     storage_option: StorageOptions = [],  # noqa: B006
 ) -> None:
     """Draw the paper's figures from results (information plane, I(X;T) over epochs, ...)."""

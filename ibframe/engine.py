@@ -393,18 +393,24 @@ _Graph = list[tuple[str, _Task, Any]]
 def _graph(location: Location, tasks: list[_Task], device: str) -> _Graph:
     """One delayed call per task, under keys unique to this call (a cluster keeps old keys)."""
     token = uuid.uuid4().hex
-    annotations = {"resources": {"GPU": 1}} if device.startswith("cuda") else {}
     graph = []
-    with dask.annotate(**annotations):
-        for i, task in enumerate(tasks):
-            key = f"ibframe-task-{token}-{i}"
-            job = task.job
+    for i, task in enumerate(tasks):
+        key = f"ibframe-task-{token}-{i}"
+        job = task.job
+        where = _device_for(job.estimator, device)
+        # only tasks that compute on a GPU wait for a worker with one
+        with dask.annotate(**({"resources": {"GPU": 1}} if where.startswith("cuda") else {})):
             value = dask.delayed(_compute_block, pure=False)(
-                location, job.estimator, job.layer, task.epoch, device, job.context,
+                location, job.estimator, job.layer, task.epoch, where, job.context,
                 dask_key_name=key,
             )
-            graph.append((key, task, value))
+        graph.append((key, task, value))
     return graph
+
+
+def _device_for(estimator: Estimator, device: str) -> str:
+    """The device of an estimator's tasks: ``device`` if it uses a GPU, else the CPU."""
+    return device if estimator.uses_gpu else "cpu"
 
 
 def _compute_local(
@@ -524,10 +530,10 @@ def _check_memory(
     instances: list[Estimator], run: Run, layers: list[str], device: str, client: Any
 ) -> None:
     """Refuse, before starting, a task that needs more memory than where it would run has."""
-    limit, where = _memory_limit(device, client)
-    if limit is None:
-        return
     for est in instances:
+        limit, where = _memory_limit(_device_for(est, device), client)
+        if limit is None:
+            continue
         for layer in layers:
             need = est.memory_bytes(run, layer)
             if need > limit:

@@ -31,6 +31,7 @@ s3fs = pytest.importorskip("s3fs", reason="s3fs is not installed (pip install 'i
 import ibframe
 from ibframe.cache import CacheWarning
 from ibframe.errors import (
+    EstimationFailed,
     IbframeError,
     SampleSizeWarning,
     StoreAccessError,
@@ -425,3 +426,58 @@ def test_the_command_line_reads_and_writes_s3(bucket, options, capsys):
     code, _, err = _cli(["info", "s3://no-such-bucket-x1/r.zarr", *opts], capsys)
     assert code == 1 and re.search(r"bucket .* does not exist", err)
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_dask_cluster_estimates_from_s3_without_a_shared_disk(bucket, options, tmp_path):
+    """Two worker processes read the blocks straight from S3; the client reads no activation
+    chunk and writes the cache; a task that raises (a damaged chunk) is one line, and the other
+    results are kept and cached."""
+    distributed = pytest.importorskip("distributed")
+    import zarr.storage
+
+    url = f"{bucket}/r.zarr"
+    make_test_run(Location.of(url, options), epochs=3).close()
+    reference, _ = _estimate(make_test_run(tmp_path / "r.zarr", epochs=3), cache=False)
+    fs = _fs(options)
+    (chunk,) = fs.find(f"{url.removeprefix('s3://')}/layers/h2/S/c/1")
+    raw = bytearray(fs.cat_file(chunk))
+    raw[len(raw) // 2] ^= 0xFF
+    fs.pipe_file(chunk, bytes(raw))
+
+    read_here: list[str] = []
+    original = zarr.storage.FsspecStore.get
+
+    async def counting_get(self, key, *args, **kwargs):
+        read_here.append(key)
+        return await original(self, key, *args, **kwargs)
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        zarr.storage.FsspecStore.get = counting_get
+        try:
+            with pytest.raises(EstimationFailed) as failed:
+                _estimate(url, storage_options=options, scheduler=cluster.scheduler_address)
+        finally:
+            zarr.storage.FsspecStore.get = original
+        workers = cluster.scheduler_info["workers"]
+        assert len(workers) == 2
+    (failure,) = failed.value.failures
+    assert (failure.layer, failure.epoch) == ("h2", 1) and "cannot be decoded" in failure.error
+    assert "\n" not in str(failure)
+    activations = [k for k in read_here if re.search(r"layers/[^/]+/S(_cond)?/c/", k)]
+    assert activations == [], activations[:5]
+    ds = failed.value.result
+    for name, var in reference.data_vars.items():
+        cells = [(layer, epoch) for layer in ds.layer.values for epoch in ds.epoch.values
+                 if (layer, epoch) != ("h2", 1)] if "layer" in var.dims else []
+        for layer, epoch in cells:
+            np.testing.assert_array_equal(ds[name].sel(layer=layer, epoch=epoch).values,
+                                          var.sel(layer=layer, epoch=epoch).values, err_msg=name)
+    raw[len(raw) // 2] ^= 0xFF
+    fs.pipe_file(chunk, bytes(raw))  # repaired: the failed task alone is computed again
+    ds, total = _estimate(url, storage_options=options)
+    assert total == 1
+    for name, var in reference.data_vars.items():
+        np.testing.assert_array_equal(ds[name].values, var.values, err_msg=name)
