@@ -481,3 +481,18 @@ def test_a_dask_cluster_estimates_from_s3_without_a_shared_disk(bucket, options,
     assert total == 1
     for name, var in reference.data_vars.items():
         np.testing.assert_array_equal(ds[name].values, var.values, err_msg=name)
+
+
+def test_train_records_a_run_on_s3(bucket, options, capsys):
+    url = f"{bucket}/n.zarr"
+    opts = [f"--storage-option=endpoint_url={options['endpoint_url']}",
+            f"--storage-option=key={KEY}", f"--storage-option=secret={SECRET}"]
+    args = ["train", "neuron", "--out", url, "--epochs", "2", "--record", "all", *opts]
+    code, out, err = _cli(args, capsys)
+    assert code == 0, err
+    assert f"recorded {url}" in out and SECRET not in out + err
+    run = ibframe.open_run(url, storage_options=options)
+    assert run.epochs.tolist() == [0, 1, 2]
+    assert SECRET not in json.dumps(run.attrs) and KEY not in json.dumps(run.attrs)
+    code, _, err = _cli(args, capsys)
+    assert code == 1 and "already exists; pass --overwrite" in err
