@@ -67,6 +67,15 @@ def resolve_device(device: str) -> str:
     raise ParameterError(msg)
 
 
+def _resolve_for(device: str, scheduler: str | None) -> str:
+    """The device of the tasks. On a dask.distributed cluster a CUDA device is the GPU workers'
+    to have, so a client without a GPU may ask for one; ``"auto"`` is resolved here."""
+    on_cluster = scheduler is not None and "://" in scheduler
+    if on_cluster and (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        return device
+    return resolve_device(device)
+
+
 def build_estimators(
     estimators: Sequence[str | Estimator] | Mapping[str, Mapping[str, Any]],
     params: Mapping[str, Mapping[str, Any]] | None = None,
@@ -250,7 +259,7 @@ def estimate(
     run = run if isinstance(run, Run) else open_run(run, storage_options=storage_options)
     _check_scheduler(scheduler)
     instances = build_estimators(estimators, params)
-    device = resolve_device(device)
+    device = _resolve_for(device, scheduler)
     layer_names = _select_layers(run, layers)
     epoch_values = _select_epochs(run, epochs)
     for est in instances:
@@ -548,6 +557,8 @@ def _check_memory(
 def _memory_limit(device: str, client: Any) -> tuple[int | None, str]:
     """The memory a task can use and where, or None when it cannot be told."""
     if device.startswith("cuda"):
+        if client is not None:  # the GPU workers' memory is not known here
+            return None, ""
         import torch
 
         index = int(device[5:]) if ":" in device else torch.cuda.current_device()

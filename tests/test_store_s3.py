@@ -101,7 +101,8 @@ def _estimate(where, **kwargs):
     seen = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SampleSizeWarning)
-        ds = ibframe.estimate(where, kwargs.pop("estimators", BINNED), device="cpu",
+        ds = ibframe.estimate(where, kwargs.pop("estimators", BINNED),
+                              device=kwargs.pop("device", "cpu"),
                               progress=lambda done, total: seen.append(total), **kwargs)
     return ds, seen[0]
 
@@ -438,7 +439,8 @@ def test_the_command_line_reads_and_writes_s3(bucket, options, capsys):
 def test_a_dask_cluster_estimates_from_s3_without_a_shared_disk(bucket, options, tmp_path):
     """Two worker processes read the blocks straight from S3; the client reads no activation
     chunk and writes the cache; a task that raises (a damaged chunk) is one line, and the other
-    results are kept and cached."""
+    results are kept and cached. Asked for a CUDA device on a cluster without GPU workers (and
+    a client without a GPU), binned entropy runs on the CPU workers instead of waiting."""
     distributed = pytest.importorskip("distributed")
     import zarr.storage
 
@@ -463,7 +465,9 @@ def test_a_dask_cluster_estimates_from_s3_without_a_shared_disk(bucket, options,
         zarr.storage.FsspecStore.get = counting_get
         try:
             with pytest.raises(EstimationFailed) as failed:
-                _estimate(url, storage_options=options, scheduler=cluster.scheduler_address)
+                # cuda: the client and the workers have no GPU, and binned entropy needs none
+                _estimate(url, storage_options=options, scheduler=cluster.scheduler_address,
+                          device="cuda")
         finally:
             zarr.storage.FsspecStore.get = original
         workers = cluster.scheduler_info["workers"]
