@@ -407,7 +407,7 @@ def _cli(args, capsys):
     return exit_info.value.code, captured.out, captured.err
 
 
-def test_the_command_line_reads_and_writes_s3(bucket, options, capsys):
+def test_the_command_line_reads_and_writes_s3(bucket, options, capsys, tmp_path):
     url = f"{bucket}/r.zarr"
     make_test_run(Location.of(url, options), widths=(4, 2), epochs=2).close()
     opts = [f"--storage-option=endpoint_url={options['endpoint_url']}",
@@ -427,6 +427,10 @@ def test_the_command_line_reads_and_writes_s3(bucket, options, capsys):
         again = [*command, "-o", results, *opts, *(["--overwrite"] if suffix == ".zarr" else [])]
         code, _, err = _cli(again, capsys)
         assert (code, "already exists" in err) == ((0, False) if suffix == ".zarr" else (1, True)), err
+    code, out, err = _cli(["plot", f"{bucket}/out/results.nc", "-k", "binned-entropy",
+                           "-o", str(tmp_path / "figures"), *opts], capsys)
+    assert code == 0, err
+    assert list((tmp_path / "figures").glob("*.png"))
     code, _, err = _cli([*command, "-o", f"{url}/results.nc", *opts], capsys)
     assert code == 1 and "is inside the run store" in err
     code, _, err = _cli(["info", "s3://no-such-bucket-x1/r.zarr", *opts], capsys)
