@@ -237,7 +237,8 @@ def estimate(
 
     storage_options = parse_storage_options(storage_option)
     if output is not None:  # before the work, not after it
-        check_results_path(output, overwrite=overwrite, storage_options=_for(output, storage_options))
+        check_results_path(output, overwrite=overwrite,
+                           storage_options=_for(output, storage_options))
     params = parse_params(param, estimator)
     bar = progress_bar()
     task = bar.add_task("estimating", total=None)

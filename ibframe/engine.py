@@ -131,11 +131,17 @@ def _one_line(err: BaseException) -> str:
 
 
 def _compute_block(
-    location: Location, estimator: Estimator, layer: str, epoch: int, device: str, context: dict[str, Any]
+    location: Location,
+    estimator: Estimator,
+    layer: str,
+    epoch: int,
+    device: str,
+    context: dict[str, Any],
 ) -> xr.Dataset | _Failed:
     """One task: read the block from the run store, estimate, check the result's conventions.
 
-    The task opens the store itself, by path or URL, wherever it runs. Errors come back as :class:`_Failed` so that one failing task never stops the others.
+    The task opens the store itself, by path or URL, wherever it runs. Errors come back as
+    :class:`_Failed` so that one failing task never stops the others.
     """
     try:
         run = open_run(location)

@@ -215,11 +215,13 @@ def _check_remote(location: Location, overwrite: bool) -> Location:
     with storage_errors(location):
         location.check_container(store)
         parts = key.split("/")
-        for depth in range(len(parts), 1, -1):  # the URL and every prefix above it, up to the bucket
+        for depth in range(len(parts), 1, -1):  # the URL and each prefix above, up to the bucket
             meta = _remote_attrs(fs, "/".join(parts[:depth]))
             if meta.get("ibframe_format") is not None:
                 above = "/".join(parts[:depth])
-                what = "is a run store" if depth == len(parts) else f"is inside the run store {above}"
+                what = (
+                    "is a run store" if depth == len(parts) else f"is inside the run store {above}"
+                )
                 msg = f"{where} {what}; results never go there: choose another path"
                 raise StoreError(msg)
         exists = sync(fs._exists(key))
@@ -263,7 +265,7 @@ def _save_remote(ds: xr.Dataset, location: Location, overwrite: bool) -> str:
             if sync(fs._exists(key)):
                 sync(store.delete_dir(""))
             with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
+                warnings.filterwarnings("ignore", message=".*not have a Zarr V3 specification.*")
                 ds.to_zarr(store, mode="w", consolidated=False, zarr_format=3)
     return location.url
 

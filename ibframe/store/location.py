@@ -82,8 +82,8 @@ class Location:
         return self.url
 
     def __repr__(self) -> str:
-        options = f", storage_options keys {sorted(self.storage_options)}" if self.storage_options else ""
-        return f"Location({self.url!r}{options})"
+        keys = sorted(self.storage_options)
+        return f"Location({self.url!r}" + (f", storage_options keys {keys})" if keys else ")")
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -126,7 +126,8 @@ class Location:
             except (ImportError, ValueError) as err:
                 msg = f"cannot open {self.url}: {_brief(err)}"
                 if isinstance(err, ImportError) or "Protocol not known" in str(err):
-                    msg += f" (install the fsspec backend for {self.protocol}://, for S3: pip install 'ibframe[s3]')"
+                    msg += (f" (install the fsspec backend for {self.protocol}://; for S3: "
+                            "pip install 'ibframe[s3]')")
                 raise StoreError(msg) from None
 
     def names(self, store: Store | None = None) -> list[str]:
@@ -152,7 +153,8 @@ class Location:
         with storage_errors(self):
             exists = sync(fs._exists(bucket))
         if not exists:
-            msg = f"bucket {bucket} of {self.url} does not exist (or is not visible with these credentials)"
+            msg = (f"bucket {bucket} of {self.url} does not exist (or is not visible with these "
+                   "credentials)")
             raise StoreNotFoundError(msg)
 
 
