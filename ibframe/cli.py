@@ -274,13 +274,26 @@ def estimate(
     if ds is not None:
         print_summary(ds)
         if output is not None:
-            command = " ".join(["ibframe", *sys.argv[1:]])
+            command = " ".join(["ibframe", *_redacted(sys.argv[1:])])
             ds.attrs["history"] = "\n".join(filter(None, [ds.attrs.get("history"), command]))
             save_results(ds, output, overwrite=overwrite,
                          storage_options=_for(output, storage_options))
             say(f"results written to {output}")
     if failed is not None:
         raise typer.Exit(1)
+
+
+def _redacted(argv: list[str]) -> list[str]:
+    """The command line with each ``--storage-option`` value hidden: they may hold secrets."""
+    shown: list[str] = []
+    for arg in argv:
+        if shown and shown[-1] == "--storage-option":
+            shown.append(f"{arg.partition('=')[0]}=...")
+        elif arg.startswith("--storage-option="):
+            shown.append(f"--storage-option={arg.split('=')[1]}=...")
+        else:
+            shown.append(arg)
+    return shown
 
 
 def _for(where: str, storage_options: dict[str, Any] | None) -> dict[str, Any] | None:

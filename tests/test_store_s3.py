@@ -398,10 +398,12 @@ def test_the_endpoint_and_credentials_can_come_from_the_environment(bucket, moto
 
 
 def _cli(args, capsys):
-    """The command line's entry point, in this process (its S3 client reaches the moto server)."""
+    """The command line's entry point, in this process (its S3 client reaches the moto server),
+    with ``sys.argv`` as the shell would set it (results record the command in ``history``)."""
     from ibframe.cli import main
 
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit) as exit_info, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["ibframe", *args])
         main(args)
     captured = capsys.readouterr()
     return exit_info.value.code, captured.out, captured.err
@@ -423,7 +425,8 @@ def test_the_command_line_reads_and_writes_s3(bucket, options, capsys, tmp_path)
         assert SECRET not in out + err
         loaded = ibframe.load_results(results, storage_options=options)
         assert loaded["entropy_bin"].sizes["epoch"] == 2 and loaded.attrs["source"] == url
-        assert SECRET not in str(loaded.attrs)
+        assert SECRET not in str(loaded.attrs) and KEY not in str(loaded.attrs)
+        assert "--storage-option=secret=..." in loaded.attrs["history"]
         again = [*command, "-o", results, *opts, *(["--overwrite"] if suffix == ".zarr" else [])]
         code, _, err = _cli(again, capsys)
         assert (code, "already exists" in err) == ((0, False) if suffix == ".zarr" else (1, True)), err
