@@ -48,7 +48,10 @@ class Block:
         What :meth:`Estimator.layer_context` returned for this layer (shared bins, ranges).
     run_path
         The run store this block comes from, for estimators that need more of it (the inputs
-        x, say) than the block holds; ``ibframe.open_run(block.run_path)`` opens it.
+        x, say) than the block holds: ``ibframe.open_run(block.run_path,
+        storage_options=block.storage_options)`` opens it (a path or a URL).
+    storage_options
+        The fsspec options of a run store on object storage (None for a local one).
     """
 
     layer: str
@@ -64,6 +67,7 @@ class Block:
     layer_attrs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     context: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     run_path: str | None = None
+    storage_options: Mapping[str, Any] | None = None
 
     def rng(self, seed: int | None) -> np.random.Generator:
         """A generator seeded from ``seed`` and this block's (layer, epoch), so tasks differ but

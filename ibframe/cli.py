@@ -7,6 +7,7 @@ exit 2; Ctrl-C exits 130, saying what was kept. No user error shows a traceback.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import typing
@@ -118,12 +119,47 @@ def parse_params(items: list[str], names: list[str]) -> dict[str, dict[str, str]
     return {k: v for k, v in out.items() if v}
 
 
+#: ``--storage-option key=value``, repeatable: fsspec options for run stores and results at URLs.
+StorageOptions = Annotated[
+    list[str],
+    typer.Option("--storage-option", metavar="KEY=VALUE", help="key=value for URL stores (endpoint_url=...); repeatable.", show_default=False),
+]
+
+
+def parse_storage_options(items: list[str]) -> dict[str, Any] | None:
+    """``["endpoint_url=http://...", "anon=true"]`` as fsspec storage options (None for none).
+
+    Values are read as JSON where they parse (``true``, ``3``, ``{"a": 1}``), else as text; a
+    dotted key (``client_kwargs.region_name=...``) sets a nested option.
+    """
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            msg = f"--storage-option takes key=value, got {item.split('=')[0]!r}..."
+            raise ParameterError(msg)
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        *parents, leaf = key.split(".")
+        target = options
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return options or None
+
+
 @app.command()
-def info(run: Annotated[Path, typer.Argument(metavar="RUN", help="A run store (.zarr directory).")]) -> None:
+def info(
+    run: Annotated[str, typer.Argument(metavar="RUN", help="A run store: a .zarr directory, or a URL such as s3://bucket/run.zarr.")],
+    storage_option: StorageOptions = [],  # noqa: B006
+) -> None:
     """Show what a run store holds: layers, epochs, noise, metrics and cached results."""
     from ibframe.store import open_run
+    from ibframe.store.integrity import child_names
 
-    r = open_run(run)
+    r = open_run(run, storage_options=parse_storage_options(storage_option))
     attrs = r.attrs
     epochs = r.epochs
     say(f"{r.path}  (ibframe_format {attrs['ibframe_format']}, written by ibframe "
@@ -149,9 +185,9 @@ def info(run: Annotated[Path, typer.Argument(metavar="RUN", help="A run store (.
     if metrics.data_vars and epochs.size:
         last = {k: float(v[-1]) for k, v in metrics.data_vars.items()}
         say("metrics at the last epoch: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items()))
-    results = r.path / "results"
-    if results.exists():
-        cached = sorted(p.name for p in results.iterdir() if p.is_dir())
+    in_results = child_names(r.store, "results")
+    if in_results:
+        cached = sorted(set(in_results) - {"zarr.json"})
         say("cached results: " + (", ".join(cached) or "none"))
 
 
@@ -178,16 +214,17 @@ def estimators() -> None:
 
 @app.command()
 def estimate(
-    runs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run stores (.zarr directories), or a quoted glob such as 'runs/*.zarr'; several give a run dimension.")],
+    runs: Annotated[list[str], typer.Argument(metavar="RUN...", help="Run stores (.zarr directories or URLs such as s3://bucket/run.zarr), or a quoted glob such as 'runs/*.zarr'; several give a run dimension.")],
     estimator: Annotated[list[str], typer.Option("-e", "--estimator", help="Estimator name; repeat for several.")],
     param: Annotated[list[str], typer.Option("-p", "--param", help="key=value, or estimator.key=value.")] = [],  # noqa: B006
     layers: Annotated[str | None, typer.Option(help="Comma-separated layer names (default all).")] = None,
     epochs: Annotated[str | None, typer.Option(help="0,5,10 or 0:100[:step] (default all).")] = None,
     scheduler: Annotated[str | None, typer.Option(help="threads, synchronous, processes, or tcp://host:port.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write results to .nc or .zarr.")] = None,
+    output: Annotated[str | None, typer.Option("-o", "--output", metavar="PATH|URL", help="Write results to .nc or .zarr.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing results file at -o.")] = False,
     cache: Annotated[bool, typer.Option(help="Read and write cached results in the run store.")] = True,
+    storage_option: StorageOptions = [],  # noqa: B006
 ) -> None:
     """Run estimators on run stores, show a summary, and optionally write the results.
 
@@ -201,11 +238,13 @@ def estimate(
     from ibframe.engine import estimate as run_estimate
     from ibframe.results import check_results_path, save_results
 
-    if output is not None:
-        check_results_path(output, overwrite=overwrite)  # before the work, not after it
+    storage_options = parse_storage_options(storage_option)
+    if output is not None:  # before the work, not after it
+        check_results_path(output, overwrite=overwrite,
+                           storage_options=_for(output, storage_options))
     params = parse_params(param, estimator)
-    run: Path | list[str] = runs[0] if len(runs) == 1 else [str(r) for r in runs]
-    where = str(runs[0]) if len(runs) == 1 else "the run stores"
+    run: str | list[str] = runs[0] if len(runs) == 1 else runs
+    where = runs[0] if len(runs) == 1 else "the run stores"
     bar = progress_bar()
     task = bar.add_task("estimating", total=None)
     done_total = [0, -1]  # tasks finished, tasks planned (-1: not planned yet)
@@ -224,6 +263,7 @@ def estimate(
             run, estimator, params=params,
             layers=layers.split(",") if layers else None, epochs=parse_epochs(epochs),
             scheduler=scheduler, device=device, cache=cache, progress=report,
+            storage_options=storage_options if any("://" in r for r in runs) else None,
         )
     except EstimationFailed as err:
         failed, ds = err, err.result
@@ -239,15 +279,34 @@ def estimate(
     if ds is not None:
         print_summary(ds)
         if output is not None:
-            command = " ".join(["ibframe", *sys.argv[1:]])
+            command = " ".join(["ibframe", *_redacted(sys.argv[1:])])
             ds.attrs["history"] = "\n".join(filter(None, [ds.attrs.get("history"), command]))
-            save_results(ds, output, overwrite=overwrite)
+            save_results(ds, output, overwrite=overwrite,
+                         storage_options=_for(output, storage_options))
             say(f"results written to {output}")
     if failed is not None:
         raise typer.Exit(1)
 
 
-def _estimate_kept(run: Path | str, done: int, total: int, cache: bool) -> str:
+def _redacted(argv: list[str]) -> list[str]:
+    """The command line with each ``--storage-option`` value hidden: they may hold secrets."""
+    shown: list[str] = []
+    for arg in argv:
+        if shown and shown[-1] == "--storage-option":
+            shown.append(f"{arg.partition('=')[0]}=...")
+        elif arg.startswith("--storage-option="):
+            shown.append(f"--storage-option={arg.split('=')[1]}=...")
+        else:
+            shown.append(arg)
+    return shown
+
+
+def _for(where: str, storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The storage options for ``where``: they serve URLs, and local paths take none."""
+    return storage_options if "://" in where else None
+
+
+def _estimate_kept(run: str, done: int, total: int, cache: bool) -> str:
     """What an interrupted ``estimate`` leaves behind, in words."""
     if total < 0 or done == 0:
         return "no result was computed yet"
@@ -296,7 +355,7 @@ _RECORDING = "Recording"
 @app.command()
 def train(
     experiment: Annotated[str, typer.Argument(metavar="EXPERIMENT", help="szt, spiral, mnist-cnn, mnist-cnn-dropout, neuron, leaky-relu-pair, or a plugin's.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run store to write (.zarr); with several seeds a directory (DIR/seed-N.zarr) or a pattern with {seed}.")],
+    out: Annotated[str, typer.Option("--out", "-o", metavar="PATH|URL", help="Run store to write (.zarr, or a URL such as s3://bucket/run.zarr); with several seeds a directory (DIR/seed-N.zarr) or a pattern with {seed}.")],
     data: Annotated[Path | None, typer.Option(help="Data file or directory (var_u.mat, MNIST IDX files), or sklearn-digits (the MNIST CNNs' 8x8 stand-in); default: the experiment's own data (MNIST: the 5,000 real digits of the mnist extra).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run store.")] = False,
     epochs: Annotated[int | None, typer.Option(help="Training epochs.", rich_help_panel=_TRAINING)] = None,
@@ -314,6 +373,7 @@ def train(
     draws: Annotated[int | None, typer.Option(help="Conditional draws per conditional input (default 32 for a noisy network; the SP bias falls as 1/draws).", rich_help_panel=_RECORDING)] = None,
     conditional_samples: Annotated[int | None, typer.Option(help="Inputs with conditional draws, a seeded subset (default all, within a 2 GiB store).", rich_help_panel=_RECORDING)] = None,
     samples: Annotated[int | None, typer.Option(help="Inputs recorded, a seeded subset (default all).", rich_help_panel=_RECORDING)] = None,
+    storage_option: StorageOptions = [],  # noqa: B006
 ) -> None:
     """Train one of the paper's set-ups and record it into a run store (one per seed).
 
@@ -329,15 +389,16 @@ def train(
     chosen = list(dict.fromkeys([*seed, *(parse_seeds(seeds) if seeds is not None else [])]))
     chosen = chosen or [0]
     spec = experiment_registry().get(experiment)
+    storage_options = _for(out, parse_storage_options(storage_option))
     device = resolve_device(device)
     total = epochs if epochs is not None else spec.defaults.epochs
     bar = progress_bar()
     task = bar.add_task(f"training {experiment}", total=total + 1)
     label = [f"training {experiment}"]
-    current: list[Path] = []
-    finished: list[Path] = []
+    current: list[Path | str] = []
+    finished: list[Path | str] = []
 
-    def on_seed(seed: int, path: Path, index: int, count: int) -> None:
+    def on_seed(seed: int, path: Path | str, index: int, count: int) -> None:
         if current:
             finished.append(current[-1])
             say(f"recorded {current[-1]}", err=True)
@@ -359,11 +420,11 @@ def train(
             record=record, draws=draws, conditional_samples=conditional_samples,
             samples=samples, orthonormal=orthonormal, augment=augment, device=device,
             overwrite=overwrite, on_seed=on_seed, on_epoch=report,
-            on_info=lambda line: say(line, err=True),
+            on_info=lambda line: say(line, err=True), storage_options=storage_options,
         )
     except KeyboardInterrupt:
         bar.stop()
-        kept = _recorded_epochs(current[-1] if current else out)
+        kept = _recorded_epochs(str(current[-1]) if current else out, storage_options)
         if finished:
             kept = f"{len(finished)} seed(s) finished ({', '.join(map(str, finished))}); {kept}"
         raise _interrupted(kept) from None
@@ -378,12 +439,12 @@ def train(
         f"ibframe estimate '{where.replace('{seed}', '*')}' -e sp-mi")
 
 
-def _recorded_epochs(out: Path) -> str:
+def _recorded_epochs(out: str, storage_options: dict[str, Any] | None) -> str:
     """What an interrupted ``train`` leaves in its run store, in words."""
     from ibframe.store import open_run, summarise_epochs
 
     try:
-        recorded = open_run(out).epochs
+        recorded = open_run(out, storage_options=storage_options).epochs
     except (IbframeError, KeyError):  # no store yet, or one interrupted while being created
         return f"no epoch was recorded in {out}"
     if recorded.size == 0:
@@ -438,28 +499,33 @@ def demo(
 
 @app.command()
 def plot(
-    results: Annotated[list[Path], typer.Argument(metavar="RESULTS", help="Results files (.nc or .zarr) from `ibframe estimate -o`.")],
+    results: Annotated[list[str], typer.Argument(metavar="RESULTS", help="Results files (.nc or .zarr, paths or URLs) from `ibframe estimate -o`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the figures.")] = Path("figures"),
     kind: Annotated[list[str], typer.Option("--kind", "-k", help="mi-epochs, info-plane, binned-entropy, distance-histograms, unit-slopes, cosine-similarity or scatter; repeat (default: all the results allow).")] = [],  # noqa: B006
     format: Annotated[list[str], typer.Option("--format", "-f", help="png and/or svg.")] = ["png"],  # noqa: B006
-    run: Annotated[Path | None, typer.Option(help="Run store for scatter plots of the activations.")] = None,
+    run: Annotated[str | None, typer.Option(metavar="PATH|URL", help="Run store for scatter plots of the activations.")] = None,
+    storage_option: StorageOptions = [],  # noqa: B006
 ) -> None:
     """Draw the paper's figures from results (information plane, I(X;T) over epochs, ...)."""
     from ibframe.plot import plot_results
     from ibframe.results import load_results
+    from ibframe.store import open_run
 
+    storage_options = parse_storage_options(storage_option)
+    opened = None if run is None else open_run(run, storage_options=_for(run, storage_options))
     make_output_directory(out)
-    for source in results:
-        if (source / "layers").is_dir():
+    for where in results:
+        source = Path(where.rsplit("/", 1)[-1] if "://" in where else where)
+        if "://" not in where and (source / "layers").is_dir():
             msg = (
                 f"{source} is a run store, not results: run `ibframe estimate {source} -e ... "
                 f"-o results.nc` first, and pass the run with --run for scatter plots"
             )
             raise ParameterError(msg)
-        ds = load_results(source)
+        ds = load_results(where, storage_options=_for(where, storage_options))
         target = out / source.stem if len(results) > 1 else out
         paths = plot_results(ds, kinds=kind or None, out_dir=target, formats=tuple(format),
-                             run=run)
+                             run=opened)
         for path in paths:
             say(f"figure: {path}")
 

@@ -18,7 +18,6 @@ import typing
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import dask
@@ -41,6 +40,7 @@ from ibframe.estimator import Estimator, params_json
 from ibframe.plugins import estimator_registry, plugin_version
 from ibframe.runs import RunsLike, each_run, is_glob, run_name
 from ibframe.store import Run, open_run
+from ibframe.store.location import Location, storage_error
 
 #: ``progress(done, total)``, called as tasks finish; ``progress(0, 0)`` when all was cached.
 ProgressCallback = Callable[[int, int], None]
@@ -66,6 +66,15 @@ def resolve_device(device: str) -> str:
         return device
     msg = f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
     raise ParameterError(msg)
+
+
+def _resolve_for(device: str, scheduler: str | None) -> str:
+    """The device of the tasks. On a dask.distributed cluster a CUDA device is the GPU workers'
+    to have, so a client without a GPU may ask for one; ``"auto"`` is resolved here."""
+    on_cluster = scheduler is not None and "://" in scheduler
+    if on_cluster and (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        return device
+    return resolve_device(device)
 
 
 def build_estimators(
@@ -123,14 +132,20 @@ def _one_line(err: BaseException) -> str:
 
 
 def _compute_block(
-    path: str, estimator: Estimator, layer: str, epoch: int, device: str, context: dict[str, Any]
+    location: Location,
+    estimator: Estimator,
+    layer: str,
+    epoch: int,
+    device: str,
+    context: dict[str, Any],
 ) -> xr.Dataset | _Failed:
     """One task: read the block from the run store, estimate, check the result's conventions.
 
-    Errors come back as :class:`_Failed` so that one failing task never stops the others.
+    The task opens the store itself, by path or URL, wherever it runs. Errors come back as
+    :class:`_Failed` so that one failing task never stops the others.
     """
     try:
-        run = open_run(path)
+        run = open_run(location)
         result = estimator.compute(run.block(layer, epoch, device=device, context=context))
         _check_result(result, estimator)
         return result.expand_dims(epoch=[int(epoch)]).load()
@@ -176,7 +191,7 @@ class _Task:
 
 
 def estimate(
-    run: Run | str | os.PathLike[str] | Sequence[Run | str | os.PathLike[str]],
+    run: Run | str | os.PathLike[str] | Location | Sequence[Run | str | os.PathLike[str]],
     estimators: Sequence[str | Estimator] | Mapping[str, Mapping[str, Any]],
     *,
     layers: Sequence[str] | None = None,
@@ -187,15 +202,16 @@ def estimate(
     cache: bool = True,
     progress: ProgressCallback | Literal[False] | None = None,
     errors: Literal["raise", "warn"] = "raise",
+    storage_options: Mapping[str, Any] | None = None,
 ) -> xr.Dataset:
     """Run estimators on a run store and return their results as one labelled Dataset.
 
     Parameters
     ----------
     run
-        A :class:`Run` or the path of a run store; or several runs, as a list of them or a glob
-        string (``"runs/seed-*.zarr"``), which gives a ``run`` dimension (docs/results.md,
-        "Several runs"; :func:`estimate_runs`).
+        A :class:`Run`, or the path or URL (``s3://bucket/prefix/run.zarr``) of a run store; or
+        several runs, as a list of them or a glob string (``"runs/seed-*.zarr"``), which gives a
+        ``run`` dimension (docs/results.md, "Several runs"; :func:`estimate_runs`).
     estimators
         Registered names (``["sp-mi", "binned-entropy"]``), a ``{name: params}`` mapping, or
         estimator instances.
@@ -224,6 +240,9 @@ def estimate(
         :class:`~ibframe.errors.TaskFailure` per failed task) and ``.result`` (the Dataset of
         what succeeded, or None); ``"warn"`` returns that Dataset with one
         :class:`EstimationWarning` per failure (and raises only if nothing succeeded).
+    storage_options
+        fsspec's options for a run store given by URL (``endpoint_url``, ``key``, ...). Tasks on
+        dask.distributed workers open the store by URL with them, so workers need no shared disk.
 
     Returns
     -------
@@ -246,16 +265,21 @@ def estimate(
     if errors not in ("raise", "warn"):
         msg = f"errors must be 'raise' or 'warn', got {errors!r}"
         raise ParameterError(msg)
-    if not isinstance(run, Run) and (not isinstance(run, str | os.PathLike) or is_glob(run)):
+    if not isinstance(run, Run | Location) and (
+        not isinstance(run, str | os.PathLike) or is_glob(run)
+    ):
+        if storage_options and not isinstance(run, str):  # URLs among several runs
+            run = [open_run(r, storage_options=storage_options)
+                   if isinstance(r, str) and "://" in r else r for r in run]
         return estimate_runs(
             run, estimators, layers=layers, epochs=epochs, params=params, scheduler=scheduler,
             device=device, cache=cache, progress=progress, errors=errors,
         )
     report = progress or None
-    run = run if isinstance(run, Run) else open_run(Path(run))
+    run = run if isinstance(run, Run) else open_run(run, storage_options=storage_options)
     _check_scheduler(scheduler)
     instances = build_estimators(estimators, params)
-    device = resolve_device(device)
+    device = _resolve_for(device, scheduler)
     layer_names = _select_layers(run, layers)
     epoch_values = _select_epochs(run, epochs)
     for est in instances:
@@ -388,7 +412,11 @@ def _run_tasks(
         elif job.entry is not None:
             try:
                 job.entry.write(job.fresh[task.epoch])
-            except (OSError, ValueError, TypeError, zarr.errors.BaseZarrError) as err:
+            except Exception as err:
+                if storage_error(err, run.location) is None and not isinstance(
+                    err, OSError | ValueError | TypeError | zarr.errors.BaseZarrError
+                ):
+                    raise
                 job.entry = None  # this entry is not written again; the others still try
                 if not warned:
                     warned = True
@@ -405,7 +433,7 @@ def _run_tasks(
     if report is not None:
         report(0, len(tasks))
     if tasks:
-        graph = _graph(str(run.path), tasks, device)
+        graph = _graph(run.location, tasks, device)
         if client is not None:
             _compute_distributed(client, graph, finished)
         else:
@@ -443,21 +471,27 @@ def _accept(job: _Job, epoch: int, outcome: Any) -> str | None:
 _Graph = list[tuple[str, _Task, Any]]
 
 
-def _graph(path: str, tasks: list[_Task], device: str) -> _Graph:
+def _graph(location: Location, tasks: list[_Task], device: str) -> _Graph:
     """One delayed call per task, under keys unique to this call (a cluster keeps old keys)."""
     token = uuid.uuid4().hex
-    annotations = {"resources": {"GPU": 1}} if device.startswith("cuda") else {}
     graph = []
-    with dask.annotate(**annotations):
-        for i, task in enumerate(tasks):
-            key = f"ibframe-task-{token}-{i}"
-            job = task.job
+    for i, task in enumerate(tasks):
+        key = f"ibframe-task-{token}-{i}"
+        job = task.job
+        where = _device_for(job.estimator, device)
+        # only tasks that compute on a GPU wait for a worker with one
+        with dask.annotate(**({"resources": {"GPU": 1}} if where.startswith("cuda") else {})):
             value = dask.delayed(_compute_block, pure=False)(
-                path, job.estimator, job.layer, task.epoch, device, job.context,
+                location, job.estimator, job.layer, task.epoch, where, job.context,
                 dask_key_name=key,
             )
-            graph.append((key, task, value))
+        graph.append((key, task, value))
     return graph
+
+
+def _device_for(estimator: Estimator, device: str) -> str:
+    """The device of an estimator's tasks: ``device`` if it uses a GPU, else the CPU."""
+    return device if estimator.uses_gpu else "cpu"
 
 
 def _compute_local(
@@ -577,10 +611,10 @@ def _check_memory(
     instances: list[Estimator], run: Run, layers: list[str], device: str, client: Any
 ) -> None:
     """Refuse, before starting, a task that needs more memory than where it would run has."""
-    limit, where = _memory_limit(device, client)
-    if limit is None:
-        return
     for est in instances:
+        limit, where = _memory_limit(_device_for(est, device), client)
+        if limit is None:
+            continue
         for layer in layers:
             need = est.memory_bytes(run, layer)
             if need > limit:
@@ -595,6 +629,8 @@ def _check_memory(
 def _memory_limit(device: str, client: Any) -> tuple[int | None, str]:
     """The memory a task can use and where, or None when it cannot be told."""
     if device.startswith("cuda"):
+        if client is not None:  # the GPU workers' memory is not known here
+            return None, ""
         import torch
 
         index = int(device[5:]) if ":" in device else torch.cuda.current_device()
@@ -620,7 +656,7 @@ def _bytes(count: int) -> str:
 
 def _cache_store(run: Run) -> Any:
     """The run store's Zarr store, for the cache to read and write through."""
-    return zarr.open_group(run.path, mode="r+", zarr_format=3).store
+    return run.location.store(read_only=False)
 
 
 def _plan(run: Run, est: Estimator, layer: str, epochs: list[int], store: Any) -> _Job:
@@ -669,8 +705,8 @@ def _assemble(
     names = [e.name for e in instances]
     stamp = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     result.attrs = {
-        "title": f"ibframe estimates for {run.path.name}",
-        "source": str(Path(run.path).absolute()),
+        "title": f"ibframe estimates for {run.location.name}",
+        "source": run.location.absolute(),
         "history": f"{stamp} ibframe.estimate({names})",
         "ibframe_version": __version__,
         "beta": run.beta,

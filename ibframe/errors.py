@@ -31,6 +31,14 @@ class StoreLockedError(StoreError):
     """Another writer holds the run store's writer lock; the message names it."""
 
 
+class StoreAccessError(IbframeError, PermissionError):
+    """The storage refused access to a run store or results file (credentials, permissions)."""
+
+
+class StoreUnreachableError(IbframeError, ConnectionError):
+    """The storage of a run store or results file (an object store's endpoint) cannot be reached."""
+
+
 class ActivationError(IbframeError, ValueError):
     """Activations handed to the store have the wrong shape or hold NaN/inf."""
 

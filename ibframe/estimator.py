@@ -62,6 +62,10 @@ class Estimator:
     needs_epochs: ClassVar[bool] = False
     #: Parameters that change only speed, not results: left out of the cache key.
     execution_params: ClassVar[frozenset[str]] = frozenset()
+    #: The estimator computes on ``block.device`` and gains from a GPU. With a CUDA device only
+    #: its tasks get that device and carry dask's ``GPU`` resource; the others get ``"cpu"`` and
+    #: run on any worker, never waiting for a GPU.
+    uses_gpu: ClassVar[bool] = False
 
     def compute(self, block: Block) -> xr.Dataset:
         """Estimate on one (layer, epoch) block.

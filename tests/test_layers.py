@@ -20,8 +20,9 @@ RANKS: dict[str, int] = {
     "block": 1,
     "kernels": 2,
     "theory": 2,
-    "store.layout": 2,  # the store's parts: format rules, the writer lock, checked reads,
-    "store.lock": 2,  # Run, create_run; siblings, below the package that gathers them
+    "store.layout": 2,  # the store's parts: format rules, where a store is (path or URL),
+    "store.location": 2,  # the writer lock, checked reads, Run, create_run; siblings, below
+    "store.lock": 2,  # the package that gathers them
     "store.integrity": 2,
     "store.run": 2,
     "store.create": 2,

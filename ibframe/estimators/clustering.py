@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import dask
@@ -88,6 +87,7 @@ class DistanceHistogramEstimator(Estimator):
     """
 
     name: ClassVar[str] = "distance-histogram"
+    uses_gpu: ClassVar[bool] = True
     description: ClassVar[str] = (
         "Histograms of within-class and between-class pairwise distances between samples' "
         "representations (Figs. 6, 8)."
@@ -430,14 +430,16 @@ class CosineSimilarity(Estimator):
         """The other run's resolved path and creation stamp (a recreated store is a new key)."""
         other = self._other_run(run)
         _matching_width(run, other, layer, self.name)
-        return {"other": str(other.path.resolve()), "other_created": other.attrs.get("created")}
+        local = other.location.local
+        where = str(local.resolve()) if local is not None else other.location.url
+        return {"other": where, "other_created": other.attrs.get("created")}
 
     def compute(self, block: Block) -> xr.Dataset:
         path = block.context.get("other", self.other)
         if path is None:
             msg = f"{self.name} needs other=PATH, the run store to compare with"
             raise ParameterError(msg)
-        other = open_run(Path(path))
+        other = open_run(path)
         if block.epoch not in set(other.epochs.tolist()):
             msg = (
                 f"{self.name}: epoch {block.epoch} is not recorded in {other.path} (its epochs: "

@@ -92,6 +92,7 @@ class SPMutualInformation(Estimator):
     """
 
     name: ClassVar[str] = "sp-mi"
+    uses_gpu: ClassVar[bool] = True
     description: ClassVar[str] = (
         "Sample-propagation estimate of I(X;T) and I(T;Y) in a noisy network (Goldfeld et al. "
         "2019) from every recorded realisation, with MC standard errors, sampling-bias and "

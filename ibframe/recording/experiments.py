@@ -45,6 +45,7 @@ from ibframe.recording.nn import (
 from ibframe.recording.nn import single_neuron as single_neuron_net
 from ibframe.recording.recorder import Recorder, RecordSchedule, classification_metrics
 from ibframe.recording.spec import ExperimentSpec, LossFn, MetricsFn, TrainSettings
+from ibframe.store.location import Location
 
 EpochCallback = Callable[[int, Mapping[str, float]], None]
 
@@ -351,7 +352,7 @@ def _evaluated(
 def train(
     experiment: str | ExperimentSpec,
     *,
-    out: str | Path,
+    out: str | Path | Location,
     data: str | Path | Dataset | None = None,
     epochs: int | None = None,
     beta: float | None = None,
@@ -371,7 +372,8 @@ def train(
     overwrite: bool = False,
     on_epoch: EpochCallback | None = None,
     on_info: Callable[[str], None] | None = None,
-) -> Path:
+    storage_options: Mapping[str, Any] | None = None,
+) -> Path | str:
     """Train one experiment and record it into a run store; returns the store's path.
 
     Arguments left as None take the experiment's defaults (:attr:`ExperimentSpec.defaults`; see
@@ -384,7 +386,8 @@ def train(
     experiment
         A registered experiment's name (built-in or from a plugin) or an :class:`ExperimentSpec`.
     out
-        Path of the run store to write (a ``.zarr`` directory).
+        Path or URL (``s3://bucket/prefix/run.zarr``) of the run store to write, with
+        ``storage_options`` for a URL.
     data
         The experiment's data file or directory (e.g. ``var_u.mat``, MNIST IDX files); None: the
         experiment's own data, generated, or a stand-in (the SZT-style set for ``szt``; for the
@@ -427,7 +430,10 @@ def train(
     from ibframe.plugins import experiment_registry
 
     spec = experiment_registry().get(experiment) if isinstance(experiment, str) else experiment
-    if Path(out).exists() and not overwrite:
+    location = Location.of(out, storage_options)
+    if not overwrite and (
+        location.local.exists() if location.local is not None else location.names()
+    ):
         msg = (
             f"{out} already exists; pass --overwrite (overwrite=True in Python) to replace it, "
             "or choose another --out"
@@ -478,7 +484,7 @@ def train(
 
     recorder = Recorder.for_network(
         network,
-        out,
+        location,
         _recorded_subset(dataset, settings.samples, seed),
         draws=settings.draws,
         conditional_samples=settings.conditional_samples,
@@ -536,7 +542,7 @@ def train(
             metrics.update(recorder.step(epoch, evaluate(epoch)) or {})
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
-    return Path(out)
+    return location.local if location.local is not None else location.url
 
 
 # -- several seeds --------------------------------------------------------------------------------
@@ -565,7 +571,7 @@ def parse_seeds(text: str) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
-def seed_paths(out: str | Path, seeds: Sequence[int]) -> list[Path]:
+def seed_paths(out: str | Path, seeds: Sequence[int]) -> list[Path | str]:
     """The run store of each seed: ``out`` formatted with ``{seed}``, else ``out/seed-N.zarr``.
 
     ``out`` with a ``{seed}`` field (``"runs/szt-{seed}.zarr"``) names each store; without one,
@@ -576,9 +582,12 @@ def seed_paths(out: str | Path, seeds: Sequence[int]) -> list[Path]:
         msg = "no seed given"
         raise ParameterError(msg)
     text = str(out)
+    url = "://" in text  # a URL stays a string: Path would fold its //
     if "{" in text or "}" in text:
         try:
-            paths = [Path(text.format(seed=s)) for s in seeds]
+            paths: list[Path | str] = [
+                text.format(seed=s) if url else Path(text.format(seed=s)) for s in seeds
+            ]
         except (KeyError, IndexError, ValueError) as err:
             msg = f"--out {text!r}: a pattern may hold only the field {{seed}} ({err})"
             raise ParameterError(msg) from err
@@ -586,9 +595,14 @@ def seed_paths(out: str | Path, seeds: Sequence[int]) -> list[Path]:
             msg = f"--out {text!r} gives the same path for several seeds; put {{seed}} in it"
             raise ParameterError(msg)
         return paths
-    out = Path(out)
     if len(seeds) == 1:
-        return [out]
+        return [text if url else Path(out)]
+    if url:
+        if text.rstrip("/").endswith(".zarr"):
+            msg = f"--out {text} names one run store, but {len(seeds)} seeds are asked for"
+            raise ParameterError(msg)
+        return [f"{text.rstrip('/')}/seed-{s}.zarr" for s in seeds]
+    out = Path(out)
     if out.suffix == ".zarr" or (out.exists() and not out.is_dir()) or (out / "zarr.json").exists():
         msg = (
             f"--out {out} names one run store, but {len(seeds)} seeds are asked for: give a "
@@ -600,7 +614,7 @@ def seed_paths(out: str | Path, seeds: Sequence[int]) -> list[Path]:
 
 
 #: ``on_seed(seed, path, index, count)``, called before each seed's training starts.
-SeedCallback = Callable[[int, Path, int, int], None]
+SeedCallback = Callable[[int, Path | str, int, int], None]
 
 
 def train_seeds(
@@ -611,7 +625,7 @@ def train_seeds(
     overwrite: bool = False,
     on_seed: SeedCallback | None = None,
     **options: Any,
-) -> list[Path]:
+) -> list[Path | str]:
     """:func:`train` once per seed, one run store each (:func:`seed_paths`); their paths.
 
     Every store is checked before the first is trained: one that exists without ``overwrite``
@@ -621,7 +635,8 @@ def train_seeds(
     """
     paths = seed_paths(out, seeds)
     if not overwrite:
-        taken = [p for p in paths if p.exists()]
+        # a URL's store is checked when it is created (train refuses to replace it)
+        taken = [p for p in paths if isinstance(p, Path) and p.exists()]
         if taken:
             msg = (
                 f"{taken[0]} already exists"
@@ -634,6 +649,7 @@ def train_seeds(
     for index, (seed, path) in enumerate(zip(seeds, paths, strict=True)):
         if on_seed is not None:
             on_seed(seed, path, index, len(paths))
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(path, Path):
+            path.parent.mkdir(parents=True, exist_ok=True)
         train(experiment, out=path, seed=seed, overwrite=overwrite, **options)
     return paths

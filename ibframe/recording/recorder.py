@@ -55,6 +55,7 @@ from ibframe.recording.datasets import Dataset
 from ibframe.recording.nn import GaussianNoise, HiddenLayer, NoisyNetwork, controlled_noise
 from ibframe.recording.spec import MetricsFn
 from ibframe.store import Run, create_run, open_run
+from ibframe.store.location import Location
 
 #: Conditional draws per input of a noisy network unless told otherwise. With 32 realisations
 #: per input the SP estimate of I(X;T) on the SZT network (beta = 0.005) is within 0.02-0.21 nats
@@ -216,7 +217,8 @@ class Recorder:
     model
         The network. Its parameters' device is used for the recording passes.
     path
-        The run store (``.zarr`` directory) to create, or to append to with ``resume=True``.
+        The run store (``.zarr`` directory) to create, or to append to with ``resume=True``: a
+        local path or a URL (``s3://bucket/prefix/run.zarr``), with ``storage_options`` for it.
     x, y, split
         The inputs that are recorded (all of them, every recorded epoch), their integer labels
         and "train"/"test" marks. Metrics are computed per part of the split.
@@ -264,6 +266,8 @@ class Recorder:
         A store whose creation was interrupted (no epoch recorded) is created afresh.
     overwrite
         Replace an existing store at ``path`` (ignored when ``resume=True`` finds a run).
+    storage_options
+        fsspec's options for a URL (``endpoint_url``, ``key``, ...); never stored.
 
     The recorder holds the store's writer lock from creation to :meth:`close` (or the end of its
     ``with`` block). Its :attr:`plan` says in one line what every epoch records and about how
@@ -275,7 +279,7 @@ class Recorder:
     def __init__(
         self,
         model: nn.Module,
-        path: str | Path,
+        path: str | Path | Location,
         *,
         x: npt.ArrayLike | torch.Tensor,
         layers: Mapping[str, str] | Sequence[str] | Sequence[HiddenLayer],
@@ -297,6 +301,7 @@ class Recorder:
         attrs: Mapping[str, Any] | None = None,
         resume: bool = False,
         overwrite: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.schedule = RecordSchedule.parse(schedule)
@@ -325,7 +330,7 @@ class Recorder:
         self._budget_limited = False
 
         self.run: Run
-        path = Path(path)
+        path = Location.of(path, storage_options)
         if resume:
             try:
                 self.run = open_run(path, mode="a")
@@ -389,7 +394,7 @@ class Recorder:
 
     @classmethod
     def for_network(
-        cls, network: NoisyNetwork, path: str | Path, data: Dataset, **kwargs: Any
+        cls, network: NoisyNetwork, path: str | Path | Location, data: Dataset, **kwargs: Any
     ) -> Recorder:
         """A recorder for a network built by :mod:`ibframe.recording.nn`, on all samples of ``data``.
 

@@ -19,10 +19,12 @@ never rewrites old ones. An epoch is committed by one write of the root attribut
 ``metrics``, ``params``) after all of its arrays are written; ``create_run`` commits the store
 itself the same way, writing ``ibframe_format`` last. Every chunk carries a CRC-32C and every
 chunk of a committed epoch exists, which each read checks (:mod:`ibframe.store.integrity`). One
-writer at a time holds the store's lock (:mod:`ibframe.store.lock`); readers take none.
+writer at a time holds the store's lock (:mod:`ibframe.store.lock`); readers take none. A store
+is a local directory or a URL (``s3://...``, ``memory://...``): :mod:`ibframe.store.location`.
 
 Modules: :mod:`~ibframe.store.layout` (format constants, names, value checks),
-:mod:`~ibframe.store.lock`, :mod:`~ibframe.store.integrity`, :mod:`~ibframe.store.run`
+:mod:`~ibframe.store.location`, :mod:`~ibframe.store.lock`, :mod:`~ibframe.store.integrity`,
+:mod:`~ibframe.store.run`
 (:class:`Run`, :func:`open_run`) and :mod:`~ibframe.store.create` (:func:`create_run`).
 """
 

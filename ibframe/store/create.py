@@ -6,13 +6,11 @@ from __future__ import annotations
 import datetime as _dt
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import zarr
-from zarr.storage import LocalStore
 
 from ibframe.errors import ActivationError, IncompleteStoreError, StoreError
 from ibframe.store.integrity import inspect, remove_children
@@ -29,14 +27,15 @@ from ibframe.store.layout import (
     real_array,
     user_attrs,
 )
-from ibframe.store.lock import LOCK_NAME, WriterLock
+from ibframe.store.location import Location, Where, storage_errors
+from ibframe.store.lock import LOCK_NAME, acquire_writer_lock
 from ibframe.store.run import Run, half_created_message
 
 _SPLIT_CODES = {"train": 0, "test": 1}
 
 
 def create_run(
-    path: str | Path,
+    path: Where | Location,
     *,
     x: npt.ArrayLike,
     layers: Mapping[str, Any],
@@ -50,6 +49,7 @@ def create_run(
     seed: int | None = None,
     attrs: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Run:
     """Create a run store and return it open for appending epochs (holding the writer lock).
 
@@ -61,7 +61,8 @@ def create_run(
     Parameters
     ----------
     path
-        Where the ``.zarr`` directory goes. An empty directory is used as it is.
+        Where the ``.zarr`` directory goes. An empty directory is used as it is. A URL
+        (``s3://bucket/prefix/run.zarr``, ``memory://...``) puts it on object storage.
     x, y, split
         The inputs (sample, feature...) as real numbers, integer labels (sample,) and
         "train"/"test" (or booleans, True = train) per sample.
@@ -82,9 +83,11 @@ def create_run(
     overwrite
         Replace an existing run store (complete or half-created) at ``path`` instead of refusing.
         Anything that is not a run store is never replaced.
+    storage_options
+        For a URL: fsspec's options (``endpoint_url``, ``key``, ``secret``, ``profile``...).
+        They are never written into the store.
     """
-    path = Path(path)
-    where = str(path)
+    location = Location.of(path, storage_options)
     x_arr = real_array("x", x)
     if x_arr.ndim < 2 or x_arr.shape[0] == 0:
         msg = f"x must be (sample, feature...) with at least one sample, got shape {x_arr.shape}"
@@ -131,12 +134,30 @@ def create_run(
     }
     specs = {name: json_value(f"the attributes of layer {name!r}", spec) for name, spec in specs.items()}
 
-    _check_replaceable(path, overwrite)
-    path.mkdir(parents=True, exist_ok=True)
-    lock = WriterLock.acquire(path, where, "create_run")
+    with storage_errors(location):
+        return _create(location, root_attrs, specs, x_arr, y_arr, split_codes, int(draws), cond,
+                       overwrite)
+
+
+def _create(
+    location: Location,
+    root_attrs: dict[str, Any],
+    specs: dict[str, dict[str, Any]],
+    x_arr: npt.NDArray[Any],
+    y_arr: npt.NDArray[np.int64] | None,
+    split_codes: npt.NDArray[np.uint8] | None,
+    draws: int,
+    cond: npt.NDArray[np.int64] | None,
+    overwrite: bool,
+) -> Run:
+    """Build the store under the writer lock; ``create_run`` checked everything first."""
+    _check_replaceable(location, overwrite)
+    if location.local is not None:
+        location.local.mkdir(parents=True, exist_ok=True)
+    lock = acquire_writer_lock(location, "create_run")
     try:
-        store = LocalStore(path)
-        state = _check_replaceable(path, overwrite)  # again, now that no other writer can act
+        store = location.store(read_only=False)
+        state = _check_replaceable(location, overwrite)  # again, now that no other writer can act
         marker = {CREATING: {"started": root_attrs["created"], "ibframe_version": ibframe_version()}}
         if state == "empty":
             remove_children(store, keep=[LOCK_NAME])
@@ -145,24 +166,27 @@ def create_run(
             root = zarr.open_group(store, mode="r+", zarr_format=3)
             root.attrs.put(marker)  # from here on the old run is no longer a run
             remove_children(store, keep=["zarr.json", LOCK_NAME])
-        _build(root, x_arr, y_arr, split_codes, specs, int(draws), cond)
+        _build(root, x_arr, y_arr, split_codes, specs, draws, cond)
         root.attrs.put(root_attrs)  # the commit: the store is a run from this write on
-        return Run._with_lock(path, lock)
+        return Run._with_lock(location, lock)
     except BaseException:
         lock.release()
         raise
 
 
-def _check_replaceable(path: Path, overwrite: bool) -> str:
-    """What is at ``path``: absent, empty, or a run store ``overwrite`` may replace."""
-    where = str(path)
-    if not path.exists():
+def _check_replaceable(location: Location, overwrite: bool) -> str:
+    """What is at ``location``: absent, empty, or a run store ``overwrite`` may replace."""
+    where = str(location)
+    path = location.local
+    if path is not None and not path.exists():
         return "absent"
-    if not path.is_dir():
+    if path is not None and not path.is_dir():
         msg = f"{where} exists and is not an ibframe run store (a file); refusing to overwrite it"
         raise StoreError(msg)
-    found = inspect(LocalStore(path, read_only=True))
+    store = location.store(read_only=True)
+    found = inspect(store)
     if found.state == "empty":
+        location.check_container(store)  # a missing bucket is an error, not a place to create
         return "empty"
     if found.state in ("foreign", "unreadable"):
         msg = f"{where} exists and is not an ibframe run store ({found.reason}); refusing to overwrite it"

@@ -19,7 +19,6 @@ import zarr
 import zarr.errors
 from zarr.abc.store import Store
 from zarr.core.sync import sync
-from zarr.storage import LocalStore
 
 from ibframe.block import Block
 from ibframe.errors import (
@@ -50,7 +49,8 @@ from ibframe.store.layout import (
     real_array,
     summarise_epochs,
 )
-from ibframe.store.lock import WriterLock
+from ibframe.store.location import Location, Where, storage_errors
+from ibframe.store.lock import ObjectLock, WriterLock, acquire_writer_lock
 
 #: Arrays whose fill value (NaN) no write can produce, NaN being refused: even in format 1, which
 #: skipped chunks equal to the fill value, a missing chunk of theirs is damage. Format 2 writes
@@ -68,20 +68,25 @@ def half_created_message(where: str, attrs: Mapping[str, Any]) -> str:
     )
 
 
-def inspect_local(path: Path) -> Inspection:
-    """What is at ``path``: raises unless it is a complete run store."""
-    where = str(path)
-    if not path.exists():
+def inspect_at(location: Location) -> Inspection:
+    """What is at ``location``: raises unless it is a complete run store."""
+    where = str(location)
+    path = location.local
+    if path is not None and not path.exists():
         msg = f"no run store at {where}"
         raise StoreNotFoundError(msg)
-    if not path.is_dir():
+    if path is not None and not path.is_dir():
         msg = f"{where} is not an ibframe run store (it is a file, not a directory)"
         raise StoreError(msg)
-    found = inspect(LocalStore(path, read_only=True))
+    store = location.store(read_only=True)
+    with storage_errors(location):
+        found = inspect(store)
     if found.state == "run":
         return found
     if found.state == "empty":
-        msg = f"no run store at {where} (an empty directory)"
+        location.check_container(store)
+        empty = " (an empty directory)" if path is not None else ""
+        msg = f"no run store at {where}{empty}"
         raise StoreNotFoundError(msg)
     if found.state == "half-created":
         raise IncompleteStoreError(half_created_message(where, found.attrs))
@@ -91,13 +96,21 @@ def inspect_local(path: Path) -> Inspection:
     raise StoreError(msg)
 
 
-def open_run(path: str | Path, mode: Literal["r", "a"] = "r") -> Run:
+def open_run(
+    path: Where | Location,
+    mode: Literal["r", "a"] = "r",
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Run:
     """Open an existing run store, read-only (``"r"``) or to append epochs (``"a"``).
+
+    ``path`` is a local path or a URL (``s3://bucket/prefix/run.zarr``, ``memory://...``, any
+    fsspec protocol), with ``storage_options`` for fsspec (``endpoint_url``, ``key``, ...).
 
     A writer (``"a"``) takes the store's writer lock until :meth:`Run.close` (or the end of a
     ``with`` block, or the process); a second writer is refused. Readers take no lock.
     """
-    return Run(path, mode=mode)
+    return Run(path, mode=mode, storage_options=storage_options)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,49 +132,68 @@ class Run:
     Attributes
     ----------
     path
-        The store's directory.
+        The store's directory (a ``Path``), or its URL (a ``str``) on object storage.
+    location
+        Where the store is, with its storage options (:class:`~ibframe.store.location.Location`).
     store
         The underlying ``zarr.abc.store.Store``.
     mode
         "r" or "a".
     """
 
-    path: Path
+    path: Path | str
+    location: Location
     store: Store
     mode: Literal["r", "a"]
 
-    def __init__(self, path: str | Path, mode: Literal["r", "a"] = "r") -> None:
-        self._open(Path(path), mode, lock=None)
+    def __init__(
+        self,
+        path: Where | Location,
+        mode: Literal["r", "a"] = "r",
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._open(Location.of(path, storage_options), mode, lock=None)
 
     @classmethod
-    def _with_lock(cls, path: Path, lock: WriterLock) -> Run:
+    def _with_lock(cls, location: Location, lock: WriterLock | ObjectLock) -> Run:
         """A writer on a store whose lock the caller (``create_run``) already holds."""
         run = cls.__new__(cls)
-        run._open(path, "a", lock)
+        run._open(location, "a", lock)
         return run
 
-    def _open(self, path: Path, mode: Literal["r", "a"], lock: WriterLock | None) -> None:
+    def _open(
+        self, location: Location, mode: Literal["r", "a"], lock: WriterLock | ObjectLock | None
+    ) -> None:
         if mode not in ("r", "a"):
             msg = f"mode must be 'r' or 'a', got {mode!r}"
             raise StoreError(msg)
-        self.path = path
+        with storage_errors(location):
+            self._open_at(location, mode, lock)
+
+    def _open_at(
+        self, location: Location, mode: Literal["r", "a"], lock: WriterLock | ObjectLock | None
+    ) -> None:
+        path = location.local
+        self.location = location
+        self.path = path if path is not None else location.url
         self.mode = mode
-        self._where = str(path)
+        self._where = str(location)
         self._nodes: dict[str, zarr.Array | zarr.Group] = {}
         self._layers: dict[str, _Layer] = {}
         self._cached: dict[str, npt.NDArray[Any]] = {}
         self._present: dict[str, bool] = {}
         self._closed = False
-        self._lock: WriterLock | None = None
-        if not path.exists():
+        self._lock: WriterLock | ObjectLock | None = None
+        if path is not None and not path.exists():
             msg = f"no run store at {self._where}"
             raise StoreNotFoundError(msg)
         if mode == "a" and lock is None:
-            inspect_local(path)  # before making a lock file in what may not be a run store
-            lock = WriterLock.acquire(path, self._where, "open_run(mode='a')")
+            inspect_at(location)  # before making a lock file in what may not be a run store
+            lock = acquire_writer_lock(location, "open_run(mode='a')")
         self._lock = lock
         try:
-            self.store = LocalStore(path, read_only=mode == "r")
+            self.store = location.store(read_only=mode == "r")
             self._root, self._attrs = self._open_root()
             self._check_root()
             if mode == "a":
@@ -189,7 +221,7 @@ class Run:
                 return root, attrs
             if attrs is not None and CREATING in attrs:
                 raise IncompleteStoreError(half_created_message(self._where, attrs))
-            inspect_local(self.path)  # raises, saying what is there, unless a run is there now
+            inspect_at(self.location)  # raises, saying what is there, unless a run is there now
         raise damaged(self._where, "its root metadata changed each time it was read")
 
     # -- context manager -------------------------------------------------------------------
@@ -529,7 +561,8 @@ class Run:
             device=device,
             layer_attrs=dict(arrays.attrs),
             context=dict(context or {}),
-            run_path=str(self.path),
+            run_path=str(self.location),
+            storage_options=dict(self.location.storage_options) or None,
         )
 
     # -- writing ------------------------------------------------------------------------------
@@ -610,7 +643,7 @@ class Run:
         commit: dict[str, Any] = {"epochs": [*committed.tolist(), epoch]}
         if self.format >= 2:
             commit |= {"metrics": metric_names, "params": param_names}
-        self._root.attrs.update(commit)
+        self._root.update_attributes(commit)  # one write (attrs.update writes once per key)
         self._attrs.update(commit)
 
     def _writable_series(
@@ -749,12 +782,17 @@ class Run:
         return out
 
     def _repair(self) -> None:
-        """Undo what a writer killed mid-epoch left: uncommitted rows, arrays and temporary files."""
-        leftovers = [*self.path.glob("*.partial")]
-        for group in ("data", "layers", "metrics", "params"):  # not results/: not ours to tidy
-            leftovers += (self.path / group).rglob("*.partial")
-        for leftover in leftovers:
-            leftover.unlink(missing_ok=True)
+        """Undo what a writer killed mid-epoch left: uncommitted rows, arrays and temporary files.
+
+        Temporary files are zarr's LocalStore's; on object storage each object is written whole.
+        """
+        if self.location.local is not None:
+            root = self.location.local
+            leftovers = [*root.glob("*.partial")]
+            for group in ("data", "layers", "metrics", "params"):  # not results/: not ours
+                leftovers += (root / group).rglob("*.partial")
+            for leftover in leftovers:
+                leftover.unlink(missing_ok=True)
         n = len(self._attrs["epochs"])
         arrays = [
             self._array(f"layers/{layer}/{name}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -145,7 +144,7 @@ class KsgMutualInformation(Estimator):
                     "block names none (build it with Run.block), or pass which=y"
                 )
                 raise EstimatorRequirementError(msg)
-            x = ibframe.open_run(Path(block.run_path)).x
+            x = ibframe.open_run(block.run_path, storage_options=block.storage_options).x
             x = x.reshape(x.shape[0], -1).astype(np.float64)
             x = x + self.jitter * rng.standard_normal(x.shape)
             t_jittered = t + self.jitter * rng.standard_normal(t.shape)
