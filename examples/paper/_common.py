@@ -202,3 +202,59 @@ def final_accuracy(ds: Any) -> str:
     if "accuracy_test" not in ds:
         return "not recorded"
     return f"{100 * float(ds['accuracy_test'].values[-1]):.1f}%"
+
+
+#: Training settings of the SZT-style runs (Figs. 5, 6, 10, 12): ibframe's SZT defaults in the full
+#: mode (Adam, lr 4e-4, minibatches of 256, 10,000 epochs, 100 log-spaced recorded epochs, every
+#: input with 32 conditional draws); a short, faster-learning run of 128 inputs in the quick mode.
+SZT_QUICK = {"epochs": 100, "lr": 8e-3, "record": "log:6", "samples": 128, "draws": 8}
+SZT_FULL = {"epochs": 10_000, "record": "log:100"}
+
+
+def information_run(
+    args: argparse.Namespace,
+    experiment: str,
+    figure: str,
+    title: str,
+    network: dict[str, Any],
+    accuracy: str,
+    claim: str,
+) -> tuple[Path, Any]:
+    """Train (or reuse), estimate I(X;T_l) and H(Bin(T_l)) at B = 10 beta, draw the Fig. 5-style
+    panel as ``figure``.png and print the comparisons; returns the store and the results."""
+    train = settings(args, SZT_QUICK, SZT_FULL)
+    data = szt_data(args) if experiment == "szt" else None
+    extra = {"data": data} if experiment == "szt" else {}
+    path = run_store(args.out, experiment, **extra, **network, **train)
+    beta = network["beta"]
+    ds = estimate(path, {"sp-mi": {}, "binned-entropy": {"bin_size": [10 * beta]}})
+    deepest = str(ds["layer"].values[-1])
+    arrows = arrow_epochs(ds, deepest)
+    save(information_panel(path, ds, title, deepest, arrows), args.out, figure)
+    epochs = ds["epoch"].values
+    compare(f"{title}: test accuracy", accuracy, final_accuracy(ds))
+    for layer in ds["layer"].values[-2:]:
+        mi = ds["mi_x_t"].sel(layer=layer).values
+        drop = float(np.nanmax(mi) - mi[-1])
+        compare(f"{title}: I(X;T) of {layer}, start -> peak -> end", claim,
+                f"{first_peak_last(mi, epochs)}, fall from peak {drop:.2f} nat")
+    print(f"{title} sp-mi: {convergence(ds)}")
+    return path, ds
+
+
+def mode(edges: np.ndarray, density: np.ndarray) -> float:
+    """The centre of a histogram's fullest bin."""
+    i = int(np.argmax(density))
+    return float((edges[i] + edges[i + 1]) / 2)
+
+
+def distance_modes(ds: Any, layer: str, epoch: int) -> tuple[float, float]:
+    """Modes of the within- and between-class distance histograms of ``distance-histogram``."""
+    bounds = ds["distance_bin_bounds"].values
+    scale = float(ds["distance_scale"].sel(layer=layer, epoch=epoch))
+    edges = np.append(bounds[:, 0], bounds[-1, 1]) * scale
+    within, between = (
+        mode(edges, ds["distance_density"].sel(layer=layer, epoch=epoch, pair=pair).values)
+        for pair in ("within", "between")
+    )
+    return within, between

@@ -16,8 +16,8 @@ from __future__ import annotations
 import time
 
 import _common
-import numpy as np
 
+#: panel -> (title, network settings, the paper's test accuracy, the paper's claim)
 PANELS = {
     "a": ("tanh, beta = 0.005", {"beta": 0.005, "activation": "tanh"}, "97%",
           "I(X;T5) rises until epoch 28, falls from about epoch 80; layers 4 and 5 compress"),
@@ -28,36 +28,6 @@ PANELS = {
 }
 
 
-def szt_panel(args, panel: str) -> None:
-    """Train, estimate, draw and compare one panel of Fig. 5 (or of Fig. 10, which reuses it)."""
-    title, network, accuracy, claim = PANELS[panel]
-    train = _common.settings(
-        args,
-        quick={"epochs": 100, "lr": 8e-3, "record": "log:6", "samples": 128, "draws": 8},
-        full={"epochs": 10_000, "record": "log:100"},
-    )
-    path = _common.run_store(args.out, "szt", data=_common.szt_data(args), **network, **train)
-    beta = network["beta"]
-    ds = _common.estimate(path, {"sp-mi": {}, "binned-entropy": {"bin_size": [10 * beta]}})
-    arrows = _common.arrow_epochs(ds, "h5")
-    fig = _common.information_panel(path, ds, f"Fig. 5({panel}): SZT, {title}", "h5", arrows)
-    _common.save(fig, args.out, f"fig5{panel}_szt")
-    epochs = ds["epoch"].values
-    _common.compare(f"Fig. 5({panel}): test accuracy", accuracy, _common.final_accuracy(ds))
-    for layer in ("h4", "h5"):
-        mi = ds["mi_x_t"].sel(layer=layer).values
-        drop = float(np.nanmax(mi) - mi[-1])
-        _common.compare(
-            f"Fig. 5({panel}): I(X;T_{layer[1]}) start -> peak -> end", claim,
-            f"{_common.first_peak_last(mi, epochs)}, compression {drop:.2f} nat",
-        )
-    if "loss_test" in ds:
-        rise = int(epochs[int(np.nanargmin(ds["loss_test"].values))])
-        paper = "rises from about epoch 3200" if panel == "a" else "not stated"
-        _common.compare(f"Fig. 5({panel}): test loss minimum", paper, f"epoch {rise}")
-    print(f"Fig. 5({panel}) sp-mi: {_common.convergence(ds)}")
-
-
 def main() -> None:
     parser = _common.parser(__doc__.splitlines()[0])
     parser.add_argument("--panel", choices=sorted(PANELS), action="append",
@@ -65,7 +35,15 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     for panel in args.panel or sorted(PANELS):
-        szt_panel(args, panel)
+        title, network, accuracy, claim = PANELS[panel]
+        _, ds = _common.information_run(
+            args, "szt", f"fig5{panel}_szt", f"Fig. 5({panel}) SZT {title}", network, accuracy, claim
+        )
+        if panel == "a" and "loss_test" in ds:
+            epochs = ds["epoch"].values
+            lowest = int(epochs[int(ds["loss_test"].argmin())])
+            _common.compare("Fig. 5(a): epoch of the lowest test loss", "test loss rises from about epoch 3200",
+                            f"epoch {lowest}")
     _common.finish(started)
 
 
