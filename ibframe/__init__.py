@@ -6,6 +6,11 @@ Record a network's hidden representations into a run store, then ask estimators 
     with ibframe.create_run("r.zarr", x=X, y=y, beta=0.1, layers={"h1": 10}, draws=32) as run:
         run.append_epoch(0, {"h1": S1})
     ds = ibframe.estimate("r.zarr", ["sp-mi", "binned-entropy"])
+
+Several runs (a list, or a glob) give a ``run`` dimension; :func:`aggregate` reduces it::
+
+    ds = ibframe.estimate("runs/seed-*.zarr", ["sp-mi"])
+    mean_sd = ibframe.aggregate(ds, over="run")          # mi_x_t (mean) and mi_x_t_sd
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from ibframe.store import Run, create_run, open_run
 
 # Imported on first use: they pull in torch (and, for plot, matplotlib).
 _LAZY = {
+    "aggregate": "ibframe.runs",
+    "run_metrics": "ibframe.runs",
     "estimate": "ibframe.engine",
     "load_results": "ibframe.results",
     "save_results": "ibframe.results",
@@ -51,6 +58,7 @@ __all__ = [
     "IbframeWarning",
     "Run",
     "__version__",
+    "aggregate",
     "create_run",
     "estimate",
     "gaussian_mixture_entropy",
@@ -58,6 +66,7 @@ __all__ = [
     "load_results",
     "open_run",
     "plot_results",
+    "run_metrics",
     "save_results",
     "to_bits",
 ]

@@ -178,7 +178,7 @@ def estimators() -> None:
 
 @app.command()
 def estimate(
-    run: Annotated[Path, typer.Argument(metavar="RUN", help="A run store (.zarr directory).")],
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run stores (.zarr directories), or a quoted glob such as 'runs/*.zarr'; several give a run dimension.")],
     estimator: Annotated[list[str], typer.Option("-e", "--estimator", help="Estimator name; repeat for several.")],
     param: Annotated[list[str], typer.Option("-p", "--param", help="key=value, or estimator.key=value.")] = [],  # noqa: B006
     layers: Annotated[str | None, typer.Option(help="Comma-separated layer names (default all).")] = None,
@@ -189,7 +189,10 @@ def estimate(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing results file at -o.")] = False,
     cache: Annotated[bool, typer.Option(help="Read and write cached results in the run store.")] = True,
 ) -> None:
-    """Run estimators on a run store, show a summary, and optionally write the results.
+    """Run estimators on run stores, show a summary, and optionally write the results.
+
+    Several runs (or a quoted glob) give one result with a run dimension, whose seed, beta and
+    experiment are coordinates; the summary shows their mean ± sd across runs.
 
     Failed tasks get one line each, the rest is still shown, cached and written, and it exits 1.
 
@@ -201,6 +204,8 @@ def estimate(
     if output is not None:
         check_results_path(output, overwrite=overwrite)  # before the work, not after it
     params = parse_params(param, estimator)
+    run: Path | list[str] = runs[0] if len(runs) == 1 else [str(r) for r in runs]
+    where = str(runs[0]) if len(runs) == 1 else "the run stores"
     bar = progress_bar()
     task = bar.add_task("estimating", total=None)
     done_total = [0, -1]  # tasks finished, tasks planned (-1: not planned yet)
@@ -208,7 +213,7 @@ def estimate(
     def report(done: int, total: int) -> None:
         done_total[:] = [done, total]
         if total == 0:
-            say(f"all results read from the cache in {run}", err=True)
+            say(f"all results read from the cache in {where}", err=True)
             return
         bar.start()
         bar.update(task, completed=done, total=total)
@@ -225,7 +230,7 @@ def estimate(
     except KeyboardInterrupt:
         bar.stop()
         done, total = done_total
-        raise _interrupted(_estimate_kept(run, done, total, cache)) from None
+        raise _interrupted(_estimate_kept(where, done, total, cache)) from None
     finally:
         bar.stop()
     if failed is not None:
@@ -242,7 +247,7 @@ def estimate(
         raise typer.Exit(1)
 
 
-def _estimate_kept(run: Path, done: int, total: int, cache: bool) -> str:
+def _estimate_kept(run: Path | str, done: int, total: int, cache: bool) -> str:
     """What an interrupted ``estimate`` leaves behind, in words."""
     if total < 0 or done == 0:
         return "no result was computed yet"
@@ -291,7 +296,7 @@ _RECORDING = "Recording"
 @app.command()
 def train(
     experiment: Annotated[str, typer.Argument(metavar="EXPERIMENT", help="szt, spiral, mnist-cnn, neuron, leaky-relu-pair, or a plugin's.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run store to write (.zarr).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run store to write (.zarr); with several seeds a directory (DIR/seed-N.zarr) or a pattern with {seed}.")],
     data: Annotated[Path | None, typer.Option(help="Data file or directory (var_u.mat, MNIST IDX files); default: the experiment's own or stand-in data.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run store.")] = False,
     epochs: Annotated[int | None, typer.Option(help="Training epochs.", rich_help_panel=_TRAINING)] = None,
@@ -300,7 +305,8 @@ def train(
     lr: Annotated[float | None, typer.Option(help="Learning rate.", rich_help_panel=_TRAINING)] = None,
     optimizer: Annotated[str | None, typer.Option(help="adam or sgd.", rich_help_panel=_TRAINING)] = None,
     batch_size: Annotated[int | None, typer.Option(help="Minibatch size (default: the experiment's).", rich_help_panel=_TRAINING)] = None,
-    seed: Annotated[int, typer.Option(help="Seed of weights, batches, subsets and recording noise.", rich_help_panel=_TRAINING)] = 0,
+    seed: Annotated[list[int], typer.Option(help="Seed of weights, batches, subsets and recording noise (default 0); repeat for one run per seed.", rich_help_panel=_TRAINING)] = [],  # noqa: B006
+    seeds: Annotated[str | None, typer.Option(help="Several seeds, one run store each: 0-7, or 0-3,7.", rich_help_panel=_TRAINING)] = None,
     orthonormal: Annotated[float | None, typer.Option(help="alpha of the orthonormality step (App. B.1).", rich_help_panel=_TRAINING)] = None,
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="Data augmentation (MNIST: App. B.3's shifts, rotations, shears; on by default).", rich_help_panel=_TRAINING)] = None,
     device: Annotated[str, typer.Option(help="Torch device to train on: cpu, cuda, cuda:N or auto.", rich_help_panel=_TRAINING)] = "cpu",
@@ -309,40 +315,67 @@ def train(
     conditional_samples: Annotated[int | None, typer.Option(help="Inputs with conditional draws, a seeded subset (default all, within a 2 GiB store).", rich_help_panel=_RECORDING)] = None,
     samples: Annotated[int | None, typer.Option(help="Inputs recorded, a seeded subset (default all).", rich_help_panel=_RECORDING)] = None,
 ) -> None:
-    """Train one of the paper's set-ups and record it into a run store.
+    """Train one of the paper's set-ups and record it into a run store (one per seed).
+
+    --seeds 0-7 (or --seed repeated) trains one run per seed, into --out DIR/seed-N.zarr or a
+    --out pattern with {seed} (runs/szt-{seed}.zarr); each store records its seed.
 
     Ctrl-C exits 130; the epochs recorded until then stay readable.
     """
     from ibframe.engine import resolve_device
     from ibframe.plugins import experiment_registry
-    from ibframe.recording.experiments import train as run_training
+    from ibframe.recording.experiments import parse_seeds, train_seeds
 
+    chosen = list(dict.fromkeys([*seed, *(parse_seeds(seeds) if seeds is not None else [])]))
+    chosen = chosen or [0]
     spec = experiment_registry().get(experiment)
     device = resolve_device(device)
     total = epochs if epochs is not None else spec.defaults.epochs
     bar = progress_bar()
     task = bar.add_task(f"training {experiment}", total=total + 1)
+    label = [f"training {experiment}"]
+    current: list[Path] = []
+    finished: list[Path] = []
+
+    def on_seed(seed: int, path: Path, index: int, count: int) -> None:
+        if current:
+            finished.append(current[-1])
+            say(f"recorded {current[-1]}", err=True)
+        current.append(path)
+        if count > 1:
+            label[0] = f"training {experiment} seed {seed} ({index + 1}/{count})"
+            bar.reset(task, total=total + 1, description=label[0])
 
     def report(epoch: int, metrics: Any) -> None:
         loss = metrics.get("loss")
         bar.start()
         bar.update(task, completed=epoch + 1,
-                   description=f"training {experiment}" + (f" loss {loss:.4f}" if loss else ""))
+                   description=label[0] + (f" loss {loss:.4f}" if loss else ""))
 
     try:
-        path = run_training(
-            experiment, out=out, data=data, epochs=epochs, beta=beta, activation=activation,
-            lr=lr, optimizer=optimizer, batch_size=batch_size, seed=seed, record=record,
-            draws=draws, conditional_samples=conditional_samples, samples=samples,
-            orthonormal=orthonormal, augment=augment, device=device, overwrite=overwrite,
-            on_epoch=report, on_info=lambda line: say(line, err=True),
+        paths = train_seeds(
+            experiment, chosen, out=out, data=data, epochs=epochs, beta=beta,
+            activation=activation, lr=lr, optimizer=optimizer, batch_size=batch_size,
+            record=record, draws=draws, conditional_samples=conditional_samples,
+            samples=samples, orthonormal=orthonormal, augment=augment, device=device,
+            overwrite=overwrite, on_seed=on_seed, on_epoch=report,
+            on_info=lambda line: say(line, err=True),
         )
     except KeyboardInterrupt:
         bar.stop()
-        raise _interrupted(_recorded_epochs(out)) from None
+        kept = _recorded_epochs(current[-1]) if current else "no epoch was recorded"
+        if finished:
+            kept = f"{len(finished)} seed(s) finished ({', '.join(map(str, finished))}); {kept}"
+        raise _interrupted(kept) from None
     finally:
         bar.stop()
-    say(f"recorded {path}; next: ibframe info {path}")
+    if len(paths) == 1:
+        say(f"recorded {paths[0]}; next: ibframe info {paths[0]}")
+        return
+    say(f"recorded {paths[-1]}", err=True)
+    where = str(out) if "{" in str(out) else f"{out}/seed-*.zarr"
+    say(f"recorded {len(paths)} runs (seeds {', '.join(map(str, chosen))}) as {where}; next: "
+        f"ibframe estimate '{where.replace('{seed}', '*')}' -e sp-mi")
 
 
 def _recorded_epochs(out: Path) -> str:
@@ -462,7 +495,14 @@ def print_summary(ds: xr.Dataset) -> None:
     dimension) by their mean position on the bin axis. Summaries across epochs (no ``epoch``
     dimension) get a table of their own. Variables with the same summary (a histogram's counts
     and densities) share a row.
+
+    Results of several runs (a ``run`` dimension) are summarised by their mean ± sd across runs
+    (:func:`ibframe.aggregate`); an aggregate's ``NAME_sd`` takes the place of the standard error.
     """
+    if "run" in ds.dims:
+        from ibframe.runs import aggregate
+
+        ds = aggregate(ds, over="run")
     epochs = [int(e) for e in ds["epoch"].values] if "epoch" in ds.coords else []
     shown = sorted({epochs[0], epochs[-1]}) if epochs else []
     per_epoch: list[_Row] = []
@@ -487,8 +527,10 @@ def print_summary(ds: xr.Dataset) -> None:
             f"{len(epochs)} estimated"
         )
         cells = [cell for row in per_epoch for cells in row.cells.values() for cell in cells]
+        spread = any(str(name).endswith("_sd") for name in ds.data_vars)
         legend = [
-            "± is the Monte Carlo standard error" if any("±" in c for c in cells) else "",
+            (f"values are the {ds.attrs.get('aggregate', 'mean ± sd')}" if spread else
+             "± is the Monte Carlo standard error") if any("±" in c for c in cells) else "",
             "bias is the estimated sampling bias (estimate minus truth)"
             if any("(bias" in c for c in cells) else "",
             "! marks estimates that did not converge (docs/sp-estimator.md, 'Convergence')"
@@ -535,7 +577,7 @@ def _summary_row(ds: xr.Dataset, name: str, var: xr.DataArray, epochs: list[int 
     first = {d: _first_with_values(var, d) for d in settings}
     notes = [f"{d}={var[d].values[i]}" for d, i in first.items() if d in var.coords]
     var = var.isel(first)
-    error, bias = ds.get(f"{name}_stderr"), ds.get(f"{name}_bias")
+    error, bias = ds.get(f"{name}_sd", ds.get(f"{name}_stderr")), ds.get(f"{name}_bias")
     if error is not None:
         error = error.isel({d: i for d, i in first.items() if d in error.dims})
     if bias is not None:

@@ -39,6 +39,7 @@ from ibframe.errors import (
 )
 from ibframe.estimator import Estimator, params_json
 from ibframe.plugins import estimator_registry, plugin_version
+from ibframe.runs import is_glob
 from ibframe.store import Run, open_run
 
 #: ``progress(done, total)``, called as tasks finish; ``progress(0, 0)`` when all was cached.
@@ -175,7 +176,7 @@ class _Task:
 
 
 def estimate(
-    run: Run | str | os.PathLike[str],
+    run: Run | str | os.PathLike[str] | Sequence[Run | str | os.PathLike[str]],
     estimators: Sequence[str | Estimator] | Mapping[str, Mapping[str, Any]],
     *,
     layers: Sequence[str] | None = None,
@@ -192,7 +193,9 @@ def estimate(
     Parameters
     ----------
     run
-        A :class:`Run` or the path of a run store.
+        A :class:`Run` or the path of a run store; or several runs, as a list of them or a glob
+        string (``"runs/seed-*.zarr"``), which gives a ``run`` dimension (docs/results.md,
+        "Several runs"; :func:`ibframe.runs.estimate_runs`).
     estimators
         Registered names (``["sp-mi", "binned-entropy"]``), a ``{name: params}`` mapping, or
         estimator instances.
@@ -225,7 +228,8 @@ def estimate(
     Returns
     -------
     xarray.Dataset
-        Dims ``epoch`` and ``layer`` (plus estimator-specific ones), the estimators' variables
+        Dims ``epoch`` and ``layer`` (plus estimator-specific ones; ``run`` first for several
+        runs, with coordinates ``seed``, ``beta``, ``experiment``, ...), the estimators' variables
         with ``long_name``, ``units``, ``estimator``, ``estimator_params``, ``estimator_version``
         attributes, and the run's metrics over the same epochs.
 
@@ -242,6 +246,13 @@ def estimate(
     if errors not in ("raise", "warn"):
         msg = f"errors must be 'raise' or 'warn', got {errors!r}"
         raise ParameterError(msg)
+    if not isinstance(run, Run) and (not isinstance(run, str | os.PathLike) or is_glob(run)):
+        from ibframe.runs import estimate_runs
+
+        return estimate_runs(
+            run, estimators, layers=layers, epochs=epochs, params=params, scheduler=scheduler,
+            device=device, cache=cache, progress=progress, errors=errors,
+        )
     report = progress or None
     run = run if isinstance(run, Run) else open_run(Path(run))
     _check_scheduler(scheduler)

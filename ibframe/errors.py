@@ -69,15 +69,21 @@ class TrainingError(IbframeError, RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class TaskFailure:
-    """One (estimator, layer, epoch) task that raised instead of returning a result."""
+    """One (estimator, layer, epoch) task that raised instead of returning a result.
+
+    ``run`` names the run store when several were estimated together (else None).
+    """
 
     estimator: str
     layer: str
     epoch: int
     error: str
+    run: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.estimator} failed on layer {self.layer!r} at epoch {self.epoch}: {self.error}"
+        where = "" if self.run is None else f" of run {self.run}"
+        return (f"{self.estimator} failed on layer {self.layer!r}{where} at epoch {self.epoch}: "
+                f"{self.error}")
 
 
 class EstimationFailed(IbframeError, RuntimeError):

@@ -166,8 +166,17 @@ def plot_mi_epochs(results: xr.Dataset, *, layers: Sequence[str] | None = None) 
     The epoch axis is logarithmic when the epochs span decades, as in the paper. With
     ``mi_x_t_stderr`` and ``mi_x_t_bias`` a band spans 2 standard errors around both the estimate
     and the estimate less its bias; epochs where ``converged`` is false get open markers.
+
+    Results of several runs (a ``run`` dimension) are drawn as their mean with a band of ± one
+    sd across runs (:func:`ibframe.aggregate`); an aggregate made with ``kind="quantile"`` is
+    drawn as its median with the quantile band.
     """
+    from ibframe.runs import aggregate, spread_band
+
+    if "run" in results.dims:
+        results = aggregate(results, over="run")
     _require(results, "mi-epochs", {"mi_x_t": ("epoch", "layer")})
+    band = spread_band(results, "mi_x_t")
     mi = results["mi_x_t"]
     names = _layers(mi, layers)
     losses = [name for name in ("loss_train", "loss_test") if name in results.data_vars]
@@ -183,7 +192,10 @@ def plot_mi_epochs(results: xr.Dataset, *, layers: Sequence[str] | None = None) 
     for name in names:
         values = mi.sel(layer=name).values
         (line,) = axes[0].plot(epochs, values, marker=".", label=name)
-        if stderr is not None:
+        if band is not None:
+            low, high = (b.sel(layer=name).values for b in band[:2])
+            axes[0].fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, lw=0)
+        elif stderr is not None:
             spread = 2 * np.nan_to_num(stderr.sel(layer=name).values)
             shift = 0.0 if bias is None else np.nan_to_num(bias.sel(layer=name).values)
             low = np.minimum(values, values - shift) - spread
@@ -199,10 +211,15 @@ def plot_mi_epochs(results: xr.Dataset, *, layers: Sequence[str] | None = None) 
         axes[0].plot([], [], ls="none", marker="o", mfc="none", color="grey",
                      label="not converged")
     axes[0].set_ylabel(f"I(X;T_l) ({mi.attrs.get('units', 'nat')})")
-    axes[0].legend(title="layer", fontsize="small")
+    runs = results.attrs.get("aggregate") if band is not None else None
+    axes[0].legend(title="layer" + (f"\n{runs}" if runs else ""), fontsize="small")
     axes[0].set_title("Mutual information between input and layer")
     for name in losses:
-        axes[1].plot(epochs, results[name].values, label=name.replace("loss_", ""))
+        (line,) = axes[1].plot(epochs, results[name].values, label=name.replace("loss_", ""))
+        loss_band = spread_band(results, name)
+        if loss_band is not None:
+            axes[1].fill_between(epochs, loss_band[0].values, loss_band[1].values,
+                                 color=line.get_color(), alpha=0.2, lw=0)
     if losses:
         axes[1].set_ylabel("loss")
         axes[1].legend(fontsize="small")
@@ -499,7 +516,9 @@ def plot_results(
     Parameters
     ----------
     results
-        A results Dataset, or the path of one written by :func:`ibframe.save_results`.
+        A results Dataset, or the path of one written by :func:`ibframe.save_results`. Results
+        of several runs are drawn as their mean over runs, with a band of ± one sd where a
+        figure draws bands (``mi-epochs``); see :func:`ibframe.aggregate`.
     kinds
         Names from :data:`PLOT_KINDS`. ``None`` draws every kind the results hold the variables
         for, and raises only if there is none; a kind named explicitly whose variables are
@@ -520,6 +539,10 @@ def plot_results(
         from ibframe.results import load_results
 
         results = load_results(results)
+    if "run" in results.dims:  # several runs: every figure draws their mean (and band)
+        from ibframe.runs import aggregate
+
+        results = aggregate(results, over="run")
     unknown = [k for k in (kinds or []) if k not in PLOT_KINDS]
     if unknown:
         msg = f"unknown plot kind {unknown[0]!r}; known kinds: {', '.join(PLOT_KINDS)}"

@@ -86,19 +86,27 @@ def _remove(path: Path) -> None:
 
 
 def load_results(path: str | os.PathLike[str]) -> xr.Dataset:
-    """Read results written by :func:`save_results` (or ``ibframe estimate -o``)."""
+    """Read results written by :func:`save_results` (or ``ibframe estimate -o``).
+
+    Results of several runs get their ``seed``, ``beta`` and ``experiment`` indexes back
+    (:func:`ibframe.runs.index_runs`), which a file does not keep.
+    """
     path = Path(path)
     if not path.exists():
         msg = f"no results file at {path}"
         raise StoreNotFoundError(msg)
     try:
         if path.suffix == ".nc":
-            return xr.load_dataset(path)
-        return xr.open_zarr(path, consolidated=False).load()
+            ds = xr.load_dataset(path)
+        else:
+            ds = xr.open_zarr(path, consolidated=False).load()
     except (OSError, ValueError, KeyError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         msg = f"{path} is not a results file that xarray can read: {reason}"
         raise StoreError(msg) from err
+    from ibframe.runs import index_runs
+
+    return index_runs(ds)  # several runs: ds.sel(beta=...) as on the estimate's own result
 
 
 def check_results_path(path: str | os.PathLike[str], overwrite: bool = False) -> Path:

