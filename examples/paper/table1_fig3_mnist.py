@@ -9,7 +9,7 @@ deterministic: the errors are counted with the noise and dropout off, on the who
 from the parameters recorded at the last epoch. Fig. 3's cosine similarities compare each
 model's recorded representations with the deterministic model's of the same seed.
 
-    python examples/paper/table1_fig3_mnist.py [--quick] [--out DIR] [--mnist DIR] [--seeds N]
+    python examples/paper/table1_fig3_mnist.py [--quick] [--out DIR] [--mnist DIR|mnist-5000|sklearn-digits] [--seeds N]
 """
 
 from __future__ import annotations
@@ -38,11 +38,6 @@ MODELS = {
 PAPER_TEST_SIZE = 10_000
 
 
-def mnist(path: Path | None) -> datasets.Dataset:
-    """The data the runs train on: MNIST IDX files from ``path``, else the digits stand-in."""
-    return datasets.load_digits() if path is None else datasets.load_mnist(path)
-
-
 def test_errors(run_path: Path, data: datasets.Dataset) -> tuple[int, int]:
     """Errors of the last recorded parameters on the test split, deterministically (noise and
     dropout off, batch norm on its running statistics), and the test split's size."""
@@ -60,7 +55,7 @@ def test_errors(run_path: Path, data: datasets.Dataset) -> tuple[int, int]:
 
 def main() -> None:
     parser = _common.parser(__doc__.splitlines()[0])
-    parser.add_argument("--mnist", type=Path, help="directory of MNIST IDX files (default: the stand-in)")
+    parser.add_argument("--mnist", help=_common.MNIST_HELP)
     parser.add_argument("--seeds", type=int, help="number of seeds (default 8; --quick 1)")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -71,7 +66,8 @@ def main() -> None:
         full={"epochs": 128, "draws": 0},
     )
     train.setdefault("record", f"0,{train['epochs']}")
-    data = mnist(args.mnist)
+    source = _common.mnist_source(args)
+    data = _common.mnist_dataset(source)
     print(f"MNIST data: {data.name}, {data.description}")
     errors: dict[str, list[int]] = {name: [] for name in MODELS}
     cosine: dict[str, list[np.ndarray]] = {name: [] for name in MODELS}
@@ -80,7 +76,7 @@ def main() -> None:
         paths = {}
         for name, (experiment, beta, _) in MODELS.items():
             extra = {} if beta is None else {"beta": beta}
-            paths[name] = _common.run_store(args.out, experiment, data=args.mnist, seed=seed, **extra, **train)
+            paths[name] = _common.run_store(args.out, experiment, data=source, seed=seed, **extra, **train)
             count, test_size = test_errors(paths[name], data)
             errors[name].append(count)
         for name, path in paths.items():
