@@ -207,7 +207,7 @@ def final_accuracy(ds: Any) -> str:
 #: Training settings of the SZT-style runs (Figs. 5, 6, 10, 12): ibframe's SZT defaults in the full
 #: mode (Adam, lr 4e-4, minibatches of 256, 10,000 epochs, 100 log-spaced recorded epochs, every
 #: input with 32 conditional draws); a short, faster-learning run of 128 inputs in the quick mode.
-SZT_QUICK = {"epochs": 100, "lr": 8e-3, "record": "log:6", "samples": 128, "draws": 8}
+SZT_QUICK = {"epochs": 60, "lr": 1e-2, "record": "log:5", "samples": 96, "draws": 8}
 SZT_FULL = {"epochs": 10_000, "record": "log:100"}
 
 
