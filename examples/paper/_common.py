@@ -281,3 +281,16 @@ def mnist_dataset(source: str) -> Any:
     if source in MNIST_SOURCES and not Path(source).exists():
         return MNIST_SOURCES[source]()
     return datasets.load_mnist(source)
+
+
+def first_fall(values: np.ndarray, epochs: np.ndarray, drop: float = 0.2) -> str:
+    """The first local peak followed by a fall of more than ``drop`` nats, and the low after it."""
+    for i in range(1, len(values) - 1):
+        if values[i] >= values[i - 1] and values[i] >= values[i + 1]:
+            j = i + 1
+            while j + 1 < len(values) and values[j + 1] <= values[j]:
+                j += 1
+            if values[i] - values[j] > drop:
+                return (f"peak {values[i]:.2f} at epoch {int(epochs[i])}, falls to {values[j]:.2f} "
+                        f"by epoch {int(epochs[j])}")
+    return f"no fall of more than {drop} nat"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 
 import _common
+import numpy as np
 
 #: panel -> (title, network settings, the paper's test accuracy, the paper's claim)
 PANELS = {
@@ -41,7 +42,10 @@ def main() -> None:
         )
         if panel == "a" and "loss_test" in ds:
             epochs = ds["epoch"].values
-            lowest = int(epochs[int(ds["loss_test"].argmin())])
+            h5 = ds["mi_x_t"].sel(layer="h5").values
+            _common.compare("Fig. 5(a): first rise and fall of I(X;T5)",
+                            "grows until epoch 28; drops from about epoch 80", _common.first_fall(h5, epochs))
+            lowest = int(epochs[int(np.nanargmin(ds["loss_test"].values))])
             _common.compare("Fig. 5(a): epoch of the lowest test loss", "test loss rises from about epoch 3200",
                             f"epoch {lowest}")
     _common.finish(started)
