@@ -38,9 +38,13 @@ def main() -> None:
             for col, epoch in enumerate(shown):
                 ax = axes[row, col]
                 scale = float(ds["distance_scale"].sel(layer=layer, epoch=epoch))
+                right = 0.0
                 for pair, colour in (("within", "tab:blue"), ("between", "tab:orange")):
                     density = ds["distance_density"].sel(layer=layer, epoch=epoch, pair=pair).values
                     ax.stairs(density / scale, relative * scale, color=colour, fill=True, alpha=0.4)
+                    filled = np.flatnonzero(density)
+                    right = max(right, relative[filled[-1] + 1] * scale if filled.size else 0.0)
+                ax.set_xlim(0, 1.05 * right)
                 ax.set_title(f"{layer}, epoch {epoch}", fontsize="x-small")
                 ax.tick_params(labelsize="xx-small")
         fig.suptitle(f"Fig. 6({panel}): SZT {title}; within-class (blue), between-class (orange)")

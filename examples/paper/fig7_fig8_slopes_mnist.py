@@ -42,12 +42,6 @@ def input_distances(run: ibframe.Run, bins: int = 60) -> tuple[np.ndarray, np.nd
     return edges, within, between
 
 
-def mode(edges: np.ndarray, density: np.ndarray) -> float:
-    """The centre of the fullest bin."""
-    i = int(np.argmax(density))
-    return float((edges[i] + edges[i + 1]) / 2)
-
-
 def main() -> None:
     parser = _common.parser(__doc__.splitlines()[0])
     parser.add_argument("--mnist", help=_common.MNIST_HELP)
@@ -120,18 +114,21 @@ def main() -> None:
         for col, epoch in enumerate(shown):
             ax = axes[row, col]
             scale = float(distances["distance_scale"].sel(layer=layer, epoch=epoch))
+            right = 0.0
             for pair, colour in (("within", "tab:blue"), ("between", "tab:orange")):
                 density = distances["distance_density"].sel(layer=layer, epoch=epoch, pair=pair).values
                 ax.stairs(density / scale, relative * scale, color=colour)
+                filled = np.flatnonzero(density)
+                right = max(right, relative[filled[-1] + 1] * scale if filled.size else 0.0)
+            ax.set_xlim(0, 1.05 * right)
             ax.set_title(f"{layer}, epoch {epoch}", fontsize="small")
             ax.tick_params(labelsize="x-small")
-            modes = [mode(relative * scale, distances["distance_density"].sel(layer=layer, epoch=epoch, pair=p).values)
-                     for p in ("within", "between")]
-            separation[(layer, epoch)] = modes[1] / max(modes[0], 1e-12)
+            within, between = _common.distance_modes(distances, layer, epoch)
+            separation[(layer, epoch)] = between / max(within, 1e-12)
     fig.suptitle("Fig. 8: within-class (blue) and between-class (orange) pairwise distances")
     _common.save(fig, args.out, "fig8_distances_mnist")
     _common.compare("Fig. 8: input space, between/within mode ratio", "within mode lower, substantial overlap",
-                    f"{mode(edges, between) / mode(edges, within):.2f}")
+                    f"{_common.mode(edges, between) / _common.mode(edges, within):.2f}")
     for layer in layers:
         text = ", ".join(f"epoch {e}: {separation[(layer, e)]:.2f}" for e in shown)
         _common.compare(f"Fig. 8: {layer}, between/within mode ratio",
