@@ -123,8 +123,8 @@ def main() -> None:
             ax.set_xlim(0, 1.05 * right)
             ax.set_title(f"{layer}, epoch {epoch}", fontsize="small")
             ax.tick_params(labelsize="x-small")
-            within, between = _common.distance_modes(distances, layer, epoch)
-            separation[(layer, epoch)] = between / max(within, 1e-12)
+            near, far = _common.distance_modes(distances, layer, epoch)
+            separation[(layer, epoch)] = far / max(near, 1e-12)
     fig.suptitle("Fig. 8: within-class (blue) and between-class (orange) pairwise distances")
     _common.save(fig, args.out, "fig8_distances_mnist")
     _common.compare("Fig. 8: input space, between/within mode ratio", "within mode lower, substantial overlap",
