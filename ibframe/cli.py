@@ -295,9 +295,9 @@ _RECORDING = "Recording"
 
 @app.command()
 def train(
-    experiment: Annotated[str, typer.Argument(metavar="EXPERIMENT", help="szt, spiral, mnist-cnn, neuron, leaky-relu-pair, or a plugin's.")],
+    experiment: Annotated[str, typer.Argument(metavar="EXPERIMENT", help="szt, spiral, mnist-cnn, mnist-cnn-dropout, neuron, leaky-relu-pair, or a plugin's.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run store to write (.zarr); with several seeds a directory (DIR/seed-N.zarr) or a pattern with {seed}.")],
-    data: Annotated[Path | None, typer.Option(help="Data file or directory (var_u.mat, MNIST IDX files); default: the experiment's own or stand-in data.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Data file or directory (var_u.mat, MNIST IDX files), or sklearn-digits (the MNIST CNNs' 8x8 stand-in); default: the experiment's own data (MNIST: the 5,000 real digits of the mnist extra).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run store.")] = False,
     epochs: Annotated[int | None, typer.Option(help="Training epochs.", rich_help_panel=_TRAINING)] = None,
     beta: Annotated[float | None, typer.Option(help="Noise std after each hidden layer (0: deterministic).", rich_help_panel=_TRAINING)] = None,
@@ -363,7 +363,7 @@ def train(
         )
     except KeyboardInterrupt:
         bar.stop()
-        kept = _recorded_epochs(current[-1]) if current else "no epoch was recorded"
+        kept = _recorded_epochs(current[-1] if current else out)
         if finished:
             kept = f"{len(finished)} seed(s) finished ({', '.join(map(str, finished))}); {kept}"
         raise _interrupted(kept) from None

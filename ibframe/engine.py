@@ -39,7 +39,7 @@ from ibframe.errors import (
 )
 from ibframe.estimator import Estimator, params_json
 from ibframe.plugins import estimator_registry, plugin_version
-from ibframe.runs import is_glob
+from ibframe.runs import RunsLike, each_run, is_glob, run_name
 from ibframe.store import Run, open_run
 
 #: ``progress(done, total)``, called as tasks finish; ``progress(0, 0)`` when all was cached.
@@ -195,7 +195,7 @@ def estimate(
     run
         A :class:`Run` or the path of a run store; or several runs, as a list of them or a glob
         string (``"runs/seed-*.zarr"``), which gives a ``run`` dimension (docs/results.md,
-        "Several runs"; :func:`ibframe.runs.estimate_runs`).
+        "Several runs"; :func:`estimate_runs`).
     estimators
         Registered names (``["sp-mi", "binned-entropy"]``), a ``{name: params}`` mapping, or
         estimator instances.
@@ -247,8 +247,6 @@ def estimate(
         msg = f"errors must be 'raise' or 'warn', got {errors!r}"
         raise ParameterError(msg)
     if not isinstance(run, Run) and (not isinstance(run, str | os.PathLike) or is_glob(run)):
-        from ibframe.runs import estimate_runs
-
         return estimate_runs(
             run, estimators, layers=layers, epochs=epochs, params=params, scheduler=scheduler,
             device=device, cache=cache, progress=progress, errors=errors,
@@ -281,6 +279,58 @@ def estimate(
         warnings.warn(str(failure), EstimationWarning, stacklevel=2)
     for message in quality_messages(result):
         warnings.warn(message, QualityWarning, stacklevel=2)
+    return result
+
+
+def estimate_runs(
+    runs: RunsLike,
+    estimators: Any,
+    *,
+    progress: Callable[[int, int], None] | Literal[False] | None = None,
+    errors: Literal["raise", "warn"] = "raise",
+    **options: Any,
+) -> xr.Dataset:
+    """:func:`ibframe.estimate` on several runs, one after the other, stacked along ``run``.
+
+    Each run's results are cached in its own store, so asking again computes nothing. Progress
+    counts the tasks of every run planned so far (its total grows run by run);
+    ``progress(0, 0)`` comes once, at the end, when every run was read from the cache. When
+    tasks fail, the other runs still run; ``errors="raise"`` then raises one
+    :class:`~ibframe.errors.EstimationFailed` whose failures name their run.
+    """
+    report = progress or None
+    counted = [0, 0]  # tasks finished and planned in the runs before this one
+    failures: list[TaskFailure] = []
+
+    def compute(store: Run) -> xr.Dataset:
+        before = list(counted)
+
+        def relay(done: int, total: int) -> None:
+            counted[:] = [before[0] + done, before[1] + total]
+            if report is not None and total:
+                report(*counted)
+
+        where = run_name(store)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                return estimate(store, estimators, progress=relay, errors="raise", **options)
+        except EstimationFailed as failed:
+            failures.extend(dataclasses.replace(f, run=where) for f in failed.failures)
+            if failed.result is None:
+                raise EstimationFailed(failures) from None
+            return failed.result
+        finally:
+            for warning in caught:  # said again, naming the run
+                warnings.warn(f"{where}: {warning.message}", warning.category, stacklevel=4)
+
+    result = each_run(runs, compute)
+    if report is not None and counted[1] == 0:
+        report(0, 0)
+    if failures and errors == "raise":
+        raise EstimationFailed(failures, result)
+    for failure in failures:
+        warnings.warn(str(failure), EstimationWarning, stacklevel=2)
     return result
 
 
@@ -683,4 +733,11 @@ def _merge_estimators(datasets: list[xr.Dataset]) -> xr.Dataset:
     return xr.merge(datasets, join="outer", combine_attrs="override")
 
 
-__all__ = ["CacheWarning", "EstimationWarning", "build_estimators", "cache_key", "estimate"]
+__all__ = [
+    "CacheWarning",
+    "EstimationWarning",
+    "build_estimators",
+    "cache_key",
+    "estimate",
+    "estimate_runs",
+]

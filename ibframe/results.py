@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import typing
 import uuid
 import warnings
 from pathlib import Path
@@ -89,7 +90,7 @@ def load_results(path: str | os.PathLike[str]) -> xr.Dataset:
     """Read results written by :func:`save_results` (or ``ibframe estimate -o``).
 
     Results of several runs get their ``seed``, ``beta`` and ``experiment`` indexes back
-    (:func:`ibframe.runs.index_runs`), which a file does not keep.
+    (:func:`index_runs`), which a file does not keep.
     """
     path = Path(path)
     if not path.exists():
@@ -104,9 +105,23 @@ def load_results(path: str | os.PathLike[str]) -> xr.Dataset:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         msg = f"{path} is not a results file that xarray can read: {reason}"
         raise StoreError(msg) from err
-    from ibframe.runs import index_runs
-
     return index_runs(ds)  # several runs: ds.sel(beta=...) as on the estimate's own result
+
+
+#: Coordinates along ``run`` that results of several runs index, so ``ds.sel(beta=0.1)`` works.
+RUN_INDEXES: typing.Final = ("seed", "beta", "experiment")
+
+
+def index_runs(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with its ``seed``, ``beta`` and ``experiment`` coordinates along ``run`` indexed.
+
+    Then ``ds.sel(beta=0.1)`` picks runs out. A file keeps coordinates but not indexes:
+    :func:`load_results` calls this on what it reads.
+    """
+    for name in RUN_INDEXES:
+        if name in ds.coords and ds[name].dims == ("run",) and name not in ds.xindexes:
+            ds = ds.set_xindex(name)
+    return ds
 
 
 def check_results_path(path: str | os.PathLike[str], overwrite: bool = False) -> Path:

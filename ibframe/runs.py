@@ -20,7 +20,6 @@ aggregate too.
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 import os
@@ -33,15 +32,15 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
-from ibframe.errors import IbframeWarning, ParameterError, TaskFailure
+from ibframe.errors import IbframeWarning, ParameterError
+from ibframe.results import index_runs
 from ibframe.store import Run, open_run
 
 #: One run (a :class:`Run` or a path), a list of them, or a glob string.
 RunsLike = Run | str | os.PathLike[str] | Sequence[Run | str | os.PathLike[str]]
 
-#: Coordinates every multi-run result has along ``run``; those indexed for ``.sel``.
+#: Coordinates every multi-run result has along ``run`` (those indexed: results.RUN_INDEXES).
 RUN_COORDS: typing.Final = ("seed", "beta", "experiment", "dataset")
-INDEXED_COORDS: typing.Final = ("seed", "beta", "experiment")
 
 _GLOB_CHARS: typing.Final = frozenset("*?[")
 
@@ -90,7 +89,7 @@ def resolve_runs(runs: RunsLike) -> tuple[list[Run | Path], bool]:
         else:
             msg = f"a run is a Run or a path, got {type(item).__name__}"
             raise ParameterError(msg)
-    names = [_name(r) for r in resolved]
+    names = [run_name(r) for r in resolved]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         msg = f"run {twice[0]} is given twice"
@@ -98,7 +97,7 @@ def resolve_runs(runs: RunsLike) -> tuple[list[Run | Path], bool]:
     return resolved, True
 
 
-def _name(run: Run | Path) -> str:
+def run_name(run: Run | Path) -> str:
     """The value of the ``run`` coordinate: the store's path as given."""
     return (run.path if isinstance(run, Run) else run).as_posix()
 
@@ -156,7 +155,7 @@ def stack_runs(
     Runs that differ in their epochs or layers are joined on the union (NaN where a run has no
     value), with one :class:`RunsDifferWarning` saying how they differ.
     """
-    names = [_name(r) for r in runs]
+    names = [run_name(r) for r in runs]
     union: dict[str, list[Any]] = {}
     differ = ""
     for key, what in (("epoch", "epochs"), ("layer", "layers")):
@@ -192,18 +191,6 @@ def stack_runs(
     return stacked
 
 
-def index_runs(ds: xr.Dataset) -> xr.Dataset:
-    """``ds`` with its ``seed``, ``beta`` and ``experiment`` coordinates along ``run`` indexed.
-
-    Then ``ds.sel(beta=0.1)`` picks runs out. A file keeps coordinates but not indexes:
-    :func:`ibframe.load_results` calls this on what it reads.
-    """
-    for name in INDEXED_COORDS:
-        if name in ds.coords and ds[name].dims == ("run",) and name not in ds.xindexes:
-            ds = ds.set_xindex(name)
-    return ds
-
-
 def each_run(
     runs: RunsLike, compute: Callable[[Run], xr.Dataset]
 ) -> xr.Dataset:
@@ -214,61 +201,6 @@ def each_run(
     if not several:
         return results[0]
     return stack_runs(results, resolved, stores)
-
-
-def estimate_runs(
-    runs: RunsLike,
-    estimators: Any,
-    *,
-    progress: Callable[[int, int], None] | Literal[False] | None = None,
-    errors: Literal["raise", "warn"] = "raise",
-    **options: Any,
-) -> xr.Dataset:
-    """:func:`ibframe.estimate` on several runs, one after the other, stacked along ``run``.
-
-    Each run's results are cached in its own store, so asking again computes nothing. Progress
-    counts the tasks of every run planned so far (its total grows run by run);
-    ``progress(0, 0)`` comes once, at the end, when every run was read from the cache. When
-    tasks fail, the other runs still run; ``errors="raise"`` then raises one
-    :class:`~ibframe.errors.EstimationFailed` whose failures name their run.
-    """
-    from ibframe.engine import EstimationWarning, estimate
-    from ibframe.errors import EstimationFailed
-
-    report = progress or None
-    counted = [0, 0]  # tasks finished and planned in the runs before this one
-    failures: list[TaskFailure] = []
-
-    def compute(store: Run) -> xr.Dataset:
-        before = list(counted)
-
-        def relay(done: int, total: int) -> None:
-            counted[:] = [before[0] + done, before[1] + total]
-            if report is not None and total:
-                report(*counted)
-
-        where = _name(store)
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                return estimate(store, estimators, progress=relay, errors="raise", **options)
-        except EstimationFailed as failed:
-            failures.extend(dataclasses.replace(f, run=where) for f in failed.failures)
-            if failed.result is None:
-                raise EstimationFailed(failures) from None
-            return failed.result
-        finally:
-            for warning in caught:  # said again, naming the run
-                warnings.warn(f"{where}: {warning.message}", warning.category, stacklevel=4)
-
-    result = each_run(runs, compute)
-    if report is not None and counted[1] == 0:
-        report(0, 0)
-    if failures and errors == "raise":
-        raise EstimationFailed(failures, result)
-    for failure in failures:
-        warnings.warn(str(failure), EstimationWarning, stacklevel=2)
-    return result
 
 
 def run_metrics(runs: RunsLike) -> xr.Dataset:
@@ -407,10 +339,9 @@ __all__ = [
     "RunsLike",
     "aggregate",
     "each_run",
-    "estimate_runs",
-    "index_runs",
     "resolve_runs",
     "run_coords",
     "run_metrics",
+    "run_name",
     "stack_runs",
 ]

@@ -28,8 +28,10 @@ from ibframe.registry import ExperimentRegistry
 QUICK: dict[str, dict[str, Any]] = {
     "szt": {"draws": 4, "conditional_samples": 16},
     "spiral": {"draws": 4, "conditional_samples": 16},
-    "mnist-cnn": {"samples": 60, "draws": 2, "conditional_samples": 8, "batch_size": 128},
-    "mnist-cnn-dropout": {"samples": 60, "batch_size": 128},
+    # the 8x8 stand-in keeps these quick; tests/test_mnist.py trains on the real digits
+    "mnist-cnn": {"samples": 60, "draws": 2, "conditional_samples": 8, "batch_size": 128,
+                  "data": "sklearn-digits"},
+    "mnist-cnn-dropout": {"samples": 60, "batch_size": 128, "data": "sklearn-digits"},
     "neuron": {},
     "leaky-relu-pair": {"draws": 8},
 }
@@ -146,7 +148,7 @@ def test_bad_settings(tmp_path: Path) -> None:
 def test_beta_the_network_cannot_have_is_refused(tmp_path: Path) -> None:
     pytest.importorskip("sklearn")
     with pytest.raises(ParameterError, match=r"beta 0\.0, not 0\.1"):
-        train("mnist-cnn-dropout", out=tmp_path / "a.zarr", beta=0.1)
+        train("mnist-cnn-dropout", out=tmp_path / "a.zarr", beta=0.1, data="sklearn-digits")
 
 
 def test_builtins_register_through_the_hook() -> None:

@@ -37,6 +37,7 @@ RANKS: dict[str, int] = {
     "plugins": 7,
     "estimators": 8,
     "recording.recorder": 4,
+    "runs": 4,  # several runs: resolving, stacking, aggregating (estimate_runs is the engine's)
     "recording": 8,
     "engine": 9,
     "testing": 10,

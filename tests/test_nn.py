@@ -240,9 +240,10 @@ def test_mnist_training_augments_only_when_asked(tmp_path):
     import dataclasses
 
     counted = dataclasses.replace(spec, augment=counting)
-    train(counted, out=tmp_path / "a.zarr", epochs=1, samples=64, record="all", draws=0)
+    train(counted, out=tmp_path / "a.zarr", epochs=1, samples=64, record="all", draws=0,
+          data="sklearn-digits")
     assert calls
     calls.clear()
     train(counted, out=tmp_path / "b.zarr", epochs=1, samples=64, record="all", draws=0,
-          augment=False)
+          augment=False, data="sklearn-digits")
     assert calls == []
