@@ -74,20 +74,33 @@ def progress_bar() -> Progress:
     )
 
 
-def parse_epochs(text: str | None) -> list[int] | None:
-    """``"0,5,10"`` or ``"0:100"`` (inclusive start, exclusive stop) or ``"0:100:10"``."""
+#: The --epochs help of the commands that take it.
+EPOCHS_HELP = (
+    "0,5,10 (each must be recorded); a:b, a: or :b, the recorded epochs from a up to but not "
+    "including b; a:b:step, every step-th epoch, each recorded (default all)."
+)
+
+
+def parse_epochs(text: str | None) -> list[int | slice] | None:
+    """``"0,5,10"``; ``"a:b"``, ``"a:"`` or ``":b"`` (the recorded epochs a <= e < b, as a
+    slice); ``"a:b:step"`` (every step-th epoch from a up to b, each of which must be recorded)."""
     if text is None:
         return None
-    epochs: list[int] = []
+    epochs: list[int | slice] = []
     try:
         for part in text.split(","):
             if ":" in part:
-                bounds = [int(v) for v in part.split(":")]
-                epochs.extend(range(*bounds))
+                bounds = [int(v) if v.strip() else None for v in part.split(":")]
+                if len(bounds) == 2:
+                    epochs.append(slice(*bounds))
+                elif None in bounds:
+                    raise ValueError(part)
+                else:
+                    epochs.extend(range(*bounds))  # type: ignore[arg-type]
             elif part.strip():
                 epochs.append(int(part))
     except (ValueError, TypeError) as err:
-        msg = f"--epochs expects numbers like 0,5,10 or a range 0:100[:step], got {text!r}"
+        msg = f"--epochs expects numbers like 0,5,10 or a range a:b, a:, :b or a:b:step, got {text!r}"
         raise ParameterError(msg) from err
     return epochs
 
@@ -218,7 +231,7 @@ def estimate(
     estimator: Annotated[list[str], typer.Option("-e", "--estimator", help="Estimator name; repeat for several.")],
     param: Annotated[list[str], typer.Option("-p", "--param", help="key=value, or estimator.key=value.")] = [],  # noqa: B006
     layers: Annotated[str | None, typer.Option(help="Comma-separated layer names (default all).")] = None,
-    epochs: Annotated[str | None, typer.Option(help="0,5,10 or 0:100[:step] (default all).")] = None,
+    epochs: Annotated[str | None, typer.Option(help=EPOCHS_HELP)] = None,
     scheduler: Annotated[str | None, typer.Option(help="threads, synchronous, processes, or tcp://host:port.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     output: Annotated[str | None, typer.Option("-o", "--output", metavar="PATH|URL", help="Write results to .nc or .zarr.")] = None,
@@ -504,6 +517,7 @@ def plot(
     kind: Annotated[list[str], typer.Option("--kind", "-k", help="mi-epochs, info-plane, binned-entropy, distance-histograms, unit-slopes, cosine-similarity or scatter; repeat (default: all the results allow).")] = [],  # noqa: B006
     format: Annotated[list[str], typer.Option("--format", "-f", help="png and/or svg.")] = ["png"],  # noqa: B006
     run: Annotated[str | None, typer.Option(metavar="PATH|URL", help="Run store for scatter plots of the activations.")] = None,
+    epochs: Annotated[str | None, typer.Option(help=EPOCHS_HELP.replace("(default all)", "(default all; figures at chosen epochs: up to four, log-spaced)"))] = None,
     storage_option: StorageOptions = [],  # noqa: B006
 ) -> None:
     """Draw the paper's figures from results (information plane, I(X;T) over epochs, ...)."""
@@ -525,7 +539,7 @@ def plot(
         ds = load_results(where, storage_options=_for(where, storage_options))
         target = out / source.stem if len(results) > 1 else out
         paths = plot_results(ds, kinds=kind or None, out_dir=target, formats=tuple(format),
-                             run=opened)
+                             run=opened, epochs=parse_epochs(epochs))
         for path in paths:
             say(f"figure: {path}")
 

@@ -31,6 +31,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize, SymLogNorm
 from matplotlib.figure import Figure
 
+from ibframe.engine import EpochSelection, select_epochs
 from ibframe.errors import IbframeWarning, ParameterError, ResultConventionError
 from ibframe.store import Run, open_run
 
@@ -106,8 +107,9 @@ def _edges(results: xr.Dataset, coord: str) -> np.ndarray:
     return np.concatenate([[centres[0] - half[0]], inner, [centres[-1] + half[-1]]])
 
 
-def _pick_epochs(available: Sequence[int], epochs: Sequence[int] | None) -> list[int]:
-    """The epochs asked for (checked), else up to four spread evenly on a log scale.
+def _pick_epochs(available: Sequence[int], epochs: EpochSelection | None) -> list[int]:
+    """The epochs asked for (see :func:`ibframe.engine.select_epochs`), else up to four spread
+    evenly on a log scale.
 
     Training changes fast early and slowly late, so log spacing (first, last, and between them
     geometrically) shows the stages the paper's figures show.
@@ -117,11 +119,7 @@ def _pick_epochs(available: Sequence[int], epochs: Sequence[int] | None) -> list
         msg = "the results hold no epoch"
         raise ResultConventionError(msg)
     if epochs is not None:
-        missing = [e for e in epochs if int(e) not in values]
-        if missing:
-            msg = f"epoch {missing[0]} is not in the results ({values[0]}..{values[-1]})"
-            raise ParameterError(msg)
-        return [int(e) for e in epochs]
+        return select_epochs(values, epochs, "the results")
     targets = np.geomspace(values[0] + 1, values[-1] + 1, min(_MAX_EPOCHS, len(values))) - 1
     chosen = {min(values, key=lambda v, t=t: abs(np.log1p(v) - np.log1p(t))) for t in targets}
     return sorted(chosen)
@@ -295,7 +293,7 @@ def plot_distance_histograms(
     results: xr.Dataset,
     *,
     layers: Sequence[str] | None = None,
-    epochs: Sequence[int] | None = None,
+    epochs: EpochSelection | None = None,
 ) -> Figure:
     """Within-class and between-class pairwise-distance histograms, layers by epochs (Figs. 6, 8).
 
@@ -380,7 +378,7 @@ def plot_cosine_similarity(
     results: xr.Dataset,
     *,
     layers: Sequence[str] | None = None,
-    epochs: Sequence[int] | None = None,
+    epochs: EpochSelection | None = None,
 ) -> Figure:
     """Histograms of the per-input cosine similarity between two runs, per layer (Fig. 3).
 
@@ -414,7 +412,7 @@ def plot_activation_scatter(
     *,
     run: Run | str | os.PathLike[str] | None = None,
     layer: str | None = None,
-    epochs: Sequence[int] | None = None,
+    epochs: EpochSelection | None = None,
     max_points: int = 2000,
 ) -> Figure:
     """Scatter of a 2- or 3-unit layer's S at chosen epochs, coloured by class (Fig. 5, right).
@@ -510,6 +508,8 @@ def plot_results(
     out_dir: str | os.PathLike[str] = ".",
     formats: Sequence[str] = ("png",),
     run: Run | str | os.PathLike[str] | None = None,
+    *,
+    epochs: EpochSelection | None = None,
 ) -> list[Path]:
     """Draw figure kinds and write each as ``OUT_DIR/KIND.FORMAT``.
 
@@ -529,6 +529,11 @@ def plot_results(
         Any of ``"png"``, ``"svg"``, ``"pdf"``.
     run
         The run store, for ``scatter``; default the results' ``source`` attribute.
+    epochs
+        Epoch numbers and ``slice(start, stop)`` ranges of the results' epochs
+        (:func:`ibframe.engine.select_epochs`): figures over epochs draw only these, and figures
+        at chosen epochs (``distance-histograms``, ``cosine-similarity``, ``scatter``) draw each
+        of them. Default: every epoch, and up to four chosen on a log scale.
 
     Returns
     -------
@@ -551,13 +556,24 @@ def plot_results(
     if bad or not formats:
         msg = f"plot formats must be among {', '.join(FORMATS)}; got {list(formats)}"
         raise ParameterError(msg)
+    chosen = None
+    if epochs is not None:
+        if "epoch" not in results.coords:
+            msg = "epochs were asked for, but the results have no epoch coordinate"
+            raise ResultConventionError(msg)
+        chosen = select_epochs(results["epoch"].values, epochs, "the results")
+        results = results.sel(epoch=chosen)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     skipped: list[str] = []
     for kind in kinds if kinds is not None else list(PLOT_KINDS):
         function = PLOT_KINDS[kind][0]
-        takes_run = "run" in inspect.signature(function).parameters
+        accepted = inspect.signature(function).parameters
+        takes_run = "run" in accepted
+        options: dict[str, typing.Any] = {"run": run} if takes_run else {}
+        if chosen is not None and "epochs" in accepted:
+            options["epochs"] = chosen
         lost = _lost_source(results) if takes_run and run is None and kinds is None else None
         if lost is not None:
             warnings.warn(
@@ -569,7 +585,7 @@ def plot_results(
             skipped.append(f"{kind}: the run store {lost} was not found")
             continue
         try:
-            fig = function(results, run=run) if takes_run else function(results)
+            fig = function(results, **options)
         except ResultConventionError as err:
             if kinds is not None:
                 raise

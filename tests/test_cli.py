@@ -105,8 +105,49 @@ def test_foreign_store_is_refused(tmp_path, capsys):
 def test_parse_epochs():
     assert parse_epochs("0,5,10") == [0, 5, 10]
     assert parse_epochs("0:6:2,9") == [0, 2, 4, 9]
-    with pytest.raises(ParameterError):
-        parse_epochs("a:b")
+    assert parse_epochs("1:") == [slice(1, None)]
+    assert parse_epochs(":100,0") == [slice(None, 100), 0]
+    for bad in ("a:b", "1::2", "1:2:3:4"):
+        with pytest.raises(ParameterError):
+            parse_epochs(bad)
+
+
+@pytest.fixture
+def gappy_neuron(tmp_path, capsys):
+    """A real neuron run recorded at epochs 0, 2 and 5 only (no layer of 2 or 3 units)."""
+    path = tmp_path / "n.zarr"
+    code, _, err = run_cli(["train", "neuron", "--out", str(path), "--epochs", "5",
+                            "--record", "0,2,5", "--samples", "64", "--draws", "2"], capsys)
+    assert code == 0, err
+    return path
+
+
+def test_epoch_ranges_pick_the_recorded_epochs(gappy_neuron, tmp_path, capsys):
+    from ibframe.results import load_results
+
+    results = tmp_path / "res.nc"
+    code, _, err = run_cli(["estimate", str(gappy_neuron), "-e", "binned-entropy",
+                            "--epochs", "1:", "-o", str(results)], capsys)
+    assert code == 0, err
+    assert load_results(results)["epoch"].values.tolist() == [2, 5]
+    code, out, err = run_cli(["estimate", str(gappy_neuron), "-e", "binned-entropy",
+                              "--epochs", ":5"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["estimate", str(gappy_neuron), "-e", "binned-entropy",
+                            "--epochs", "0,1"], capsys)
+    assert code == 1 and "has no epoch 1" in err  # a listed epoch must be recorded
+    code, _, err = run_cli(["estimate", str(gappy_neuron), "-e", "binned-entropy",
+                            "--epochs", "0:3:1"], capsys)
+    assert code == 1 and "has no epoch 1" in err  # so must each epoch of a stepped range
+    code, _, err = run_cli(["estimate", str(gappy_neuron), "-e", "binned-entropy",
+                            "--epochs", "3:5"], capsys)
+    assert code == 1 and "no epoch selected" in err
+    code, out, err = run_cli(["plot", str(results), "-o", str(tmp_path / "fig"), "-k", "binned-entropy",
+                              "--epochs", "3:"], capsys)
+    assert code == 0, err
+    from matplotlib.image import imread
+
+    assert imread(tmp_path / "fig" / "binned-entropy.png").ndim == 3
 
 
 @pytest.mark.slow

@@ -157,3 +157,12 @@ def test_hand_built_results_follow_the_conventions():
     assert fig.axes[0].get_ylabel() == "I(X;T_l) (nat)"
     assert len(plot_binned_entropy(ds).axes) == 3
     assert len(plot_mi_epochs(ds[["mi_x_t"]]).axes) == 1  # no losses: no loss panel
+
+
+def test_epoch_ranges_pick_the_recorded_epochs(results, tmp_path):
+    fig = plot_distance_histograms(results, layers=["h3"], epochs=[slice(2, None)])
+    assert [ax.get_title() for ax in fig.axes] == ["h3, epoch 2", "h3, epoch 3"]
+    with pytest.raises(ParameterError, match="no epoch selected"):
+        plot_distance_histograms(results, epochs=slice(7, None))
+    paths = plot_results(results, ["distance-histograms"], tmp_path, epochs=[slice(None, 2), 3])
+    _assert_png(paths[0])
