@@ -475,6 +475,15 @@ def _scatter_run(results: xr.Dataset | None, run: Run | str | os.PathLike[str] |
     return open_run(source)
 
 
+def _reason(err: ResultConventionError, kind: str) -> str:
+    """The error's message without its leading ``plot 'KIND'``, for a line that names the kind."""
+    text = str(err)
+    for prefix in (f"plot {kind!r}: ", f"plot {kind!r} "):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
+
+
 def _lost_source(results: xr.Dataset) -> str | None:
     """The run store the results name in ``source``, when it cannot be found."""
     source = results.attrs.get("source")
@@ -521,8 +530,10 @@ def plot_results(
         figure draws bands (``mi-epochs``); see :func:`ibframe.aggregate`.
     kinds
         Names from :data:`PLOT_KINDS`. ``None`` draws every kind the results hold the variables
-        for, and raises only if there is none; a kind named explicitly whose variables are
-        missing raises :class:`~ibframe.errors.ResultConventionError`.
+        for (and, for ``scatter``, whose run has a layer of 2 or 3 units), skipping each other
+        kind with a :class:`PlotWarning` that says why, and raises only if there is none; a kind
+        named explicitly that cannot be drawn raises
+        :class:`~ibframe.errors.ResultConventionError`.
     out_dir
         Directory for the files, created if needed.
     formats
@@ -575,21 +586,20 @@ def plot_results(
         if chosen is not None and "epochs" in accepted:
             options["epochs"] = chosen
         lost = _lost_source(results) if takes_run and run is None and kinds is None else None
-        if lost is not None:
-            warnings.warn(
-                f"plot {kind!r} skipped: the run store {lost} named by the results was not "
-                "found; pass the run (run=PATH, or ibframe plot --run PATH)",
-                PlotWarning,
-                stacklevel=2,
-            )
-            skipped.append(f"{kind}: the run store {lost} was not found")
-            continue
         try:
+            if lost is not None:
+                msg = (
+                    f"the run store {lost} named by the results was not found; pass the run "
+                    "(run=PATH, or ibframe plot --run PATH)"
+                )
+                raise ResultConventionError(msg)
             fig = function(results, **options)
         except ResultConventionError as err:
             if kinds is not None:
                 raise
-            skipped.append(f"{kind}: {err}")
+            warnings.warn(f"plot {kind!r} skipped: {_reason(err, kind)}", PlotWarning,
+                          stacklevel=2)
+            skipped.append(f"{kind}: {_reason(err, kind)}")
             continue
         for fmt in formats:
             path = out / f"{kind}.{fmt}"

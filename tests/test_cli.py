@@ -133,6 +133,7 @@ def test_epoch_ranges_pick_the_recorded_epochs(gappy_neuron, tmp_path, capsys):
     code, out, err = run_cli(["estimate", str(gappy_neuron), "-e", "binned-entropy",
                               "--epochs", ":5"], capsys)
     assert code == 0, err
+    assert "0 and 2, the first and last of the 2 estimated" in " ".join(out.split())
     code, _, err = run_cli(["estimate", str(gappy_neuron), "-e", "binned-entropy",
                             "--epochs", "0,1"], capsys)
     assert code == 1 and "has no epoch 1" in err  # a listed epoch must be recorded
@@ -142,12 +143,30 @@ def test_epoch_ranges_pick_the_recorded_epochs(gappy_neuron, tmp_path, capsys):
     code, _, err = run_cli(["estimate", str(gappy_neuron), "-e", "binned-entropy",
                             "--epochs", "3:5"], capsys)
     assert code == 1 and "no epoch selected" in err
-    code, out, err = run_cli(["plot", str(results), "-o", str(tmp_path / "fig"), "-k", "binned-entropy",
+    code, _, err = run_cli(["plot", str(results), "-o", str(tmp_path / "fig"), "-k", "binned-entropy",
                               "--epochs", "3:"], capsys)
     assert code == 0, err
     from matplotlib.image import imread
 
     assert imread(tmp_path / "fig" / "binned-entropy.png").ndim == 3
+
+
+def test_plot_without_kinds_skips_those_that_do_not_apply(gappy_neuron, tmp_path):
+    """The neuron has no layer of 2 or 3 units and these results no sp-mi: one line each, exit 0."""
+    from ibframe.engine import estimate
+    from ibframe.results import save_results
+
+    save_results(estimate(gappy_neuron, ["binned-entropy"], device="cpu"), tmp_path / "r.nc")
+    proc = subprocess.run(
+        [*_ibframe_command(), "plot", str(tmp_path / "r.nc"), "-o", str(tmp_path / "fig")],
+        check=False, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "MPLBACKEND": "Agg"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"figure: {tmp_path / 'fig' / 'binned-entropy.png'}"
+    skipped = proc.stderr.strip().splitlines()
+    assert len(skipped) == 6 and all(" skipped: " in line for line in skipped), proc.stderr
+    assert "plot 'scatter' skipped: needs a layer of 2 or 3 units" in proc.stderr
 
 
 @pytest.mark.slow

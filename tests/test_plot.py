@@ -13,6 +13,7 @@ from ibframe.engine import estimate
 from ibframe.errors import ParameterError, QualityWarning, ResultConventionError
 from ibframe.plot import (
     PLOT_KINDS,
+    PlotWarning,
     plot_activation_scatter,
     plot_binned_entropy,
     plot_distance_histograms,
@@ -85,9 +86,15 @@ def test_missing_variable_names_it(results, tmp_path):
 
 def test_kinds_default_skips_what_is_missing_but_not_everything(results, tmp_path):
     only_slopes = results[["unit_entropy_slope"]].assign_attrs(source="")  # no run: no scatter
-    paths = plot_results(only_slopes, None, tmp_path)
+    with pytest.warns(PlotWarning) as caught:
+        paths = plot_results(only_slopes, None, tmp_path)
     assert [p.name for p in paths] == ["unit-slopes.png"]
-    with pytest.raises(ResultConventionError, match="nothing to plot"):
+    skipped = [str(w.message) for w in caught]
+    assert len(skipped) == len(PLOT_KINDS) - 1  # one line for each kind not drawn
+    assert skipped[0].startswith("plot 'mi-epochs' skipped: needs variable 'mi_x_t'")
+    assert all("\n" not in line for line in skipped)
+    with pytest.raises(ResultConventionError, match="nothing to plot"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", PlotWarning)
         plot_results(results[["loss_train"]].assign_attrs(source=""), None, tmp_path)
 
 
