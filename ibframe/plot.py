@@ -144,11 +144,11 @@ def _epoch_norm(epochs: np.ndarray) -> Normalize:
     return Normalize(vmin=float(np.min(epochs)), vmax=max(high, float(np.min(epochs)) + 1))
 
 
-def _grid(count: int, columns: int = 3) -> tuple[Figure, list[Axes]]:
+def _grid(count: int, columns: int = 3, *, sharey: bool = False) -> tuple[Figure, list[Axes]]:
     cols = min(count, columns)
     rows = -(-count // cols)
     fig = Figure(figsize=(_PANEL * cols + 0.8, _PANEL * 0.8 * rows + 0.4), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=sharey).ravel().tolist()
     for ax in axes[count:]:
         ax.set_visible(False)
     return fig, axes[:count]
@@ -259,10 +259,15 @@ def plot_information_plane(
     return fig
 
 
-def plot_binned_entropy(results: xr.Dataset, *, layers: Sequence[str] | None = None) -> Figure:
+def plot_binned_entropy(
+    results: xr.Dataset, *, layers: Sequence[str] | None = None, n_inputs: int | None = None
+) -> Figure:
     """H(Bin(T_l)) of each layer over epochs, one panel per bin size (Fig. 1; Fig. 5, bottom).
 
-    Needs ``entropy_bin`` (epoch, layer[, bin_size]).
+    Needs ``entropy_bin`` (epoch, layer[, bin_size]). The panels share their y axis, and a
+    dashed line marks H(X) = ln n, the most a binned entropy of n equally likely inputs can
+    reach; ``n_inputs`` is n, by default the inputs of the run store the results name in
+    ``source`` (no line when that store is not found).
     """
     _require(results, "binned-entropy", {"entropy_bin": ("epoch", "layer")})
     entropy = results["entropy_bin"]
@@ -276,14 +281,22 @@ def plot_binned_entropy(results: xr.Dataset, *, layers: Sequence[str] | None = N
         if extra
         else [("", entropy)]
     )
-    fig, axes = _grid(len(panels))
+    if n_inputs is None and _lost_source(results) is None and results.attrs.get("source"):
+        n_inputs = open_run(results.attrs["source"]).n_samples
+    units = entropy.attrs.get("units", "nat")
+    ceiling = None if n_inputs is None else np.log(n_inputs) / (np.log(2) if units == "bit" else 1)
+    fig, axes = _grid(len(panels), sharey=True)
     epochs = entropy["epoch"].values
     for ax, (title, values) in zip(axes, panels, strict=True):
         for name in names:
             ax.plot(epochs, values.sel(layer=name).values, label=name)
+        if ceiling is not None:
+            ax.axhline(ceiling, color="0.4", linestyle="--", linewidth=0.9,
+                       label=f"H(X) = ln {n_inputs}")
         _epoch_axis(ax, epochs)
-        ax.set_ylabel(f"H(Bin(T_l)) ({entropy.attrs.get('units', 'nat')})")
         ax.set_title(title, fontsize="medium")
+    for ax in axes[:: min(len(axes), 3)]:
+        ax.set_ylabel(f"H(Bin(T_l)) ({units})")
     axes[0].legend(title="layer", fontsize="small")
     fig.suptitle("Binned entropy over training")
     return fig

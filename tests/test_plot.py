@@ -173,3 +173,20 @@ def test_epoch_ranges_pick_the_recorded_epochs(results, tmp_path):
         plot_distance_histograms(results, epochs=slice(7, None))
     paths = plot_results(results, ["distance-histograms"], tmp_path, epochs=[slice(None, 2), 3])
     _assert_png(paths[0])
+
+
+def test_binned_entropy_shares_its_y_axis_under_the_ln_n_ceiling(results):
+    fig = plot_binned_entropy(results)  # the run of 64 inputs, found through `source`
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == 2  # bin sizes 0.1 and 0.5
+    assert panels[0].get_shared_y_axes().joined(panels[0], panels[1])
+    assert panels[0].get_ylim() == panels[1].get_ylim()
+    for ax in panels:
+        ceilings = [line for line in ax.lines if line.get_linestyle() == "--"]
+        assert len(ceilings) == 1
+        assert ceilings[0].get_ydata()[0] == pytest.approx(np.log(64))
+        top = max(np.nanmax(line.get_ydata()) for line in ax.lines if line not in ceilings)
+        assert top <= np.log(64) + 1e-9  # no binned entropy of 64 inputs exceeds ln 64
+    assert "H(X) = ln 64" in [t.get_text() for t in panels[0].get_legend().get_texts()]
+    fig = plot_binned_entropy(results.assign_attrs(source=""), n_inputs=10)
+    assert fig.axes[0].lines[-1].get_ydata()[0] == pytest.approx(np.log(10))
