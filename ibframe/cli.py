@@ -518,6 +518,7 @@ def plot(
     format: Annotated[list[str], typer.Option("--format", "-f", help="png and/or svg.")] = ["png"],  # noqa: B006
     run: Annotated[str | None, typer.Option(metavar="PATH|URL", help="Run store for scatter plots of the activations.")] = None,
     epochs: Annotated[str | None, typer.Option(help=EPOCHS_HELP.replace("(default all)", "(default all; figures at chosen epochs: up to four, log-spaced)"))] = None,
+    layer_names: Annotated[str | None, typer.Option(help="Names for the layers in the figures: a prefix such as T (T1, T2, ... as in the paper) or one comma-separated name per layer.")] = None,
     storage_option: StorageOptions = [],  # noqa: B006
 ) -> None:
     """Draw the paper's figures from results (information plane, I(X;T) over epochs, ...)."""
@@ -528,6 +529,7 @@ def plot(
     storage_options = parse_storage_options(storage_option)
     opened = None if run is None else open_run(run, storage_options=_for(run, storage_options))
     make_output_directory(out)
+    names = layer_names.split(",") if layer_names and "," in layer_names else layer_names
     for where in results:
         source = Path(where.rsplit("/", 1)[-1] if "://" in where else where)
         if "://" not in where and (source / "layers").is_dir():
@@ -539,7 +541,7 @@ def plot(
         ds = load_results(where, storage_options=_for(where, storage_options))
         target = out / source.stem if len(results) > 1 else out
         paths = plot_results(ds, kinds=kind or None, out_dir=target, formats=tuple(format),
-                             run=opened, epochs=parse_epochs(epochs))
+                             run=opened, epochs=parse_epochs(epochs), layer_names=names)
         for path in paths:
             say(f"figure: {path}")
 

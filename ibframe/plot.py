@@ -157,7 +157,26 @@ def _grid(count: int, columns: int = 3, *, sharey: bool = False) -> tuple[Figure
 # -- figure kinds --------------------------------------------------------------------------------
 
 
-def plot_mi_epochs(results: xr.Dataset, *, layers: Sequence[str] | None = None) -> Figure:
+def rename_layers(results: xr.Dataset, names: str | Sequence[str]) -> xr.Dataset:
+    """The results with their layers renamed for figures: a prefix ``"T"`` gives T1, T2, ... in
+    the results' layer order (the paper's T_l), a list gives one name per layer."""
+    if "layer" not in results.coords:
+        msg = "layer names were given, but the results have no layer coordinate"
+        raise ResultConventionError(msg)
+    count = results.sizes["layer"]
+    new = [f"{names}{i + 1}" for i in range(count)] if isinstance(names, str) else list(names)
+    if len(new) != count or len(set(new)) != count:
+        msg = f"layer names need {count} distinct names (or one prefix such as T); got {names}"
+        raise ParameterError(msg)
+    return results.assign_coords(layer=new)
+
+
+def plot_mi_epochs(
+    results: xr.Dataset,
+    *,
+    layers: Sequence[str] | None = None,
+    layer_names: str | Sequence[str] | None = None,
+) -> Figure:
     """I(X;T_l) of each layer over epochs, above the train and test losses (Fig. 5, left).
 
     Needs ``mi_x_t`` (epoch, layer); draws ``loss_train`` and ``loss_test`` (epoch) when present.
@@ -167,12 +186,18 @@ def plot_mi_epochs(results: xr.Dataset, *, layers: Sequence[str] | None = None) 
 
     Results of several runs (a ``run`` dimension) are drawn as their mean with a band of ± one
     sd across runs (:func:`ibframe.aggregate`); an aggregate made with ``kind="quantile"`` is
-    drawn as its median with the quantile band.
+    drawn as its median with the quantile band; the standard error of the mean's Monte Carlo
+    part (``mi_x_t_stderr`` of the aggregate) is a darker band of ± 2 of it inside.
+
+    ``layer_names`` renames the layers (:func:`rename_layers`): ``"T"`` labels them T1...TL;
+    ``layers`` then takes the new names.
     """
     from ibframe.runs import aggregate, spread_band
 
     if "run" in results.dims:
         results = aggregate(results, over="run")
+    if layer_names is not None:
+        results = rename_layers(results, layer_names)
     _require(results, "mi-epochs", {"mi_x_t": ("epoch", "layer")})
     band = spread_band(results, "mi_x_t")
     mi = results["mi_x_t"]
@@ -193,6 +218,10 @@ def plot_mi_epochs(results: xr.Dataset, *, layers: Sequence[str] | None = None) 
         if band is not None:
             low, high = (b.sel(layer=name).values for b in band[:2])
             axes[0].fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, lw=0)
+            if stderr is not None:
+                spread = 2 * stderr.sel(layer=name).values
+                axes[0].fill_between(epochs, values - spread, values + spread,
+                                     color=line.get_color(), alpha=0.45, lw=0)
         elif stderr is not None:
             spread = 2 * np.nan_to_num(stderr.sel(layer=name).values)
             shift = 0.0 if bias is None else np.nan_to_num(bias.sel(layer=name).values)
@@ -208,6 +237,9 @@ def plot_mi_epochs(results: xr.Dataset, *, layers: Sequence[str] | None = None) 
     if flagged:
         axes[0].plot([], [], ls="none", marker="o", mfc="none", color="grey",
                      label="not converged")
+    if band is not None and stderr is not None:
+        axes[0].fill_between([], [], [], color="grey", alpha=0.45, lw=0,
+                             label="± 2 stderr (estimator)")
     axes[0].set_ylabel(f"I(X;T_l) ({mi.attrs.get('units', 'nat')})")
     runs = results.attrs.get("aggregate") if band is not None else None
     axes[0].legend(title="layer" + (f"\n{runs}" if runs else ""), fontsize="small")
@@ -532,6 +564,7 @@ def plot_results(
     run: Run | str | os.PathLike[str] | None = None,
     *,
     epochs: EpochSelection | None = None,
+    layer_names: str | Sequence[str] | None = None,
 ) -> list[Path]:
     """Draw figure kinds and write each as ``OUT_DIR/KIND.FORMAT``.
 
@@ -558,6 +591,9 @@ def plot_results(
         (:func:`ibframe.engine.select_epochs`): figures over epochs draw only these, and figures
         at chosen epochs (``distance-histograms``, ``cosine-similarity``, ``scatter``) draw each
         of them. Default: every epoch, and up to four chosen on a log scale.
+    layer_names
+        Names for the results' layers in every figure drawn from them (:func:`rename_layers`):
+        ``"T"`` gives T1...TL as in the paper.
 
     Returns
     -------
@@ -580,6 +616,8 @@ def plot_results(
     if bad or not formats:
         msg = f"plot formats must be among {', '.join(FORMATS)}; got {list(formats)}"
         raise ParameterError(msg)
+    if layer_names is not None:
+        results = rename_layers(results, layer_names)
     chosen = None
     if epochs is not None:
         if "epoch" not in results.coords:

@@ -149,6 +149,12 @@ def test_epoch_ranges_pick_the_recorded_epochs(gappy_neuron, tmp_path, capsys):
     from matplotlib.image import imread
 
     assert imread(tmp_path / "fig" / "binned-entropy.png").ndim == 3
+    code, _, err = run_cli(["plot", str(results), "-o", str(tmp_path / "fig"), "--layer-names", "a,b"],
+                           capsys)
+    assert code == 1 and "layer names need 1 distinct names" in err
+    code, _, err = run_cli(["plot", str(results), "-o", str(tmp_path / "fig"), "-k", "binned-entropy",
+                            "--layer-names", "T"], capsys)
+    assert code == 0, err
 
 
 def test_plot_without_kinds_skips_those_that_do_not_apply(gappy_neuron, tmp_path):

@@ -190,3 +190,27 @@ def test_binned_entropy_shares_its_y_axis_under_the_ln_n_ceiling(results):
     assert "H(X) = ln 64" in [t.get_text() for t in panels[0].get_legend().get_texts()]
     fig = plot_binned_entropy(results.assign_attrs(source=""), n_inputs=10)
     assert fig.axes[0].lines[-1].get_ydata()[0] == pytest.approx(np.log(10))
+
+
+def test_mi_epochs_of_several_runs_draws_the_estimator_stderr_inside_the_run_spread(tmp_path):
+    from matplotlib.collections import PolyCollection
+
+    from ibframe.runs import aggregate
+
+    runs = [make_test_run(tmp_path / f"s{seed}.zarr", n=32, epochs=3, seed=seed) for seed in (0, 1)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", QualityWarning)
+        several = estimate(runs, {"sp-mi": {"n_points": 256}}, device="cpu", cache=False)
+    fig = plot_mi_epochs(several, layer_names="T")
+    ax = fig.axes[0]
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2 * several.sizes["layer"] + 1  # spread and stderr per layer, legend
+    mean = aggregate(several, over="run")
+    mi, se = mean["mi_x_t"].sel(layer="h2").values, mean["mi_x_t_stderr"].sel(layer="h2").values
+    inner = bands[3].get_paths()[0].vertices[:, 1]  # layer h2's stderr band
+    np.testing.assert_allclose([inner.min(), inner.max()],
+                               [(mi - 2 * se).min(), (mi + 2 * se).max()], rtol=1e-12)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[:3] == ["T1", "T2", "T3"] and "± 2 stderr (estimator)" in labels
+    with pytest.raises(ParameterError, match="3 distinct names"):
+        plot_mi_epochs(several, layer_names=["a", "b"])
