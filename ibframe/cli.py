@@ -518,6 +518,7 @@ def plot(
     format: Annotated[list[str], typer.Option("--format", "-f", help="png and/or svg.")] = ["png"],  # noqa: B006
     run: Annotated[str | None, typer.Option(metavar="PATH|URL", help="Run store for scatter plots of the activations.")] = None,
     epochs: Annotated[str | None, typer.Option(help=EPOCHS_HELP.replace("(default all)", "(default all; figures at chosen epochs: up to four, log-spaced)"))] = None,
+    layer: Annotated[list[str], typer.Option("--layer", "-l", help="Layer to draw; repeat for several (default: each figure's own; scatter: the deepest of 2 or 3 units).")] = [],  # noqa: B006
     layer_names: Annotated[str | None, typer.Option(help="Names for the layers in the figures: a prefix such as T (T1, T2, ... as in the paper) or one comma-separated name per layer.")] = None,
     storage_option: StorageOptions = [],  # noqa: B006
 ) -> None:
@@ -541,7 +542,8 @@ def plot(
         ds = load_results(where, storage_options=_for(where, storage_options))
         target = out / source.stem if len(results) > 1 else out
         paths = plot_results(ds, kinds=kind or None, out_dir=target, formats=tuple(format),
-                             run=opened, epochs=parse_epochs(epochs), layer_names=names)
+                             run=opened, epochs=parse_epochs(epochs), layers=layer or None,
+                             layer_names=names)
         for path in paths:
             say(f"figure: {path}")
 

@@ -30,6 +30,8 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize, SymLogNorm
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from ibframe.engine import EpochSelection, select_epochs
 from ibframe.errors import IbframeWarning, ParameterError, ResultConventionError
@@ -456,54 +458,87 @@ def plot_activation_scatter(
     results: xr.Dataset | None = None,
     *,
     run: Run | str | os.PathLike[str] | None = None,
-    layer: str | None = None,
+    layers: Sequence[str] | None = None,
     epochs: EpochSelection | None = None,
     max_points: int = 2000,
 ) -> Figure:
-    """Scatter of a 2- or 3-unit layer's S at chosen epochs, coloured by class (Fig. 5, right).
+    """Scatter of 2- or 3-unit layers' S at chosen epochs, coloured by class (Fig. 5, right).
 
-    Reads the run store: ``run``, else the results' ``source`` attribute. ``layer`` defaults to
-    the deepest layer of 2 or 3 units; ``epochs`` to up to four of the results' epochs (the run's
-    when no results are given), spread on a log scale. At most ``max_points`` samples are drawn
-    (a seeded subset), which keeps the figure light.
+    Reads the run store: ``run``, else the results' ``source`` attribute. One row per layer of
+    ``layers``, by default the deepest layer of 2 or 3 units; one column per epoch of ``epochs``
+    (:func:`ibframe.engine.select_epochs`), by default up to four of the results' epochs (the
+    run's when no results are given), spread on a log scale. Each row's axes span the layer's
+    activations over all its epochs, so movement between epochs is movement in the figure. At
+    most ``max_points`` samples are drawn (a seeded subset), which keeps the figure light.
     """
     store = _scatter_run(results, run)
     widths = {name: int(store.layer_attrs(name)["units"]) for name in store.layers}
-    if layer is None:
+    if layers is None:
         small = [name for name, units in widths.items() if units in (2, 3)]
         if not small:  # the run lacks what the figure needs, as a result lacks a variable
             listing = ", ".join(f"{k} ({v})" for k, v in widths.items())
             msg = f"plot 'scatter' needs a layer of 2 or 3 units; run {store.path} has {listing}"
             raise ResultConventionError(msg)
-        layer = small[-1]
-    if widths.get(layer) not in (2, 3):
-        msg = f"plot 'scatter' draws a layer of 2 or 3 units; {layer!r} has {widths.get(layer)}"
-        raise ParameterError(msg)
+        layers = [small[-1]]
+    for layer in layers:
+        if layer not in widths:
+            msg = f"no layer {layer!r} in run {store.path} (layers: {', '.join(widths)})"
+            raise ParameterError(msg)
+        if widths[layer] not in (2, 3):
+            msg = f"plot 'scatter' draws layers of 2 or 3 units; {layer!r} has {widths[layer]}"
+            raise ParameterError(msg)
     available = (
         results["epoch"].values if results is not None and "epoch" in results.coords
         else store.epochs
     )
     chosen = _pick_epochs(available, epochs)
-    activations = store.activations(layer)
     labels = store.y
     n = store.n_samples
     rows = np.arange(n)
     if n > max_points:
         rows = np.sort(np.random.default_rng(0).choice(n, max_points, replace=False))
-    dims = widths[layer]
-    fig = Figure(figsize=(_PANEL * len(chosen) + 0.8, _PANEL + 0.4), layout="constrained")
+    fig = Figure(
+        figsize=(_PANEL * len(chosen) + 1.6, (_PANEL + 0.2) * len(layers) + 0.4),
+        layout="constrained",
+    )
     cmap = colormaps["tab10"]
-    for i, epoch in enumerate(chosen):
-        s = np.asarray(activations.sel(epoch=epoch).values)[rows]
-        ax = fig.add_subplot(1, len(chosen), i + 1, **({"projection": "3d"} if dims == 3 else {}))
-        colours = cmap(labels[rows] % 10) if labels is not None else "tab:blue"
-        ax.scatter(*s.T, c=colours, s=4, alpha=0.6, **({"depthshade": False} if dims == 3 else {}))
-        ax.set_title(f"{layer}, epoch {epoch}", fontsize="medium")
-        ax.set_xlabel("unit 0")
-        ax.set_ylabel("unit 1")
-        if dims == 3:
-            ax.set_zlabel("unit 2")
-    fig.suptitle(f"Representations of layer {layer}, coloured by class")
+    classes = np.unique(labels[rows]) if labels is not None else np.array([], dtype=int)
+    colours = cmap(labels[rows] % 10) if labels is not None else "tab:blue"
+    for r, layer in enumerate(layers):
+        dims = widths[layer]
+        activations = store.activations(layer)
+        points = [np.asarray(activations.sel(epoch=e).values)[rows] for e in chosen]
+        low = np.min([p.min(axis=0) for p in points], axis=0)
+        high = np.max([p.max(axis=0) for p in points], axis=0)
+        pad = 0.05 * np.maximum(high - low, 1e-6)
+        limits = list(zip(low - pad, high + pad, strict=True))
+        for c, (epoch, s) in enumerate(zip(chosen, points, strict=True)):
+            extra = {"projection": "3d"} if dims == 3 else {}
+            ax = fig.add_subplot(len(layers), len(chosen), r * len(chosen) + c + 1, **extra)
+            ax.scatter(*s.T, c=colours, s=4, alpha=0.6,
+                       **({"depthshade": False} if dims == 3 else {}))
+            ax.set_xlim(*limits[0])
+            ax.set_ylim(*limits[1])
+            ax.set_title(f"{layer}, epoch {epoch}", fontsize="medium")
+            ax.set_xlabel("unit 0")
+            ax.set_ylabel("unit 1")
+            if dims == 3:
+                ax.set_zlim(*limits[2])
+                ax.set_zlabel("unit 2")
+                for axis in (ax.xaxis, ax.yaxis, ax.zaxis):  # few ticks, none over the labels
+                    axis.set_major_locator(MaxNLocator(3))
+                ax.tick_params(labelsize="small", pad=0)
+                ax.set_box_aspect(None, zoom=0.8)  # room for the labels inside the panel
+    if classes.size:
+        handles = [
+            Line2D([], [], ls="none", marker="o", markersize=5, color=cmap(k % 10),
+                   label=f"class {k}")
+            for k in classes
+        ]
+        fig.legend(handles=handles, loc="outside right center", fontsize="small",
+                   title="class")
+    fig.suptitle(f"Representations of layer{'s' if len(layers) > 1 else ''} "
+                 f"{', '.join(layers)}, coloured by class")
     return fig
 
 
@@ -564,6 +599,7 @@ def plot_results(
     run: Run | str | os.PathLike[str] | None = None,
     *,
     epochs: EpochSelection | None = None,
+    layers: Sequence[str] | None = None,
     layer_names: str | Sequence[str] | None = None,
 ) -> list[Path]:
     """Draw figure kinds and write each as ``OUT_DIR/KIND.FORMAT``.
@@ -591,6 +627,9 @@ def plot_results(
         (:func:`ibframe.engine.select_epochs`): figures over epochs draw only these, and figures
         at chosen epochs (``distance-histograms``, ``cosine-similarity``, ``scatter``) draw each
         of them. Default: every epoch, and up to four chosen on a log scale.
+    layers
+        The layers every figure draws (default: each figure's own choice; ``scatter`` takes
+        layers of 2 or 3 units).
     layer_names
         Names for the results' layers in every figure drawn from them (:func:`rename_layers`):
         ``"T"`` gives T1...TL as in the paper.
@@ -636,6 +675,8 @@ def plot_results(
         options: dict[str, typing.Any] = {"run": run} if takes_run else {}
         if chosen is not None and "epochs" in accepted:
             options["epochs"] = chosen
+        if layers is not None and "layers" in accepted:
+            options["layers"] = list(layers)
         lost = _lost_source(results) if takes_run and run is None and kinds is None else None
         try:
             if lost is not None:

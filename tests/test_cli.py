@@ -545,3 +545,19 @@ def test_estimate_output_needs_overwrite_to_replace_results(store, tmp_path, cap
     code, _, err = run_cli(args, capsys)
     assert code == 1 and "--overwrite" in err
     assert run_cli([*args, "--overwrite"], capsys)[0] == 0
+
+
+def test_plot_scatter_takes_layer_and_epochs(store, tmp_path, capsys):
+    from matplotlib.image import imread
+
+    results = tmp_path / "res.nc"
+    assert run_cli(["estimate", str(store), "-e", "binned-entropy", "-o", str(results)], capsys)[0] == 0
+    figures = tmp_path / "fig"
+    code, out, err = run_cli(["plot", str(results), "-o", str(figures), "-k", "scatter", "--run", str(store),
+                              "--layer", "h3", "--epochs", "1:"], capsys)
+    assert code == 0, err
+    assert out.strip() == f"figure: {figures / 'scatter.png'}"
+    assert imread(figures / "scatter.png").shape[1] > imread(figures / "scatter.png").shape[0]
+    code, _, err = run_cli(["plot", str(results), "-o", str(figures), "-k", "scatter", "--run", str(store),
+                            "--layer", "h1"], capsys)
+    assert code == 1 and "'h1' has 6" in err

@@ -113,7 +113,7 @@ def test_scatter_needs_the_run_and_a_small_layer(results):
     with pytest.raises(ResultConventionError, match="needs the run store"):
         plot_activation_scatter(results.assign_attrs(source=""))
     with pytest.raises(ParameterError, match="2 or 3 units"):
-        plot_activation_scatter(results, layer="h1")
+        plot_activation_scatter(results, layers=["h1"])
     fig = plot_activation_scatter(results, epochs=[0, 3])
     assert [ax.get_title() for ax in fig.axes] == ["h3, epoch 0", "h3, epoch 3"]
 
@@ -214,3 +214,40 @@ def test_mi_epochs_of_several_runs_draws_the_estimator_stderr_inside_the_run_spr
     assert labels[:3] == ["T1", "T2", "T3"] and "± 2 stderr (estimator)" in labels
     with pytest.raises(ParameterError, match="3 distinct names"):
         plot_mi_epochs(several, layer_names=["a", "b"])
+
+
+def _inside_figure(fig):
+    """Every panel with its ticks and labels, the legends and the title lie on the canvas."""
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    canvas = fig.bbox
+    boxes = [ax.get_tightbbox(renderer) for ax in fig.axes]
+    boxes += [legend.get_window_extent(renderer) for legend in fig.legends]
+    boxes.append(fig._suptitle.get_window_extent(renderer))
+    for box in boxes:
+        assert (box.x0 >= canvas.x0 - 1 and box.y0 >= canvas.y0 - 1
+                and box.x1 <= canvas.x1 + 1 and box.y1 <= canvas.y1 + 1), (box, canvas)
+
+
+@pytest.mark.parametrize("widths", [(6, 4, 2), (6, 3)])
+def test_scatter_holds_its_axes_fixed_names_the_classes_and_clips_nothing(tmp_path, widths):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from ibframe.store import open_run
+
+    run = make_test_run(tmp_path / "run.zarr", n=64, epochs=4, widths=widths)
+    layer = f"h{len(widths)}"
+    fig = plot_activation_scatter(run=run, layers=[layer], epochs=[slice(1, None)])
+    FigureCanvasAgg(fig)
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == [f"{layer}, epoch {e}" for e in (1, 2, 3)]
+    s = open_run(tmp_path / "run.zarr").activations(layer).sel(epoch=[1, 2, 3]).values
+    getters = ["get_xlim", "get_ylim", "get_zlim"][: widths[-1]]
+    for unit, getter in enumerate(getters):
+        limits = {getattr(ax, getter)() for ax in axes}
+        assert len(limits) == 1  # one scale for every epoch
+        low, high = limits.pop()
+        assert low <= s[..., unit].min() and s[..., unit].max() <= high
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["class 0", "class 1"]
+    _inside_figure(fig)
