@@ -775,6 +775,33 @@ def _register_plugin_commands() -> None:
     call_each("ibframe_register_commands", prepare, check, app=app)
 
 
+def _describe_experiment(args: list[str]) -> None:
+    """``ibframe train EXPERIMENT --help``: the experiment's description and defaults first.
+
+    Typer answers ``--help`` before it reads the arguments, so the experiment is looked up here.
+    """
+    from ibframe.plugins import experiment_registry
+
+    if len(args) < 3 or args[0] != "train" or "--help" not in args:
+        return
+    registry = experiment_registry()
+    name = next((a for a in args[1:] if not a.startswith("-")), None)
+    if name is None or name not in registry:
+        return
+    spec, d = registry.get(name), registry.get(name).defaults
+    schedule = f"{d.lr:g}" + (f" decaying to {d.lr_final:g}" if d.lr_final is not None else "")
+    draws = d.draws if d.draws is not None else "recorder default (32 for a noisy network)"
+    console.print(f"[bold]{name}[/bold]: {escape(spec.description)}", soft_wrap=False)
+    console.print(
+        f"Defaults: epochs {d.epochs}, beta {d.beta:g}, activation {d.activation}, "
+        f"optimizer {d.optimizer} (lr {schedule}), batch size {d.batch_size or 'full'}, "
+        f"record {d.record}, draws {draws}, samples {d.samples or 'all'}"
+        + (f", orthonormal {d.orthonormal:g}" if d.orthonormal is not None else "")
+        + (", augment" if d.augment else "")
+        + "."
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turning ibframe errors into one line.
 
@@ -786,6 +813,7 @@ def main(argv: list[str] | None = None) -> None:
         warnings.showwarning = _show_warning
     try:
         _register_plugin_commands()
+        _describe_experiment(sys.argv[1:] if argv is None else argv)
         app(args=argv, prog_name="ibframe", standalone_mode=True)
     except IbframeError as err:
         err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)

@@ -561,3 +561,28 @@ def test_plot_scatter_takes_layer_and_epochs(store, tmp_path, capsys):
     code, _, err = run_cli(["plot", str(results), "-o", str(figures), "-k", "scatter", "--run", str(store),
                             "--layer", "h1"], capsys)
     assert code == 1 and "'h1' has 6" in err
+
+
+@pytest.mark.parametrize("args", [["train", "neuron", "--help"], ["train", "mnist-cnn", "-o", "x", "--help"]])
+def test_train_experiment_help_shows_its_description_and_defaults(args, capsys, monkeypatch):
+    from ibframe.plugins import experiment_registry
+
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run_cli(args, capsys)
+    assert code == 0
+    spec = experiment_registry().get(args[1])
+    d = spec.defaults
+    text = " ".join(out.split())
+    assert text.startswith(f"{args[1]}: {' '.join(spec.description.split())} Defaults: ")
+    assert f"epochs {d.epochs}, beta {d.beta:g}, activation {d.activation}, optimizer {d.optimizer}" in text
+    assert "--conditional-samples" in out  # then the usual help
+
+
+def test_train_help_names_every_registered_experiment(capsys, monkeypatch):
+    from ibframe.plugins import experiment_registry
+
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run_cli(["train", "--help"], capsys)
+    assert code == 0
+    listed = " ".join(out.split())
+    assert all(name in listed for name in experiment_registry())
