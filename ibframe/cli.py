@@ -76,8 +76,8 @@ def progress_bar() -> Progress:
 
 #: The --epochs help of the commands that take it.
 EPOCHS_HELP = (
-    "0,5,10 (each must be recorded); a:b, a: or :b, the recorded epochs from a up to but not "
-    "including b; a:b:step, every step-th epoch, each recorded (default all)."
+    "0,5,10 (each recorded); 1:50, 1: or :50 pick the recorded epochs from 1 up to but not "
+    "including 50; 0:50:5 is every 5th epoch from 0, each recorded (default all)."
 )
 
 

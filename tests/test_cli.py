@@ -586,3 +586,13 @@ def test_train_help_names_every_registered_experiment(capsys, monkeypatch):
     assert code == 0
     listed = " ".join(out.split())
     assert all(name in listed for name in experiment_registry())
+
+
+@pytest.mark.parametrize("command", ["estimate", "plot"])
+def test_epochs_help_shows_its_ranges_as_typed(command, capsys, monkeypatch):
+    """Rich turns :b: or :100: into emoji; the help's examples must survive it."""
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run_cli([command, "--help"], capsys)
+    assert code == 0
+    text = " ".join(out.replace("│", " ").split())
+    assert "1:50, 1: or :50 pick the recorded epochs from 1 up to but not including 50; 0:50:5" in text
