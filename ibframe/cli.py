@@ -74,20 +74,33 @@ def progress_bar() -> Progress:
     )
 
 
-def parse_epochs(text: str | None) -> list[int] | None:
-    """``"0,5,10"`` or ``"0:100"`` (inclusive start, exclusive stop) or ``"0:100:10"``."""
+#: The --epochs help of the commands that take it.
+EPOCHS_HELP = (
+    "0,5,10 (each recorded); 1:50, 1: or :50 pick the recorded epochs from 1 up to but not "
+    "including 50; 0:50:5 is every 5th epoch from 0, each recorded (default all)."
+)
+
+
+def parse_epochs(text: str | None) -> list[int | slice] | None:
+    """``"0,5,10"``; ``"a:b"``, ``"a:"`` or ``":b"`` (the recorded epochs a <= e < b, as a
+    slice); ``"a:b:step"`` (every step-th epoch from a up to b, each of which must be recorded)."""
     if text is None:
         return None
-    epochs: list[int] = []
+    epochs: list[int | slice] = []
     try:
         for part in text.split(","):
             if ":" in part:
-                bounds = [int(v) for v in part.split(":")]
-                epochs.extend(range(*bounds))
+                bounds = [int(v) if v.strip() else None for v in part.split(":")]
+                if len(bounds) == 2:
+                    epochs.append(slice(*bounds))
+                elif None in bounds:
+                    raise ValueError(part)
+                else:
+                    epochs.extend(range(*bounds))  # type: ignore[arg-type]
             elif part.strip():
                 epochs.append(int(part))
     except (ValueError, TypeError) as err:
-        msg = f"--epochs expects numbers like 0,5,10 or a range 0:100[:step], got {text!r}"
+        msg = f"--epochs expects numbers like 0,5,10 or a range a:b, a:, :b or a:b:step, got {text!r}"
         raise ParameterError(msg) from err
     return epochs
 
@@ -218,7 +231,7 @@ def estimate(
     estimator: Annotated[list[str], typer.Option("-e", "--estimator", help="Estimator name; repeat for several.")],
     param: Annotated[list[str], typer.Option("-p", "--param", help="key=value, or estimator.key=value.")] = [],  # noqa: B006
     layers: Annotated[str | None, typer.Option(help="Comma-separated layer names (default all).")] = None,
-    epochs: Annotated[str | None, typer.Option(help="0,5,10 or 0:100[:step] (default all).")] = None,
+    epochs: Annotated[str | None, typer.Option(help=EPOCHS_HELP)] = None,
     scheduler: Annotated[str | None, typer.Option(help="threads, synchronous, processes, or tcp://host:port.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     output: Annotated[str | None, typer.Option("-o", "--output", metavar="PATH|URL", help="Write results to .nc or .zarr.")] = None,
@@ -504,6 +517,9 @@ def plot(
     kind: Annotated[list[str], typer.Option("--kind", "-k", help="mi-epochs, info-plane, binned-entropy, distance-histograms, unit-slopes, cosine-similarity or scatter; repeat (default: all the results allow).")] = [],  # noqa: B006
     format: Annotated[list[str], typer.Option("--format", "-f", help="png and/or svg.")] = ["png"],  # noqa: B006
     run: Annotated[str | None, typer.Option(metavar="PATH|URL", help="Run store for scatter plots of the activations.")] = None,
+    epochs: Annotated[str | None, typer.Option(help=EPOCHS_HELP.replace("(default all)", "(default all; figures at chosen epochs: up to four, log-spaced)"))] = None,
+    layer: Annotated[list[str], typer.Option("--layer", "-l", help="Layer to draw; repeat for several (default: each figure's own; scatter: the deepest of 2 or 3 units).")] = [],  # noqa: B006
+    layer_names: Annotated[str | None, typer.Option(help="Names for the layers in the figures: a prefix such as T (T1, T2, ... as in the paper) or one comma-separated name per layer.")] = None,
     storage_option: StorageOptions = [],  # noqa: B006
 ) -> None:
     """Draw the paper's figures from results (information plane, I(X;T) over epochs, ...)."""
@@ -514,6 +530,7 @@ def plot(
     storage_options = parse_storage_options(storage_option)
     opened = None if run is None else open_run(run, storage_options=_for(run, storage_options))
     make_output_directory(out)
+    names = layer_names.split(",") if layer_names and "," in layer_names else layer_names
     for where in results:
         source = Path(where.rsplit("/", 1)[-1] if "://" in where else where)
         if "://" not in where and (source / "layers").is_dir():
@@ -525,7 +542,8 @@ def plot(
         ds = load_results(where, storage_options=_for(where, storage_options))
         target = out / source.stem if len(results) > 1 else out
         paths = plot_results(ds, kinds=kind or None, out_dir=target, formats=tuple(format),
-                             run=opened)
+                             run=opened, epochs=parse_epochs(epochs), layers=layer or None,
+                             layer_names=names)
         for path in paths:
             say(f"figure: {path}")
 
@@ -757,6 +775,33 @@ def _register_plugin_commands() -> None:
     call_each("ibframe_register_commands", prepare, check, app=app)
 
 
+def _describe_experiment(args: list[str]) -> None:
+    """``ibframe train EXPERIMENT --help``: the experiment's description and defaults first.
+
+    Typer answers ``--help`` before it reads the arguments, so the experiment is looked up here.
+    """
+    from ibframe.plugins import experiment_registry
+
+    if len(args) < 3 or args[0] != "train" or "--help" not in args:
+        return
+    registry = experiment_registry()
+    name = next((a for a in args[1:] if not a.startswith("-")), None)
+    if name is None or name not in registry:
+        return
+    spec, d = registry.get(name), registry.get(name).defaults
+    schedule = f"{d.lr:g}" + (f" decaying to {d.lr_final:g}" if d.lr_final is not None else "")
+    draws = d.draws if d.draws is not None else "recorder default (32 for a noisy network)"
+    console.print(f"[bold]{name}[/bold]: {escape(spec.description)}", soft_wrap=False)
+    console.print(
+        f"Defaults: epochs {d.epochs}, beta {d.beta:g}, activation {d.activation}, "
+        f"optimizer {d.optimizer} (lr {schedule}), batch size {d.batch_size or 'full'}, "
+        f"record {d.record}, draws {draws}, samples {d.samples or 'all'}"
+        + (f", orthonormal {d.orthonormal:g}" if d.orthonormal is not None else "")
+        + (", augment" if d.augment else "")
+        + "."
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turning ibframe errors into one line.
 
@@ -768,6 +813,7 @@ def main(argv: list[str] | None = None) -> None:
         warnings.showwarning = _show_warning
     try:
         _register_plugin_commands()
+        _describe_experiment(sys.argv[1:] if argv is None else argv)
         app(args=argv, prog_name="ibframe", standalone_mode=True)
     except IbframeError as err:
         err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)

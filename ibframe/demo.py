@@ -57,5 +57,6 @@ def run_demo(
         device=device, progress=on_estimate,
     )
     results_path = save_results(results, out / "results.nc", overwrite=True)  # as the run
-    figures = plot_results(results, out_dir=out / "figures", run=run_path)
+    kinds = ["mi-epochs", "info-plane", "binned-entropy", "distance-histograms", "scatter"]
+    figures = plot_results(results, kinds, out_dir=out / "figures", run=run_path)
     return DemoOutputs(run=run_path, results=results_path, figures=figures)

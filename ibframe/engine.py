@@ -44,6 +44,8 @@ from ibframe.store.location import Location, storage_error
 
 #: ``progress(done, total)``, called as tasks finish; ``progress(0, 0)`` when all was cached.
 ProgressCallback = Callable[[int, int], None]
+#: ``epochs=``: epoch numbers and ``slice(start, stop)`` ranges of recorded epochs (:func:`select_epochs`).
+EpochSelection = Sequence[int | slice] | slice
 
 
 class EstimationWarning(IbframeWarning):
@@ -195,7 +197,7 @@ def estimate(
     estimators: Sequence[str | Estimator] | Mapping[str, Mapping[str, Any]],
     *,
     layers: Sequence[str] | None = None,
-    epochs: Sequence[int] | None = None,
+    epochs: EpochSelection | None = None,
     params: Mapping[str, Mapping[str, Any]] | None = None,
     scheduler: str | None = None,
     device: str = "auto",
@@ -216,7 +218,9 @@ def estimate(
         Registered names (``["sp-mi", "binned-entropy"]``), a ``{name: params}`` mapping, or
         estimator instances.
     layers, epochs
-        What to estimate on; default every layer and every committed epoch.
+        What to estimate on; default every layer and every committed epoch. ``epochs`` lists
+        epoch numbers (each must be recorded) and ``slice(start, stop)`` ranges, which pick the
+        recorded epochs ``start <= e < stop`` (``slice(1, None)``: all from epoch 1 on).
     params
         ``{estimator name: {parameter: value}}``; strings are coerced to the declared types, and
         a single value is accepted where a list is declared.
@@ -579,25 +583,43 @@ def _select_layers(run: Run, layers: Sequence[str] | None) -> list[str]:
     return layers
 
 
-def _select_epochs(run: Run, epochs: Sequence[int] | None) -> list[int]:
+def _select_epochs(run: Run, epochs: EpochSelection | None) -> list[int]:
     committed = run.epochs.tolist()
     if not committed:
         msg = f"run {run.path} has no recorded epoch yet"
         raise StoreError(msg)
     if epochs is None:
         return committed
-    wanted = sorted({int(e) for e in epochs})
-    if not wanted:
-        msg = "no epoch selected; leave epochs out for all of them"
+    return select_epochs(committed, epochs, f"run {run.path}")
+
+
+def select_epochs(recorded: Sequence[int], wanted: EpochSelection, where: str) -> list[int]:
+    """The epochs ``wanted`` picks among ``recorded``, sorted, each once.
+
+    An ``int`` must be recorded; a ``slice(start, stop)`` (no step) picks the recorded epochs
+    ``start <= e < stop``, either end open when ``None``, so ``slice(1, None)`` is every
+    recorded epoch from 1 on. ``where`` names the recorded epochs' owner in error messages.
+    """
+    values = sorted(int(e) for e in recorded)
+    span = f"recorded: {values[0]}..{values[-1]}, {len(values)} epochs" if values else "none"
+    chosen: set[int] = set()
+    for item in [wanted] if isinstance(wanted, slice) else wanted:
+        if isinstance(item, slice):
+            if item.step is not None:
+                msg = f"an epoch range picks the recorded epochs and takes no step; got {item}"
+                raise ParameterError(msg)
+            low = -np.inf if item.start is None else item.start
+            high = np.inf if item.stop is None else item.stop
+            chosen.update(e for e in values if low <= e < high)
+        elif int(item) in values:
+            chosen.add(int(item))
+        else:
+            msg = f"{where} has no epoch {int(item)} ({span})"
+            raise ParameterError(msg)
+    if not chosen:
+        msg = f"no epoch selected in {where} ({span}); leave epochs out for all of them"
         raise ParameterError(msg)
-    unknown = [e for e in wanted if e not in set(committed)]
-    if unknown:
-        msg = (
-            f"run {run.path} has no epoch {unknown[0]} "
-            f"(recorded: {committed[0]}..{committed[-1]}, {len(committed)} epochs)"
-        )
-        raise ParameterError(msg)
-    return wanted
+    return sorted(chosen)
 
 
 def _check(est: Estimator, run: Run, layers: list[str], epochs: list[int]) -> None:

@@ -30,7 +30,10 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize, SymLogNorm
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
+from ibframe.engine import EpochSelection, select_epochs
 from ibframe.errors import IbframeWarning, ParameterError, ResultConventionError
 from ibframe.store import Run, open_run
 
@@ -106,8 +109,9 @@ def _edges(results: xr.Dataset, coord: str) -> np.ndarray:
     return np.concatenate([[centres[0] - half[0]], inner, [centres[-1] + half[-1]]])
 
 
-def _pick_epochs(available: Sequence[int], epochs: Sequence[int] | None) -> list[int]:
-    """The epochs asked for (checked), else up to four spread evenly on a log scale.
+def _pick_epochs(available: Sequence[int], epochs: EpochSelection | None) -> list[int]:
+    """The epochs asked for (see :func:`ibframe.engine.select_epochs`), else up to four spread
+    evenly on a log scale.
 
     Training changes fast early and slowly late, so log spacing (first, last, and between them
     geometrically) shows the stages the paper's figures show.
@@ -117,11 +121,7 @@ def _pick_epochs(available: Sequence[int], epochs: Sequence[int] | None) -> list
         msg = "the results hold no epoch"
         raise ResultConventionError(msg)
     if epochs is not None:
-        missing = [e for e in epochs if int(e) not in values]
-        if missing:
-            msg = f"epoch {missing[0]} is not in the results ({values[0]}..{values[-1]})"
-            raise ParameterError(msg)
-        return [int(e) for e in epochs]
+        return select_epochs(values, epochs, "the results")
     targets = np.geomspace(values[0] + 1, values[-1] + 1, min(_MAX_EPOCHS, len(values))) - 1
     chosen = {min(values, key=lambda v, t=t: abs(np.log1p(v) - np.log1p(t))) for t in targets}
     return sorted(chosen)
@@ -146,11 +146,11 @@ def _epoch_norm(epochs: np.ndarray) -> Normalize:
     return Normalize(vmin=float(np.min(epochs)), vmax=max(high, float(np.min(epochs)) + 1))
 
 
-def _grid(count: int, columns: int = 3) -> tuple[Figure, list[Axes]]:
+def _grid(count: int, columns: int = 3, *, sharey: bool = False) -> tuple[Figure, list[Axes]]:
     cols = min(count, columns)
     rows = -(-count // cols)
     fig = Figure(figsize=(_PANEL * cols + 0.8, _PANEL * 0.8 * rows + 0.4), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=sharey).ravel().tolist()
     for ax in axes[count:]:
         ax.set_visible(False)
     return fig, axes[:count]
@@ -159,7 +159,26 @@ def _grid(count: int, columns: int = 3) -> tuple[Figure, list[Axes]]:
 # -- figure kinds --------------------------------------------------------------------------------
 
 
-def plot_mi_epochs(results: xr.Dataset, *, layers: Sequence[str] | None = None) -> Figure:
+def rename_layers(results: xr.Dataset, names: str | Sequence[str]) -> xr.Dataset:
+    """The results with their layers renamed for figures: a prefix ``"T"`` gives T1, T2, ... in
+    the results' layer order (the paper's T_l), a list gives one name per layer."""
+    if "layer" not in results.coords:
+        msg = "layer names were given, but the results have no layer coordinate"
+        raise ResultConventionError(msg)
+    count = results.sizes["layer"]
+    new = [f"{names}{i + 1}" for i in range(count)] if isinstance(names, str) else list(names)
+    if len(new) != count or len(set(new)) != count:
+        msg = f"layer names need {count} distinct names (or one prefix such as T); got {names}"
+        raise ParameterError(msg)
+    return results.assign_coords(layer=new)
+
+
+def plot_mi_epochs(
+    results: xr.Dataset,
+    *,
+    layers: Sequence[str] | None = None,
+    layer_names: str | Sequence[str] | None = None,
+) -> Figure:
     """I(X;T_l) of each layer over epochs, above the train and test losses (Fig. 5, left).
 
     Needs ``mi_x_t`` (epoch, layer); draws ``loss_train`` and ``loss_test`` (epoch) when present.
@@ -169,12 +188,18 @@ def plot_mi_epochs(results: xr.Dataset, *, layers: Sequence[str] | None = None) 
 
     Results of several runs (a ``run`` dimension) are drawn as their mean with a band of ± one
     sd across runs (:func:`ibframe.aggregate`); an aggregate made with ``kind="quantile"`` is
-    drawn as its median with the quantile band.
+    drawn as its median with the quantile band; the standard error of the mean's Monte Carlo
+    part (``mi_x_t_stderr`` of the aggregate) is a darker band of ± 2 of it inside.
+
+    ``layer_names`` renames the layers (:func:`rename_layers`): ``"T"`` labels them T1...TL;
+    ``layers`` then takes the new names.
     """
     from ibframe.runs import aggregate, spread_band
 
     if "run" in results.dims:
         results = aggregate(results, over="run")
+    if layer_names is not None:
+        results = rename_layers(results, layer_names)
     _require(results, "mi-epochs", {"mi_x_t": ("epoch", "layer")})
     band = spread_band(results, "mi_x_t")
     mi = results["mi_x_t"]
@@ -195,6 +220,10 @@ def plot_mi_epochs(results: xr.Dataset, *, layers: Sequence[str] | None = None) 
         if band is not None:
             low, high = (b.sel(layer=name).values for b in band[:2])
             axes[0].fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, lw=0)
+            if stderr is not None:
+                spread = 2 * stderr.sel(layer=name).values
+                axes[0].fill_between(epochs, values - spread, values + spread,
+                                     color=line.get_color(), alpha=0.45, lw=0)
         elif stderr is not None:
             spread = 2 * np.nan_to_num(stderr.sel(layer=name).values)
             shift = 0.0 if bias is None else np.nan_to_num(bias.sel(layer=name).values)
@@ -210,6 +239,9 @@ def plot_mi_epochs(results: xr.Dataset, *, layers: Sequence[str] | None = None) 
     if flagged:
         axes[0].plot([], [], ls="none", marker="o", mfc="none", color="grey",
                      label="not converged")
+    if band is not None and stderr is not None:
+        axes[0].fill_between([], [], [], color="grey", alpha=0.45, lw=0,
+                             label="± 2 stderr (estimator)")
     axes[0].set_ylabel(f"I(X;T_l) ({mi.attrs.get('units', 'nat')})")
     runs = results.attrs.get("aggregate") if band is not None else None
     axes[0].legend(title="layer" + (f"\n{runs}" if runs else ""), fontsize="small")
@@ -261,10 +293,15 @@ def plot_information_plane(
     return fig
 
 
-def plot_binned_entropy(results: xr.Dataset, *, layers: Sequence[str] | None = None) -> Figure:
+def plot_binned_entropy(
+    results: xr.Dataset, *, layers: Sequence[str] | None = None, n_inputs: int | None = None
+) -> Figure:
     """H(Bin(T_l)) of each layer over epochs, one panel per bin size (Fig. 1; Fig. 5, bottom).
 
-    Needs ``entropy_bin`` (epoch, layer[, bin_size]).
+    Needs ``entropy_bin`` (epoch, layer[, bin_size]). The panels share their y axis, and a
+    dashed line marks H(X) = ln n, the most a binned entropy of n equally likely inputs can
+    reach; ``n_inputs`` is n, by default the inputs of the run store the results name in
+    ``source`` (no line when that store is not found).
     """
     _require(results, "binned-entropy", {"entropy_bin": ("epoch", "layer")})
     entropy = results["entropy_bin"]
@@ -278,14 +315,22 @@ def plot_binned_entropy(results: xr.Dataset, *, layers: Sequence[str] | None = N
         if extra
         else [("", entropy)]
     )
-    fig, axes = _grid(len(panels))
+    if n_inputs is None and _lost_source(results) is None and results.attrs.get("source"):
+        n_inputs = open_run(results.attrs["source"]).n_samples
+    units = entropy.attrs.get("units", "nat")
+    ceiling = None if n_inputs is None else np.log(n_inputs) / (np.log(2) if units == "bit" else 1)
+    fig, axes = _grid(len(panels), sharey=True)
     epochs = entropy["epoch"].values
     for ax, (title, values) in zip(axes, panels, strict=True):
         for name in names:
             ax.plot(epochs, values.sel(layer=name).values, label=name)
+        if ceiling is not None:
+            ax.axhline(ceiling, color="0.4", linestyle="--", linewidth=0.9,
+                       label=f"H(X) = ln {n_inputs}")
         _epoch_axis(ax, epochs)
-        ax.set_ylabel(f"H(Bin(T_l)) ({entropy.attrs.get('units', 'nat')})")
         ax.set_title(title, fontsize="medium")
+    for ax in axes[:: min(len(axes), 3)]:
+        ax.set_ylabel(f"H(Bin(T_l)) ({units})")
     axes[0].legend(title="layer", fontsize="small")
     fig.suptitle("Binned entropy over training")
     return fig
@@ -295,7 +340,7 @@ def plot_distance_histograms(
     results: xr.Dataset,
     *,
     layers: Sequence[str] | None = None,
-    epochs: Sequence[int] | None = None,
+    epochs: EpochSelection | None = None,
 ) -> Figure:
     """Within-class and between-class pairwise-distance histograms, layers by epochs (Figs. 6, 8).
 
@@ -380,7 +425,7 @@ def plot_cosine_similarity(
     results: xr.Dataset,
     *,
     layers: Sequence[str] | None = None,
-    epochs: Sequence[int] | None = None,
+    epochs: EpochSelection | None = None,
 ) -> Figure:
     """Histograms of the per-input cosine similarity between two runs, per layer (Fig. 3).
 
@@ -413,54 +458,87 @@ def plot_activation_scatter(
     results: xr.Dataset | None = None,
     *,
     run: Run | str | os.PathLike[str] | None = None,
-    layer: str | None = None,
-    epochs: Sequence[int] | None = None,
+    layers: Sequence[str] | None = None,
+    epochs: EpochSelection | None = None,
     max_points: int = 2000,
 ) -> Figure:
-    """Scatter of a 2- or 3-unit layer's S at chosen epochs, coloured by class (Fig. 5, right).
+    """Scatter of 2- or 3-unit layers' S at chosen epochs, coloured by class (Fig. 5, right).
 
-    Reads the run store: ``run``, else the results' ``source`` attribute. ``layer`` defaults to
-    the deepest layer of 2 or 3 units; ``epochs`` to up to four of the results' epochs (the run's
-    when no results are given), spread on a log scale. At most ``max_points`` samples are drawn
-    (a seeded subset), which keeps the figure light.
+    Reads the run store: ``run``, else the results' ``source`` attribute. One row per layer of
+    ``layers``, by default the deepest layer of 2 or 3 units; one column per epoch of ``epochs``
+    (:func:`ibframe.engine.select_epochs`), by default up to four of the results' epochs (the
+    run's when no results are given), spread on a log scale. Each row's axes span the layer's
+    activations over all its epochs, so movement between epochs is movement in the figure. At
+    most ``max_points`` samples are drawn (a seeded subset), which keeps the figure light.
     """
     store = _scatter_run(results, run)
     widths = {name: int(store.layer_attrs(name)["units"]) for name in store.layers}
-    if layer is None:
+    if layers is None:
         small = [name for name, units in widths.items() if units in (2, 3)]
         if not small:  # the run lacks what the figure needs, as a result lacks a variable
             listing = ", ".join(f"{k} ({v})" for k, v in widths.items())
             msg = f"plot 'scatter' needs a layer of 2 or 3 units; run {store.path} has {listing}"
             raise ResultConventionError(msg)
-        layer = small[-1]
-    if widths.get(layer) not in (2, 3):
-        msg = f"plot 'scatter' draws a layer of 2 or 3 units; {layer!r} has {widths.get(layer)}"
-        raise ParameterError(msg)
+        layers = [small[-1]]
+    for layer in layers:
+        if layer not in widths:
+            msg = f"no layer {layer!r} in run {store.path} (layers: {', '.join(widths)})"
+            raise ParameterError(msg)
+        if widths[layer] not in (2, 3):
+            msg = f"plot 'scatter' draws layers of 2 or 3 units; {layer!r} has {widths[layer]}"
+            raise ParameterError(msg)
     available = (
         results["epoch"].values if results is not None and "epoch" in results.coords
         else store.epochs
     )
     chosen = _pick_epochs(available, epochs)
-    activations = store.activations(layer)
     labels = store.y
     n = store.n_samples
     rows = np.arange(n)
     if n > max_points:
         rows = np.sort(np.random.default_rng(0).choice(n, max_points, replace=False))
-    dims = widths[layer]
-    fig = Figure(figsize=(_PANEL * len(chosen) + 0.8, _PANEL + 0.4), layout="constrained")
+    fig = Figure(
+        figsize=(_PANEL * len(chosen) + 1.6, (_PANEL + 0.2) * len(layers) + 0.4),
+        layout="constrained",
+    )
     cmap = colormaps["tab10"]
-    for i, epoch in enumerate(chosen):
-        s = np.asarray(activations.sel(epoch=epoch).values)[rows]
-        ax = fig.add_subplot(1, len(chosen), i + 1, **({"projection": "3d"} if dims == 3 else {}))
-        colours = cmap(labels[rows] % 10) if labels is not None else "tab:blue"
-        ax.scatter(*s.T, c=colours, s=4, alpha=0.6, **({"depthshade": False} if dims == 3 else {}))
-        ax.set_title(f"{layer}, epoch {epoch}", fontsize="medium")
-        ax.set_xlabel("unit 0")
-        ax.set_ylabel("unit 1")
-        if dims == 3:
-            ax.set_zlabel("unit 2")
-    fig.suptitle(f"Representations of layer {layer}, coloured by class")
+    classes = np.unique(labels[rows]) if labels is not None else np.array([], dtype=int)
+    colours = cmap(labels[rows] % 10) if labels is not None else "tab:blue"
+    for r, layer in enumerate(layers):
+        dims = widths[layer]
+        activations = store.activations(layer)
+        points = [np.asarray(activations.sel(epoch=e).values)[rows] for e in chosen]
+        low = np.min([p.min(axis=0) for p in points], axis=0)
+        high = np.max([p.max(axis=0) for p in points], axis=0)
+        pad = 0.05 * np.maximum(high - low, 1e-6)
+        limits = list(zip(low - pad, high + pad, strict=True))
+        for c, (epoch, s) in enumerate(zip(chosen, points, strict=True)):
+            extra = {"projection": "3d"} if dims == 3 else {}
+            ax = fig.add_subplot(len(layers), len(chosen), r * len(chosen) + c + 1, **extra)
+            ax.scatter(*s.T, c=colours, s=4, alpha=0.6,
+                       **({"depthshade": False} if dims == 3 else {}))
+            ax.set_xlim(*limits[0])
+            ax.set_ylim(*limits[1])
+            ax.set_title(f"{layer}, epoch {epoch}", fontsize="medium")
+            ax.set_xlabel("unit 0")
+            ax.set_ylabel("unit 1")
+            if dims == 3:
+                ax.set_zlim(*limits[2])
+                ax.set_zlabel("unit 2")
+                for axis in (ax.xaxis, ax.yaxis, ax.zaxis):  # few ticks, none over the labels
+                    axis.set_major_locator(MaxNLocator(3))
+                ax.tick_params(labelsize="small", pad=0)
+                ax.set_box_aspect(None, zoom=0.8)  # room for the labels inside the panel
+    if classes.size:
+        handles = [
+            Line2D([], [], ls="none", marker="o", markersize=5, color=cmap(k % 10),
+                   label=f"class {k}")
+            for k in classes
+        ]
+        fig.legend(handles=handles, loc="outside right center", fontsize="small",
+                   title="class")
+    fig.suptitle(f"Representations of layer{'s' if len(layers) > 1 else ''} "
+                 f"{', '.join(layers)}, coloured by class")
     return fig
 
 
@@ -475,6 +553,15 @@ def _scatter_run(results: xr.Dataset | None, run: Run | str | os.PathLike[str] |
         msg = f"plot 'scatter' needs the run store: pass run=PATH (--run on the command line; {where})"
         raise ResultConventionError(msg)
     return open_run(source)
+
+
+def _reason(err: ResultConventionError, kind: str) -> str:
+    """The error's message without its leading ``plot 'KIND'``, for a line that names the kind."""
+    text = str(err)
+    for prefix in (f"plot {kind!r}: ", f"plot {kind!r} "):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
 
 
 def _lost_source(results: xr.Dataset) -> str | None:
@@ -510,6 +597,10 @@ def plot_results(
     out_dir: str | os.PathLike[str] = ".",
     formats: Sequence[str] = ("png",),
     run: Run | str | os.PathLike[str] | None = None,
+    *,
+    epochs: EpochSelection | None = None,
+    layers: Sequence[str] | None = None,
+    layer_names: str | Sequence[str] | None = None,
 ) -> list[Path]:
     """Draw figure kinds and write each as ``OUT_DIR/KIND.FORMAT``.
 
@@ -521,14 +612,27 @@ def plot_results(
         figure draws bands (``mi-epochs``); see :func:`ibframe.aggregate`.
     kinds
         Names from :data:`PLOT_KINDS`. ``None`` draws every kind the results hold the variables
-        for, and raises only if there is none; a kind named explicitly whose variables are
-        missing raises :class:`~ibframe.errors.ResultConventionError`.
+        for (and, for ``scatter``, whose run has a layer of 2 or 3 units), skipping each other
+        kind with a :class:`PlotWarning` that says why, and raises only if there is none; a kind
+        named explicitly that cannot be drawn raises
+        :class:`~ibframe.errors.ResultConventionError`.
     out_dir
         Directory for the files, created if needed.
     formats
         Any of ``"png"``, ``"svg"``, ``"pdf"``.
     run
         The run store, for ``scatter``; default the results' ``source`` attribute.
+    epochs
+        Epoch numbers and ``slice(start, stop)`` ranges of the results' epochs
+        (:func:`ibframe.engine.select_epochs`): figures over epochs draw only these, and figures
+        at chosen epochs (``distance-histograms``, ``cosine-similarity``, ``scatter``) draw each
+        of them. Default: every epoch, and up to four chosen on a log scale.
+    layers
+        The layers every figure draws (default: each figure's own choice; ``scatter`` takes
+        layers of 2 or 3 units).
+    layer_names
+        Names for the results' layers in every figure drawn from them (:func:`rename_layers`):
+        ``"T"`` gives T1...TL as in the paper.
 
     Returns
     -------
@@ -551,29 +655,43 @@ def plot_results(
     if bad or not formats:
         msg = f"plot formats must be among {', '.join(FORMATS)}; got {list(formats)}"
         raise ParameterError(msg)
+    if layer_names is not None:
+        results = rename_layers(results, layer_names)
+    chosen = None
+    if epochs is not None:
+        if "epoch" not in results.coords:
+            msg = "epochs were asked for, but the results have no epoch coordinate"
+            raise ResultConventionError(msg)
+        chosen = select_epochs(results["epoch"].values, epochs, "the results")
+        results = results.sel(epoch=chosen)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     skipped: list[str] = []
     for kind in kinds if kinds is not None else list(PLOT_KINDS):
         function = PLOT_KINDS[kind][0]
-        takes_run = "run" in inspect.signature(function).parameters
+        accepted = inspect.signature(function).parameters
+        takes_run = "run" in accepted
+        options: dict[str, typing.Any] = {"run": run} if takes_run else {}
+        if chosen is not None and "epochs" in accepted:
+            options["epochs"] = chosen
+        if layers is not None and "layers" in accepted:
+            options["layers"] = list(layers)
         lost = _lost_source(results) if takes_run and run is None and kinds is None else None
-        if lost is not None:
-            warnings.warn(
-                f"plot {kind!r} skipped: the run store {lost} named by the results was not "
-                "found; pass the run (run=PATH, or ibframe plot --run PATH)",
-                PlotWarning,
-                stacklevel=2,
-            )
-            skipped.append(f"{kind}: the run store {lost} was not found")
-            continue
         try:
-            fig = function(results, run=run) if takes_run else function(results)
+            if lost is not None:
+                msg = (
+                    f"the run store {lost} named by the results was not found; pass the run "
+                    "(run=PATH, or ibframe plot --run PATH)"
+                )
+                raise ResultConventionError(msg)
+            fig = function(results, **options)
         except ResultConventionError as err:
             if kinds is not None:
                 raise
-            skipped.append(f"{kind}: {err}")
+            warnings.warn(f"plot {kind!r} skipped: {_reason(err, kind)}", PlotWarning,
+                          stacklevel=2)
+            skipped.append(f"{kind}: {_reason(err, kind)}")
             continue
         for fmt in formats:
             path = out / f"{kind}.{fmt}"

@@ -107,7 +107,7 @@ def test_mi_epochs_draws_the_mean_with_a_band_of_one_sd(several):
     line = ax.get_lines()[index]
     np.testing.assert_allclose(line.get_ydata(), agg["mi_x_t"].sel(layer=layer).values)
     bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
-    ys = bands[index].get_paths()[0].vertices[:, 1]
+    ys = bands[2 * index].get_paths()[0].vertices[:, 1]  # each layer: the sd band, then stderr's
     mean, sd = agg["mi_x_t"].sel(layer=layer).values, agg["mi_x_t_sd"].sel(layer=layer).values
     assert ys.max() == pytest.approx((mean + sd).max())
     assert ys.min() == pytest.approx((mean - sd).min())

@@ -105,8 +105,74 @@ def test_foreign_store_is_refused(tmp_path, capsys):
 def test_parse_epochs():
     assert parse_epochs("0,5,10") == [0, 5, 10]
     assert parse_epochs("0:6:2,9") == [0, 2, 4, 9]
-    with pytest.raises(ParameterError):
-        parse_epochs("a:b")
+    assert parse_epochs("1:") == [slice(1, None)]
+    assert parse_epochs(":100,0") == [slice(None, 100), 0]
+    for bad in ("a:b", "1::2", "1:2:3:4"):
+        with pytest.raises(ParameterError):
+            parse_epochs(bad)
+
+
+@pytest.fixture
+def gappy_neuron(tmp_path, capsys):
+    """A real neuron run recorded at epochs 0, 2 and 5 only (no layer of 2 or 3 units)."""
+    path = tmp_path / "n.zarr"
+    code, _, err = run_cli(["train", "neuron", "--out", str(path), "--epochs", "5",
+                            "--record", "0,2,5", "--samples", "64", "--draws", "2"], capsys)
+    assert code == 0, err
+    return path
+
+
+def test_epoch_ranges_pick_the_recorded_epochs(gappy_neuron, tmp_path, capsys):
+    from ibframe.results import load_results
+
+    results = tmp_path / "res.nc"
+    code, _, err = run_cli(["estimate", str(gappy_neuron), "-e", "binned-entropy",
+                            "--epochs", "1:", "-o", str(results)], capsys)
+    assert code == 0, err
+    assert load_results(results)["epoch"].values.tolist() == [2, 5]
+    code, out, err = run_cli(["estimate", str(gappy_neuron), "-e", "binned-entropy",
+                              "--epochs", ":5"], capsys)
+    assert code == 0, err
+    assert "0 and 2, the first and last of the 2 estimated" in " ".join(out.split())
+    code, _, err = run_cli(["estimate", str(gappy_neuron), "-e", "binned-entropy",
+                            "--epochs", "0,1"], capsys)
+    assert code == 1 and "has no epoch 1" in err  # a listed epoch must be recorded
+    code, _, err = run_cli(["estimate", str(gappy_neuron), "-e", "binned-entropy",
+                            "--epochs", "0:3:1"], capsys)
+    assert code == 1 and "has no epoch 1" in err  # so must each epoch of a stepped range
+    code, _, err = run_cli(["estimate", str(gappy_neuron), "-e", "binned-entropy",
+                            "--epochs", "3:5"], capsys)
+    assert code == 1 and "no epoch selected" in err
+    code, _, err = run_cli(["plot", str(results), "-o", str(tmp_path / "fig"), "-k", "binned-entropy",
+                              "--epochs", "3:"], capsys)
+    assert code == 0, err
+    from matplotlib.image import imread
+
+    assert imread(tmp_path / "fig" / "binned-entropy.png").ndim == 3
+    code, _, err = run_cli(["plot", str(results), "-o", str(tmp_path / "fig"), "--layer-names", "a,b"],
+                           capsys)
+    assert code == 1 and "layer names need 1 distinct names" in err
+    code, _, err = run_cli(["plot", str(results), "-o", str(tmp_path / "fig"), "-k", "binned-entropy",
+                            "--layer-names", "T"], capsys)
+    assert code == 0, err
+
+
+def test_plot_without_kinds_skips_those_that_do_not_apply(gappy_neuron, tmp_path):
+    """The neuron has no layer of 2 or 3 units and these results no sp-mi: one line each, exit 0."""
+    from ibframe.engine import estimate
+    from ibframe.results import save_results
+
+    save_results(estimate(gappy_neuron, ["binned-entropy"], device="cpu"), tmp_path / "r.nc")
+    proc = subprocess.run(
+        [*_ibframe_command(), "plot", str(tmp_path / "r.nc"), "-o", str(tmp_path / "fig")],
+        check=False, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "MPLBACKEND": "Agg"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"figure: {tmp_path / 'fig' / 'binned-entropy.png'}"
+    skipped = proc.stderr.strip().splitlines()
+    assert len(skipped) == 6 and all(" skipped: " in line for line in skipped), proc.stderr
+    assert "plot 'scatter' skipped: needs a layer of 2 or 3 units" in proc.stderr
 
 
 @pytest.mark.slow
@@ -479,3 +545,54 @@ def test_estimate_output_needs_overwrite_to_replace_results(store, tmp_path, cap
     code, _, err = run_cli(args, capsys)
     assert code == 1 and "--overwrite" in err
     assert run_cli([*args, "--overwrite"], capsys)[0] == 0
+
+
+def test_plot_scatter_takes_layer_and_epochs(store, tmp_path, capsys):
+    from matplotlib.image import imread
+
+    results = tmp_path / "res.nc"
+    assert run_cli(["estimate", str(store), "-e", "binned-entropy", "-o", str(results)], capsys)[0] == 0
+    figures = tmp_path / "fig"
+    code, out, err = run_cli(["plot", str(results), "-o", str(figures), "-k", "scatter", "--run", str(store),
+                              "--layer", "h3", "--epochs", "1:"], capsys)
+    assert code == 0, err
+    assert out.strip() == f"figure: {figures / 'scatter.png'}"
+    assert imread(figures / "scatter.png").shape[1] > imread(figures / "scatter.png").shape[0]
+    code, _, err = run_cli(["plot", str(results), "-o", str(figures), "-k", "scatter", "--run", str(store),
+                            "--layer", "h1"], capsys)
+    assert code == 1 and "'h1' has 6" in err
+
+
+@pytest.mark.parametrize("args", [["train", "neuron", "--help"], ["train", "mnist-cnn", "-o", "x", "--help"]])
+def test_train_experiment_help_shows_its_description_and_defaults(args, capsys, monkeypatch):
+    from ibframe.plugins import experiment_registry
+
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run_cli(args, capsys)
+    assert code == 0
+    spec = experiment_registry().get(args[1])
+    d = spec.defaults
+    text = " ".join(out.split())
+    assert text.startswith(f"{args[1]}: {' '.join(spec.description.split())} Defaults: ")
+    assert f"epochs {d.epochs}, beta {d.beta:g}, activation {d.activation}, optimizer {d.optimizer}" in text
+    assert "--conditional-samples" in out  # then the usual help
+
+
+def test_train_help_names_every_registered_experiment(capsys, monkeypatch):
+    from ibframe.plugins import experiment_registry
+
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run_cli(["train", "--help"], capsys)
+    assert code == 0
+    listed = " ".join(out.split())
+    assert all(name in listed for name in experiment_registry())
+
+
+@pytest.mark.parametrize("command", ["estimate", "plot"])
+def test_epochs_help_shows_its_ranges_as_typed(command, capsys, monkeypatch):
+    """Rich turns :b: or :100: into emoji; the help's examples must survive it."""
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run_cli([command, "--help"], capsys)
+    assert code == 0
+    text = " ".join(out.replace("│", " ").split())
+    assert "1:50, 1: or :50 pick the recorded epochs from 1 up to but not including 50; 0:50:5" in text

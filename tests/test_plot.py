@@ -13,6 +13,7 @@ from ibframe.engine import estimate
 from ibframe.errors import ParameterError, QualityWarning, ResultConventionError
 from ibframe.plot import (
     PLOT_KINDS,
+    PlotWarning,
     plot_activation_scatter,
     plot_binned_entropy,
     plot_distance_histograms,
@@ -85,9 +86,15 @@ def test_missing_variable_names_it(results, tmp_path):
 
 def test_kinds_default_skips_what_is_missing_but_not_everything(results, tmp_path):
     only_slopes = results[["unit_entropy_slope"]].assign_attrs(source="")  # no run: no scatter
-    paths = plot_results(only_slopes, None, tmp_path)
+    with pytest.warns(PlotWarning) as caught:
+        paths = plot_results(only_slopes, None, tmp_path)
     assert [p.name for p in paths] == ["unit-slopes.png"]
-    with pytest.raises(ResultConventionError, match="nothing to plot"):
+    skipped = [str(w.message) for w in caught]
+    assert len(skipped) == len(PLOT_KINDS) - 1  # one line for each kind not drawn
+    assert skipped[0].startswith("plot 'mi-epochs' skipped: needs variable 'mi_x_t'")
+    assert all("\n" not in line for line in skipped)
+    with pytest.raises(ResultConventionError, match="nothing to plot"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", PlotWarning)
         plot_results(results[["loss_train"]].assign_attrs(source=""), None, tmp_path)
 
 
@@ -106,7 +113,7 @@ def test_scatter_needs_the_run_and_a_small_layer(results):
     with pytest.raises(ResultConventionError, match="needs the run store"):
         plot_activation_scatter(results.assign_attrs(source=""))
     with pytest.raises(ParameterError, match="2 or 3 units"):
-        plot_activation_scatter(results, layer="h1")
+        plot_activation_scatter(results, layers=["h1"])
     fig = plot_activation_scatter(results, epochs=[0, 3])
     assert [ax.get_title() for ax in fig.axes] == ["h3, epoch 0", "h3, epoch 3"]
 
@@ -157,3 +164,90 @@ def test_hand_built_results_follow_the_conventions():
     assert fig.axes[0].get_ylabel() == "I(X;T_l) (nat)"
     assert len(plot_binned_entropy(ds).axes) == 3
     assert len(plot_mi_epochs(ds[["mi_x_t"]]).axes) == 1  # no losses: no loss panel
+
+
+def test_epoch_ranges_pick_the_recorded_epochs(results, tmp_path):
+    fig = plot_distance_histograms(results, layers=["h3"], epochs=[slice(2, None)])
+    assert [ax.get_title() for ax in fig.axes] == ["h3, epoch 2", "h3, epoch 3"]
+    with pytest.raises(ParameterError, match="no epoch selected"):
+        plot_distance_histograms(results, epochs=slice(7, None))
+    paths = plot_results(results, ["distance-histograms"], tmp_path, epochs=[slice(None, 2), 3])
+    _assert_png(paths[0])
+
+
+def test_binned_entropy_shares_its_y_axis_under_the_ln_n_ceiling(results):
+    fig = plot_binned_entropy(results)  # the run of 64 inputs, found through `source`
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == 2  # bin sizes 0.1 and 0.5
+    assert panels[0].get_shared_y_axes().joined(panels[0], panels[1])
+    assert panels[0].get_ylim() == panels[1].get_ylim()
+    for ax in panels:
+        ceilings = [line for line in ax.lines if line.get_linestyle() == "--"]
+        assert len(ceilings) == 1
+        assert ceilings[0].get_ydata()[0] == pytest.approx(np.log(64))
+        top = max(np.nanmax(line.get_ydata()) for line in ax.lines if line not in ceilings)
+        assert top <= np.log(64) + 1e-9  # no binned entropy of 64 inputs exceeds ln 64
+    assert "H(X) = ln 64" in [t.get_text() for t in panels[0].get_legend().get_texts()]
+    fig = plot_binned_entropy(results.assign_attrs(source=""), n_inputs=10)
+    assert fig.axes[0].lines[-1].get_ydata()[0] == pytest.approx(np.log(10))
+
+
+def test_mi_epochs_of_several_runs_draws_the_estimator_stderr_inside_the_run_spread(tmp_path):
+    from matplotlib.collections import PolyCollection
+
+    from ibframe.runs import aggregate
+
+    runs = [make_test_run(tmp_path / f"s{seed}.zarr", n=32, epochs=3, seed=seed) for seed in (0, 1)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", QualityWarning)
+        several = estimate(runs, {"sp-mi": {"n_points": 256}}, device="cpu", cache=False)
+    fig = plot_mi_epochs(several, layer_names="T")
+    ax = fig.axes[0]
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2 * several.sizes["layer"] + 1  # spread and stderr per layer, legend
+    mean = aggregate(several, over="run")
+    mi, se = mean["mi_x_t"].sel(layer="h2").values, mean["mi_x_t_stderr"].sel(layer="h2").values
+    inner = bands[3].get_paths()[0].vertices[:, 1]  # layer h2's stderr band
+    np.testing.assert_allclose([inner.min(), inner.max()],
+                               [(mi - 2 * se).min(), (mi + 2 * se).max()], rtol=1e-12)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[:3] == ["T1", "T2", "T3"] and "± 2 stderr (estimator)" in labels
+    with pytest.raises(ParameterError, match="3 distinct names"):
+        plot_mi_epochs(several, layer_names=["a", "b"])
+
+
+def _inside_figure(fig):
+    """Every panel with its ticks and labels, the legends and the title lie on the canvas."""
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    canvas = fig.bbox
+    boxes = [ax.get_tightbbox(renderer) for ax in fig.axes]
+    boxes += [legend.get_window_extent(renderer) for legend in fig.legends]
+    boxes.append(fig._suptitle.get_window_extent(renderer))
+    for box in boxes:
+        assert (box.x0 >= canvas.x0 - 1 and box.y0 >= canvas.y0 - 1
+                and box.x1 <= canvas.x1 + 1 and box.y1 <= canvas.y1 + 1), (box, canvas)
+
+
+@pytest.mark.parametrize("widths", [(6, 4, 2), (6, 3)])
+def test_scatter_holds_its_axes_fixed_names_the_classes_and_clips_nothing(tmp_path, widths):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from ibframe.store import open_run
+
+    run = make_test_run(tmp_path / "run.zarr", n=64, epochs=4, widths=widths)
+    layer = f"h{len(widths)}"
+    fig = plot_activation_scatter(run=run, layers=[layer], epochs=[slice(1, None)])
+    FigureCanvasAgg(fig)
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == [f"{layer}, epoch {e}" for e in (1, 2, 3)]
+    s = open_run(tmp_path / "run.zarr").activations(layer).sel(epoch=[1, 2, 3]).values
+    getters = ["get_xlim", "get_ylim", "get_zlim"][: widths[-1]]
+    for unit, getter in enumerate(getters):
+        limits = {getattr(ax, getter)() for ax in axes}
+        assert len(limits) == 1  # one scale for every epoch
+        low, high = limits.pop()
+        assert low <= s[..., unit].min() and s[..., unit].max() <= high
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["class 0", "class 1"]
+    _inside_figure(fig)

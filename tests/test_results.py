@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -136,11 +137,16 @@ def test_results_name_their_run_absolutely_so_plots_find_it_anywhere(tmp_path, m
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    written = plot_results(work / "results.nc", None, "figures")
+    with pytest.warns(PlotWarning) as caught:  # kinds these results cannot draw are skipped
+        written = plot_results(work / "results.nc", None, "figures")
     assert "scatter.png" in [p.name for p in written]
+    assert not [w for w in caught if "'scatter'" in str(w.message)]
+    assert [w for w in caught if "'mi-epochs' skipped" in str(w.message)]
 
     (work / "run.zarr").rename(tmp_path / "moved.zarr")
-    with pytest.warns(PlotWarning, match=r"'scatter' skipped: the run store .*run\.zarr .*not found"):
+    with pytest.warns(PlotWarning) as caught:
         written = plot_results(work / "results.nc", None, "figures2")
+    lost = r"'scatter' skipped: the run store .*run\.zarr .*not found"
+    assert [w for w in caught if re.search(lost, str(w.message))]
     assert "scatter.png" not in [p.name for p in written]
     assert "binned-entropy.png" in [p.name for p in written]
