@@ -55,6 +55,7 @@ On the CPU the blocks run on :mod:`._threads`'s pool of single-threaded workers.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import threading
@@ -185,10 +186,14 @@ def _buffer(dtype: torch.dtype, count: int, device: torch.device, slot: int = 0)
     return buf[:count]
 
 
+def _reach(problem: Problem, own_sq: torch.Tensor) -> torch.Tensor:
+    """Per point, the distance from the point beyond which every term is below the floor."""
+    return (own_sq - EXP_FLOOR / problem.scale).sqrt()
+
+
 def _point_radii(problem: Problem, own_sq: torch.Tensor) -> torch.Tensor:
     """Per point, the distance from its own centre beyond which every term is below the floor."""
-    reach = (own_sq - EXP_FLOOR / problem.scale).sqrt()
-    return reach + own_sq.sqrt()
+    return _reach(problem, own_sq) + own_sq.sqrt()
 
 
 def _own_sq(problem: Problem) -> torch.Tensor:
@@ -414,9 +419,6 @@ class _Neighbours:
                                           include_self=False)
         self._plan: list[tuple[torch.Tensor, torch.Tensor, float]] | None = None
         self.few_pairs = False
-        self._tree: cKDTree | None = None
-        self._points = self.centers
-        self._query: dict[str, Any] = {}
         """Whether :meth:`run` takes the few-pairs route (set by :meth:`estimated_cost`)."""
 
     # planning ------------------------------------------------------------------------------
@@ -512,7 +514,7 @@ class _Neighbours:
         query = _COST_QUERY * (n + n_points)
         if per_point * n_points <= _MAX_PAIRS and query + _COST_PAIR * per_point * n_points < chunked:
             # the sample may miss a rare cluster: the pairs are counted exactly (cheap here)
-            pairs = int(self._ball_query(count=True).sum())
+            pairs = self._pair_count()
             if pairs <= _MAX_PAIRS and query + _COST_PAIR * pairs < chunked:
                 self.few_pairs = True
                 return query + _COST_PAIR * pairs
@@ -538,47 +540,48 @@ class _Neighbours:
         _run(self.device, work, list(self.plan()))
         out[0] = sums.log_() + self.lw_ref
 
-    def _ball_query(self, count: bool) -> Any:
-        r"""For each point, the centres with a term above the floor, :math:`\|p_k - \mu_j\|^2
-        \le \beta^2\|z_k\|^2 - \text{floor}/s`, by a k-d tree ball query about the point:
-        their number (``count``) or their lists."""
+    @functools.cached_property
+    def _ball(self) -> tuple[cKDTree, torch.Tensor, dict[str, Any]]:
+        r"""A k-d tree of the centres, the points (float64) and the ball query about each point
+        that finds the centres with a term above the floor, :math:`\|p_k - \mu_j\|^2 \le
+        \beta^2\|z_k\|^2 - \text{floor}/s` (:func:`_reach`)."""
         problem = self.problem
-        if self._tree is None:
-            points = torch.index_select(self.centers, 0, problem.own[0])
-            if problem.noise is not None:
-                points = points + problem.beta * problem.noise[0].to(torch.float64)
-            radii = (self.own_sq - EXP_FLOOR / problem.scale).sqrt() * (1 + 1e-9) + 1e-12
-            self._points = points
-            self._tree = cKDTree(self.centers.cpu().numpy(), leafsize=16, copy_data=False)
-            self._query = {"x": points.cpu().numpy(), "r": radii.cpu().numpy(),
-                           "workers": kernel_threads()}
-        if count:
-            return self._tree.query_ball_point(**self._query, return_length=True)
-        return self._tree.query_ball_point(**self._query, return_sorted=False)
+        points = torch.index_select(self.centers, 0, problem.own[0])
+        if problem.noise is not None:
+            points = points + problem.beta * problem.noise[0].to(torch.float64)
+        radii = _reach(problem, self.own_sq) * (1 + 1e-9) + 1e-12
+        tree = cKDTree(self.centers.cpu().numpy(), leafsize=16, copy_data=False)
+        query = {"x": points.cpu().numpy(), "r": radii.cpu().numpy(), "workers": kernel_threads()}
+        return tree, points, query
+
+    def _pair_count(self) -> int:
+        """The (point, centre) pairs with a term above the floor, counted by :attr:`_ball`."""
+        tree, _, query = self._ball
+        return int(tree.query_ball_point(**query, return_length=True).sum())
 
     def _run_pairs(self, out: torch.Tensor) -> None:
-        """The few-pairs route: every pair from :meth:`_ball_query`, evaluated on its own with
+        """The few-pairs route: every pair from :attr:`_ball`'s query, evaluated on its own with
         exact differences in float64, with no chunk planning."""
         problem = self.problem
         n_points = problem.own.shape[1]
-        found = self._ball_query(count=False)
-        points = self._points
+        tree, points, query = self._ball
+        found = tree.query_ball_point(**query, return_sorted=False)
         degree = np.fromiter(map(len, found), dtype=np.int64, count=n_points)
         neighbours = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(found),
                                                   dtype=np.int64, count=int(degree.sum())))
         neighbours = neighbours.to(self.device)
         degree_t = torch.from_numpy(degree).to(self.device)
-        first = torch.cumsum(degree_t, 0) - degree_t
+        start = np.concatenate([[0], np.cumsum(degree)])  # point k's pairs: start[k]:start[k+1]
         # items of whole points, about _PAIR_BLOCK pairs each
-        bounds = np.searchsorted(np.cumsum(degree), np.arange(_PAIR_BLOCK, degree.sum(),
-                                                              _PAIR_BLOCK), side="right")
+        bounds = np.searchsorted(start[1:], np.arange(_PAIR_BLOCK, start[-1], _PAIR_BLOCK),
+                                 side="right")
         cuts = [0, *np.unique(bounds).tolist(), n_points]
         items = [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
         sums = torch.zeros(n_points, problem.n_atoms, dtype=torch.float64, device=self.device)
 
         def work(item: object) -> None:
             k0, k1 = item  # type: ignore[misc]
-            j0, j1 = int(first[k0]), int(first[k1 - 1] + degree_t[k1 - 1])
+            j0, j1 = int(start[k0]), int(start[k1])
             rows = torch.repeat_interleave(torch.arange(k0, k1, device=self.device),
                                            degree_t[k0:k1])
             ids = neighbours[j0:j1]
