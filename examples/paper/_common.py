@@ -248,16 +248,48 @@ def mode(edges: np.ndarray, density: np.ndarray) -> float:
     return float((edges[i] + edges[i + 1]) / 2)
 
 
-def distance_modes(ds: Any, layer: str, epoch: int) -> tuple[float, float]:
-    """Modes of the within- and between-class distance histograms of ``distance-histogram``."""
+def distance_edges(ds: Any, layer: str, epoch: int) -> tuple[np.ndarray, float]:
+    """Bin edges of ``distance-histogram`` in distance units, and the layer's distance scale."""
     bounds = ds["distance_bin_bounds"].values
     scale = float(ds["distance_scale"].sel(layer=layer, epoch=epoch))
-    edges = np.append(bounds[:, 0], bounds[-1, 1]) * scale
+    return np.append(bounds[:, 0], bounds[-1, 1]) * scale, scale
+
+
+def distance_modes(ds: Any, layer: str, epoch: int) -> tuple[float, float]:
+    """Modes of the within- and between-class distance histograms of ``distance-histogram``."""
+    edges, _ = distance_edges(ds, layer, epoch)
     within, between = (
         mode(edges, ds["distance_density"].sel(layer=layer, epoch=epoch, pair=pair).values)
         for pair in ("within", "between")
     )
     return within, between
+
+
+def distance_panel(ax: Any, ds: Any, layer: str, epoch: int, *, fill: bool,
+                   sizes: tuple[str, str]) -> None:
+    """Within- (blue) and between-class (orange) distance densities of one layer and epoch,
+    zoomed to the filled bins; ``sizes``: the title's and the ticks' font sizes."""
+    edges, scale = distance_edges(ds, layer, epoch)
+    style = {"fill": True, "alpha": 0.4} if fill else {}
+    right = 0.0
+    for pair, colour in (("within", "tab:blue"), ("between", "tab:orange")):
+        density = ds["distance_density"].sel(layer=layer, epoch=epoch, pair=pair).values
+        ax.stairs(density / scale, edges, color=colour, **style)
+        filled = np.flatnonzero(density)
+        right = max(right, edges[filled[-1] + 1] if filled.size else 0.0)
+    ax.set_xlim(0, 1.05 * right)
+    ax.set_title(f"{layer}, epoch {epoch}", fontsize=sizes[0])
+    ax.tick_params(labelsize=sizes[1])
+
+
+def panel_args(description: str, panels: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """:func:`parser` with ``--panel`` (repeatable, default all of ``panels``): the arguments
+    and the panels asked for."""
+    parser_ = parser(description)
+    parser_.add_argument("--panel", choices=sorted(panels), action="append",
+                         help="panels to make (repeatable); default all")
+    args = parser_.parse_args()
+    return args, args.panel or sorted(panels)
 
 
 MNIST_HELP = (

@@ -56,12 +56,9 @@ def saturated_fraction(run: ibframe.Run, layer: str) -> float:
 
 
 def main() -> None:
-    parser = _common.parser(__doc__.splitlines()[0])
-    parser.add_argument("--panel", choices=sorted(PANELS), action="append",
-                        help="panels to make (repeatable); default all")
-    args = parser.parse_args()
+    args, panels = _common.panel_args(__doc__.splitlines()[0], PANELS)
     started = time.perf_counter()
-    for panel in args.panel or sorted(PANELS):
+    for panel in panels:
         title, network, accuracy, claim = PANELS[panel]
         label = f"Fig. 10({panel}) SZT {title}"
         path, _ = _common.information_run(args, "szt", f"fig10{panel}_szt", label, network, accuracy, claim)

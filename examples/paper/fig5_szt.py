@@ -30,12 +30,9 @@ PANELS = {
 
 
 def main() -> None:
-    parser = _common.parser(__doc__.splitlines()[0])
-    parser.add_argument("--panel", choices=sorted(PANELS), action="append",
-                        help="panels to make (repeatable); default all")
-    args = parser.parse_args()
+    args, panels = _common.panel_args(__doc__.splitlines()[0], PANELS)
     started = time.perf_counter()
-    for panel in args.panel or sorted(PANELS):
+    for panel in panels:
         title, network, accuracy, claim = PANELS[panel]
         _, ds = _common.information_run(
             args, "szt", f"fig5{panel}_szt", f"Fig. 5({panel}) SZT {title}", network, accuracy, claim

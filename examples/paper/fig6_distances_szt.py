@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 
 import _common
-import numpy as np
 from fig5_szt import PANELS
 from matplotlib.figure import Figure
 
@@ -32,21 +31,10 @@ def main() -> None:
         layers = [str(layer) for layer in ds["layer"].values]
         fig = Figure(figsize=(2.4 * len(shown), 1.6 * len(layers)), layout="constrained")
         axes = fig.subplots(len(layers), len(shown), squeeze=False)
-        bounds = ds["distance_bin_bounds"].values
-        relative = np.append(bounds[:, 0], bounds[-1, 1])
         for row, layer in enumerate(layers):
             for col, epoch in enumerate(shown):
-                ax = axes[row, col]
-                scale = float(ds["distance_scale"].sel(layer=layer, epoch=epoch))
-                right = 0.0
-                for pair, colour in (("within", "tab:blue"), ("between", "tab:orange")):
-                    density = ds["distance_density"].sel(layer=layer, epoch=epoch, pair=pair).values
-                    ax.stairs(density / scale, relative * scale, color=colour, fill=True, alpha=0.4)
-                    filled = np.flatnonzero(density)
-                    right = max(right, relative[filled[-1] + 1] * scale if filled.size else 0.0)
-                ax.set_xlim(0, 1.05 * right)
-                ax.set_title(f"{layer}, epoch {epoch}", fontsize="x-small")
-                ax.tick_params(labelsize="xx-small")
+                _common.distance_panel(axes[row, col], ds, layer, epoch, fill=True,
+                                       sizes=("x-small", "xx-small"))
         fig.suptitle(f"Fig. 6({panel}): SZT {title}; within-class (blue), between-class (orange)")
         _common.save(fig, args.out, f"fig6{panel}_distances_szt")
         for layer in layers[2:]:

@@ -107,22 +107,11 @@ def main() -> None:
     axes[0, 0].legend(fontsize="x-small")
     for ax in axes[0, 1:]:
         ax.axis("off")
-    bounds = distances["distance_bin_bounds"].values
-    relative = np.append(bounds[:, 0], bounds[-1, 1])
     separation = {}
     for row, layer in enumerate(layers, start=1):
         for col, epoch in enumerate(shown):
-            ax = axes[row, col]
-            scale = float(distances["distance_scale"].sel(layer=layer, epoch=epoch))
-            right = 0.0
-            for pair, colour in (("within", "tab:blue"), ("between", "tab:orange")):
-                density = distances["distance_density"].sel(layer=layer, epoch=epoch, pair=pair).values
-                ax.stairs(density / scale, relative * scale, color=colour)
-                filled = np.flatnonzero(density)
-                right = max(right, relative[filled[-1] + 1] * scale if filled.size else 0.0)
-            ax.set_xlim(0, 1.05 * right)
-            ax.set_title(f"{layer}, epoch {epoch}", fontsize="small")
-            ax.tick_params(labelsize="x-small")
+            _common.distance_panel(axes[row, col], distances, layer, epoch, fill=False,
+                                   sizes=("small", "x-small"))
             near, far = _common.distance_modes(distances, layer, epoch)
             separation[(layer, epoch)] = far / max(near, 1e-12)
     fig.suptitle("Fig. 8: within-class (blue) and between-class (orange) pairwise distances")
