@@ -138,3 +138,18 @@ def test_saturation_is_flagged(tmp_path):
     noise = 0.5 * 20 * math.log(2 * math.pi * math.e * 1e-6)
     assert ds["h_t_given_x"].item() - noise == pytest.approx(math.log(5), abs=0.01)
     assert any(isinstance(w.message, QualityWarning) for w in caught)
+
+
+def test_points_are_added_only_when_the_first_sample_misses_the_target(tmp_path):
+    """h(T) starts at two points per input (at least 1024) and adds the points its standard
+    error asks for: none at a loose target, enough to come near a tight one."""
+    run = NET.record(tmp_path / "net.zarr")
+    loose = ibframe.estimate(run, {"sp-mi": {"target_stderr": 0.5}}, layers=["h2"],
+                             device="cpu", cache=False)
+    tight = ibframe.estimate(run, {"sp-mi": {"target_stderr": 0.004}}, layers=["h2"],
+                             device="cpu", cache=False)
+    assert loose["n_points"].item() == 1024
+    assert loose["h_t_stderr"].item() > 0.004  # so the tight target needs more points
+    assert tight["n_points"].item() > 1024
+    # the variance estimate behind the choice is itself noisy: within 1.5x of the target
+    assert tight["h_t_stderr"].item() < 1.5 * 0.004
