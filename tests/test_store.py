@@ -13,7 +13,7 @@ import zarr
 
 import ibframe
 from ibframe.errors import ActivationError, StoreError, StoreNotFoundError
-from ibframe.store import FORMAT
+from ibframe.store import FORMAT, summarise_epochs
 
 
 def _inputs(n: int = 20, seed: int = 0):
@@ -254,3 +254,9 @@ def test_overwrite_replaces_only_run_stores(tmp_path):
     ibframe.create_run(tmp_path / "r.zarr", x=x, layers={"h": 2})
     again = ibframe.create_run(tmp_path / "r.zarr", x=x, layers={"h": 3}, overwrite=True)
     assert again.layer_attrs("h")["units"] == 3
+
+
+def test_epoch_summaries_read_after_the_word_epochs():
+    """Messages say "epochs {summary}": a long list is its span and count, not "N epochs ..."."""
+    assert summarise_epochs(np.array([0, 1, 5])) == "0, 1, 5"
+    assert summarise_epochs(np.arange(0, 1340, 8)) == "0 to 1336 (168 in all)"

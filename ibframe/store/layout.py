@@ -159,9 +159,10 @@ def chunks(shape: Sequence[int], itemsize: int = 4) -> tuple[int, ...]:
 
 
 def summarise_epochs(epochs: npt.NDArray[np.int64]) -> str:
-    """A short description of a list of epochs for messages: all of them, or the span."""
+    """A short description of a list of epochs for messages, to follow the word "epochs": all
+    of them, or the span and count ("0 to 1332 (170 in all)")."""
     if epochs.size == 0:
         return "none"
     if epochs.size <= 8:
         return ", ".join(map(str, epochs.tolist()))
-    return f"{epochs.size} epochs from {epochs[0]} to {epochs[-1]}"
+    return f"{epochs[0]} to {epochs[-1]} ({epochs.size} in all)"
