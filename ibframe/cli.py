@@ -234,6 +234,7 @@ def estimate(
     epochs: Annotated[str | None, typer.Option(help=EPOCHS_HELP)] = None,
     scheduler: Annotated[str | None, typer.Option(help="threads, synchronous, processes, or tcp://host:port.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    split: Annotated[int | None, typer.Option(min=1, help="Split each sp-mi / distance-histogram task into N parts that run on different workers (same results); default: chosen for the cluster, none locally.")] = None,
     output: Annotated[str | None, typer.Option("-o", "--output", metavar="PATH|URL", help="Write results to .nc or .zarr.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing results file at -o.")] = False,
     cache: Annotated[bool, typer.Option(help="Read and write cached results in the run store.")] = True,
@@ -275,7 +276,7 @@ def estimate(
         ds = run_estimate(
             run, estimator, params=params,
             layers=layers.split(",") if layers else None, epochs=parse_epochs(epochs),
-            scheduler=scheduler, device=device, cache=cache, progress=report,
+            scheduler=scheduler, device=device, cache=cache, progress=report, split=split,
             storage_options=storage_options if any("://" in r for r in runs) else None,
         )
     except EstimationFailed as err:

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
+import math
 import os
 import typing
 import uuid
@@ -149,8 +150,66 @@ def _compute_block(
     try:
         run = open_run(location)
         result = estimator.compute(run.block(layer, epoch, device=device, context=context))
-        _check_result(result, estimator)
-        return result.expand_dims(epoch=[int(epoch)]).load()
+        return _checked(result, estimator, epoch)
+    except Exception as err:  # noqa: BLE001 - reported as a TaskFailure; the others go on
+        return _Failed(_one_line(err))
+
+
+def _checked(result: Any, estimator: Estimator, epoch: int) -> xr.Dataset:
+    _check_result(result, estimator)
+    return result.expand_dims(epoch=[int(epoch)]).load()
+
+
+def _compute_part(
+    location: Location,
+    estimator: Estimator,
+    layer: str,
+    epoch: int,
+    device: str,
+    context: dict[str, Any],
+    stage: int,
+    part: int,
+    parts: int,
+    carry: Any,
+) -> Any:
+    """One part of a split task's stage (:meth:`Estimator.compute_part`), on its own copy of
+    the block; a failure upstream passes through."""
+    if isinstance(carry, _Failed):
+        return carry
+    try:
+        block = open_run(location).block(layer, epoch, device=device, context=context)
+        return estimator.compute_part(block, stage, part, parts, carry)
+    except Exception as err:  # noqa: BLE001 - reported as a TaskFailure; the others go on
+        return _Failed(_one_line(err))
+
+
+def _combine_parts(estimator: Estimator, stage: int, results: list[Any], carry: Any) -> Any:
+    """A split task's stage put together (:meth:`Estimator.combine_parts`); the first failure
+    among its inputs passes through."""
+    failed = [r for r in [carry, *results] if isinstance(r, _Failed)]
+    if failed:
+        return failed[0]
+    try:
+        return estimator.combine_parts(stage, results, carry)
+    except Exception as err:  # noqa: BLE001 - reported as a TaskFailure; the others go on
+        return _Failed(_one_line(err))
+
+
+def _finish_block(
+    location: Location,
+    estimator: Estimator,
+    layer: str,
+    epoch: int,
+    device: str,
+    context: dict[str, Any],
+    carry: Any,
+) -> xr.Dataset | _Failed:
+    """The result of a split task from its last stage (:meth:`Estimator.finish`)."""
+    if isinstance(carry, _Failed):
+        return carry
+    try:
+        block = open_run(location).block(layer, epoch, device=device, context=context)
+        return _checked(estimator.finish(block, carry), estimator, epoch)
     except Exception as err:  # noqa: BLE001 - reported as a TaskFailure; the others go on
         return _Failed(_one_line(err))
 
@@ -190,6 +249,8 @@ class _Job:
 class _Task:
     job: _Job
     epoch: int
+    parts: int = 1
+    """Parts each stage of a splittable estimator runs in (1: one task computes it all)."""
 
 
 def estimate(
@@ -205,6 +266,7 @@ def estimate(
     progress: ProgressCallback | Literal[False] | None = None,
     errors: Literal["raise", "warn"] = "raise",
     storage_options: Mapping[str, Any] | None = None,
+    split: int | None = None,
 ) -> xr.Dataset:
     """Run estimators on a run store and return their results as one labelled Dataset.
 
@@ -247,6 +309,12 @@ def estimate(
     storage_options
         fsspec's options for a run store given by URL (``endpoint_url``, ``key``, ...). Tasks on
         dask.distributed workers open the store by URL with them, so workers need no shared disk.
+    split
+        Parts to split each (layer, epoch) task of a splittable estimator (``sp-mi``,
+        ``distance-histogram``) into, so that one big block occupies several workers; the
+        result is the same to float precision, and is cached under the same key. None (default):
+        chosen from the tasks' estimated costs and the cluster's size on a dask.distributed
+        cluster (docs/scaling.md), no split on the local schedulers; 1: never split.
 
     Returns
     -------
@@ -277,11 +345,14 @@ def estimate(
                    if isinstance(r, str) and "://" in r else r for r in run]
         return estimate_runs(
             run, estimators, layers=layers, epochs=epochs, params=params, scheduler=scheduler,
-            device=device, cache=cache, progress=progress, errors=errors,
+            device=device, cache=cache, progress=progress, errors=errors, split=split,
         )
     report = progress or None
     run = run if isinstance(run, Run) else open_run(run, storage_options=storage_options)
     _check_scheduler(scheduler)
+    if split is not None and (isinstance(split, bool) or not isinstance(split, int) or split < 1):
+        msg = f"split must be a number of parts >= 1 (or None to choose), got {split!r}"
+        raise ParameterError(msg)
     instances = build_estimators(estimators, params)
     device = _resolve_for(device, scheduler)
     layer_names = _select_layers(run, layers)
@@ -297,7 +368,8 @@ def estimate(
             for est in instances
             for layer in layer_names
         ]
-        tasks = [_Task(job, epoch) for job in jobs for epoch in job.missing]
+        parts = _split_parts(run, jobs, device, client, split)
+        tasks = [_Task(job, epoch, parts[i]) for i, job in enumerate(jobs) for epoch in job.missing]
         failures = _run_tasks(run, tasks, device, client, scheduler, report)
 
     result = _assemble(run, instances, jobs, layer_names, epoch_values)
@@ -405,9 +477,19 @@ def _run_tasks(
     failures: list[TaskFailure] = []
     warned = False
     done = 0
+    graph = _graph(run.location, tasks, device) if tasks else []
 
-    def finished(task: _Task, outcome: Any) -> None:
-        nonlocal warned, done
+    def ticked() -> None:
+        nonlocal done
+        done += 1
+        if report is not None:
+            report(done, len(graph))
+
+    def finished(task: _Task | None, outcome: Any) -> None:
+        nonlocal warned
+        if task is None:  # a part of a split task, or its combine step
+            ticked()
+            return
         job = task.job
         error = _accept(job, task.epoch, outcome)
         if error is not None:
@@ -430,14 +512,11 @@ def _run_tasks(
                         CacheWarning,
                         stacklevel=2,
                     )
-        done += 1
-        if report is not None:
-            report(done, len(tasks))
+        ticked()
 
     if report is not None:
-        report(0, len(tasks))
-    if tasks:
-        graph = _graph(run.location, tasks, device)
+        report(0, len(graph))
+    if graph:
         if client is not None:
             _compute_distributed(client, graph, finished)
         else:
@@ -472,25 +551,93 @@ def _accept(job: _Job, epoch: int, outcome: Any) -> str | None:
     return None
 
 
-_Graph = list[tuple[str, _Task, Any]]
+#: Every delayed call: (key, its task, value); the task is None for the parts of a split task
+#: and their combine steps, which only count for progress.
+_Graph = list[tuple[str, _Task | None, Any]]
 
 
 def _graph(location: Location, tasks: list[_Task], device: str) -> _Graph:
-    """One delayed call per task, under keys unique to this call (a cluster keeps old keys)."""
+    """The delayed calls of the tasks, under keys unique to this call (a cluster keeps old keys).
+
+    A task in one part is one call. A split task is, per stage, its parts and a combine step
+    that waits for them (and hands on to the next stage's parts), then a call that finishes
+    it under the task's key.
+    """
     token = uuid.uuid4().hex
-    graph = []
+    graph: _Graph = []
     for i, task in enumerate(tasks):
         key = f"ibframe-task-{token}-{i}"
         job = task.job
         where = _device_for(job.estimator, device)
+        block = (location, job.estimator, job.layer, task.epoch, where, job.context)
         # only tasks that compute on a GPU wait for a worker with one
-        with dask.annotate(**({"resources": {"GPU": 1}} if where.startswith("cuda") else {})):
-            value = dask.delayed(_compute_block, pure=False)(
-                location, job.estimator, job.layer, task.epoch, where, job.context,
-                dask_key_name=key,
+        gpu = {"resources": {"GPU": 1}} if where.startswith("cuda") else {}
+        if task.parts == 1:
+            with dask.annotate(**gpu):
+                value = dask.delayed(_compute_block, pure=False)(*block, dask_key_name=key)
+            graph.append((key, task, value))
+            continue
+        carry: Any = None
+        for stage in range(job.estimator.split_stages):
+            with dask.annotate(**gpu):
+                parts = [
+                    dask.delayed(_compute_part, pure=False)(
+                        *block, stage, part, task.parts, carry, dask_key_name=f"{key}-{stage}-{part}"
+                    )
+                    for part in range(task.parts)
+                ]
+            carry = dask.delayed(_combine_parts, pure=False)(
+                job.estimator, stage, parts, carry, dask_key_name=f"{key}-{stage}-combine"
             )
+            graph.extend((value.key, None, value) for value in [*parts, carry])
+        with dask.annotate(**gpu):
+            value = dask.delayed(_finish_block, pure=False)(*block, carry, dask_key_name=key)
         graph.append((key, task, value))
     return graph
+
+
+#: The shortest part worth a task of its own on a cluster (estimated CPU seconds).
+_MIN_PART_SECONDS: typing.Final = 2.0
+
+
+def _split_parts(
+    run: Run, jobs: list[_Job], device: str, client: Any, split: int | None
+) -> list[int]:
+    """Parts per task of each job: ``split`` for splittable estimators when given; otherwise,
+    on a cluster, enough that no task runs much longer than an even share of all the work
+    among the workers (parts of at least ``_MIN_PART_SECONDS``), and 1 on local schedulers,
+    whose threads the kernels already use."""
+    splittable = [job.estimator.split_stages > 0 for job in jobs]
+    if split is not None:
+        return [split if s else 1 for s in splittable]
+    if client is None:
+        return [1] * len(jobs)
+    costs = [(job.estimator.cost_seconds(run, job.layer) or 0.0) if s else 0.0
+             for job, s in zip(jobs, splittable, strict=True)]
+    workers = client.scheduler_info().get("workers", {}).values()
+    gpu = device.startswith("cuda")
+    slots = sum(int(w.get("resources", {}).get("GPU", 0)) if gpu else int(w.get("nthreads", 1))
+                for w in workers)
+    return choose_parts(costs, [len(job.missing) for job in jobs], slots)
+
+
+def choose_parts(costs: Sequence[float], tasks: Sequence[int], slots: int) -> list[int]:
+    """Parts for the tasks of each job, given one task's estimated cost (seconds; 0 for
+    tasks that cannot split), the job's number of tasks and the cluster's worker slots.
+
+    A task longer than an even share of all the work (total / slots) would hold up the end
+    while other slots idle: it is cut into about cost / share parts, at most one per slot,
+    none shorter than ``_MIN_PART_SECONDS``.
+    """
+    total = sum(c * t for c, t in zip(costs, tasks, strict=True))
+    if slots <= 1 or total <= 0:
+        return [1] * len(costs)
+    share = total / slots
+    return [
+        max(1, min(slots, math.ceil(cost / share), int(cost // _MIN_PART_SECONDS)))
+        if cost > share else 1
+        for cost in costs
+    ]
 
 
 def _device_for(estimator: Estimator, device: str) -> str:
@@ -512,7 +659,9 @@ def _compute_local(
                 finished(by_key[key], result)
 
     with _Finished():
-        dask.compute(*[value for _, _, value in graph], scheduler=scheduler or "threads")
+        # the parts are computed as the tasks' inputs, and not kept once those are done
+        finals = [value for _, task, value in graph if task is not None]
+        dask.compute(*finals, scheduler=scheduler or "threads")
 
 
 def _compute_distributed(
@@ -521,15 +670,19 @@ def _compute_distributed(
     from distributed import as_completed
 
     by_key = {key: task for key, task, _ in graph}
-    futures = client.compute([value for _, _, value in graph])
-    done = as_completed(futures, loop=client.loop, with_results=True, raise_errors=False)
-    for future, outcome in done:
+    # a future for every call, so that the parts of split tasks count for progress; each is
+    # let go once seen, and only the tasks' results come back to this process
+    done = as_completed(client.compute([value for _, _, value in graph]), loop=client.loop)
+    for future in done:
+        task = by_key[future.key]
         # the tasks return their own errors; these are the cluster's (a worker lost, say)
         if future.status == "error":
-            outcome = _Failed(_one_line(future.exception()))
+            outcome: Any = _Failed(_one_line(future.exception()))
         elif future.status == "cancelled":
             outcome = _Failed("CancelledError: dask.distributed cancelled the task")
-        finished(by_key[future.key], outcome)
+        else:
+            outcome = future.result() if task is not None else None
+        finished(task, outcome)
 
 
 _LOCAL_SCHEDULERS: typing.Final = ("threads", "synchronous", "sync", "processes")
@@ -796,6 +949,7 @@ __all__ = [
     "EstimationWarning",
     "build_estimators",
     "cache_key",
+    "choose_parts",
     "estimate",
     "estimate_runs",
 ]

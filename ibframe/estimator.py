@@ -67,13 +67,49 @@ class Estimator:
     #: run on any worker, never waiting for a GPU.
     uses_gpu: ClassVar[bool] = False
 
+    #: Stages of the split form (:meth:`compute_part`); 0: the estimator is not splittable.
+    split_stages: ClassVar[int] = 0
+
     def compute(self, block: Block) -> xr.Dataset:
         """Estimate on one (layer, epoch) block.
 
         Returns a Dataset without ``epoch`` and ``layer`` dimensions; the engine adds them. Each
-        variable carries ``long_name`` and ``units`` attributes.
+        variable carries ``long_name`` and ``units`` attributes. A splittable estimator need
+        not override it: its stages run here in one part each (:func:`compute_in_parts`).
+        """
+        if self.split_stages:
+            return compute_in_parts(self, block, 1)
+        raise NotImplementedError
+
+    # -- the split form: one block's work in parts, for big blocks on a cluster ------------------
+
+    def compute_part(self, block: Block, stage: int, part: int, parts: int, carry: Any) -> Any:
+        """Part ``part`` of ``parts`` disjoint pieces of stage ``stage``'s work on ``block``.
+
+        ``carry`` is what :meth:`combine_parts` made of the previous stage (None at stage 0).
+        The result must be picklable; it goes to :meth:`combine_parts` with the other parts'.
+        Parts of a stage run at the same time, perhaps on other machines, each on its own copy
+        of the block. The split must not change the result: the engine's contract is that
+        any number of parts gives the estimate of one part, to float precision.
         """
         raise NotImplementedError
+
+    def combine_parts(self, stage: int, results: list[Any], carry: Any) -> Any:
+        """Fold stage ``stage``'s part results (in part order) into the next stage's carry.
+
+        Runs without the block, so it must be cheap: concatenating, summing, deciding.
+        """
+        raise NotImplementedError
+
+    def finish(self, block: Block, carry: Any) -> xr.Dataset:
+        """The result of :meth:`compute`, from the last stage's carry and the block."""
+        raise NotImplementedError
+
+    def cost_seconds(self, run: Run, layer: str) -> float | None:
+        """About how long one task on ``layer`` takes on one CPU core, an upper estimate; the
+        engine splits the tasks of a splittable estimator that would leave a cluster idle.
+        None: unknown (never split automatically)."""
+        return None
 
     def layer_context(self, run: Run, layer: str) -> dict[str, Any]:
         """Values shared by every epoch of a layer, computed once before the blocks.
@@ -157,6 +193,25 @@ class Estimator:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"<{self.name} {args}: {self.description}>"
+
+
+def compute_in_parts(estimator: Estimator, block: Block, parts: int) -> xr.Dataset:
+    """Run a splittable estimator's stages here, each in ``parts`` parts, one after another:
+    what the engine does across a cluster, in one process."""
+    carry: Any = None
+    for stage in range(estimator.split_stages):
+        results = [estimator.compute_part(block, stage, p, parts, carry) for p in range(parts)]
+        carry = estimator.combine_parts(stage, results, carry)
+    return estimator.finish(block, carry)
+
+
+def part_bounds(total: int, part: int, parts: int) -> tuple[int, int]:
+    """``[start, stop)`` of part ``part`` of ``parts`` near-equal runs of ``total`` items
+    (the first ``total % parts`` parts have one more); empty when there are more parts than
+    items."""
+    size, extra = divmod(total, parts)
+    start = part * size + min(part, extra)
+    return start, start + size + (part < extra)
 
 
 @dataclass(frozen=True)

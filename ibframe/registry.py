@@ -50,8 +50,10 @@ class EstimatorRegistry:
         if missing:
             msg = f"plugin {who!r}: estimator {name!r} parameters need defaults: {missing}"
             raise PluginError(msg)
-        if cls.compute is Estimator.compute:
-            msg = f"plugin {who!r}: estimator {name!r} does not implement compute()"
+        needed = ("compute_part", "combine_parts", "finish") if cls.split_stages else ("compute",)
+        absent = [m for m in needed if getattr(cls, m) is getattr(Estimator, m)]
+        if absent:
+            msg = f"plugin {who!r}: estimator {name!r} does not implement {absent[0]}()"
             raise PluginError(msg)
         if name in self._classes and self._classes[name] is not cls:
             msg = (

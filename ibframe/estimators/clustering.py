@@ -29,11 +29,17 @@ from ibframe.errors import EstimatorRequirementError, ParameterError
 from ibframe.estimator import Block, Estimator
 from ibframe.hookspecs import hookimpl
 from ibframe.kernels.binning import bin_indices, entropy_of_codes
-from ibframe.kernels.distances import Metric, pairwise_distance_histogram, rowwise_cosine_similarity
+from ibframe.kernels.distances import (
+    DistanceHistogram,
+    Metric,
+    pair_rows,
+    pairwise_distance_histogram,
+    rowwise_cosine_similarity,
+)
 from ibframe.store import open_run, summarise_epochs
 
 if typing.TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from ibframe.registry import EstimatorRegistry
     from ibframe.store import Run
@@ -178,20 +184,36 @@ class DistanceHistogramEstimator(Estimator):
         upper = diameter**2 if self.metric == "sqeuclidean" else diameter
         return {"max_distance": float(upper), "range_from": source}
 
-    def compute(self, block: Block) -> xr.Dataset:
+    # -- split in row blocks of the pairs (i < j by the first row i), summed -------------------
+
+    split_stages: ClassVar[int] = 1
+
+    def cost_seconds(self, run: Run, layer: str) -> float | None:
+        """n^2/2 pairs of d-dimensional rows at ~1 ns per pair and (d + 16) dimensions."""
+        n = run.n_samples if self.max_samples is None else min(run.n_samples, self.max_samples)
+        d = int(run.layer_attrs(layer)["units"])
+        return n * n / 2 * (d + 16) * 1e-9
+
+    def compute_part(self, block: Block, stage: int, part: int, parts: int, carry: Any) -> Any:
+        points, labels, scale = self._points(block)
+        return pairwise_distance_histogram(
+            points, labels, bins=self.bins, max_distance=scale, metric=self.metric,
+            device=block.device, rows=pair_rows(len(points), part, parts),
+        )
+
+    def combine_parts(self, stage: int, results: list[Any], carry: Any) -> Any:
+        return DistanceHistogram(
+            counts=sum(r.counts for r in results), n_pairs=sum(r.n_pairs for r in results),
+            sums=sum(r.sums for r in results),
+        )
+
+    def _points(self, block: Block) -> tuple[np.ndarray, np.ndarray, float]:
+        """The rows whose pairs are binned (the seeded subset, noisy with ``noisy``), their
+        labels, and the layer's distance range D_l."""
         if block.y is None:
             msg = f"{self.name} needs class labels; layer {block.layer} has none"
             raise EstimatorRequirementError(msg)
-        context = block.context
-        if "max_distance" not in context:  # a block built by hand: the range of this epoch alone
-            context = self._distance_range(
-                block.s.shape[1],
-                block.layer_attrs.get("activation"),
-                block.beta,
-                lambda: (block.s.min(axis=0), block.s.max(axis=0)),
-                f"bounding box of S at epoch {block.epoch} only (no layer context)",
-            )
-        scale = float(context["max_distance"])
+        scale = float(self._context(block)["max_distance"])
         n = block.s.shape[0]
         rows = np.arange(n)
         if self.max_samples is not None and n > self.max_samples:
@@ -204,15 +226,25 @@ class DistanceHistogramEstimator(Estimator):
                 msg = f"{self.name}: noisy=True needs beta > 0, and layer {block.layer} has 0"
                 raise EstimatorRequirementError(msg)
             points += block.beta * block.rng(self.seed).standard_normal(points.shape)
-        relative_edges = np.linspace(0.0, 1.0, self.bins + 1)
-        hist = pairwise_distance_histogram(
-            points,
-            block.y[rows],
-            bins=self.bins,
-            max_distance=scale,
-            metric=self.metric,
-            device=block.device,
+        return points, np.asarray(block.y)[rows], scale
+
+    def _context(self, block: Block) -> Mapping[str, Any]:
+        """The layer context, or for a block built by hand, the range of this epoch alone."""
+        if "max_distance" in block.context:
+            return block.context
+        return self._distance_range(
+            block.s.shape[1],
+            block.layer_attrs.get("activation"),
+            block.beta,
+            lambda: (block.s.min(axis=0), block.s.max(axis=0)),
+            f"bounding box of S at epoch {block.epoch} only (no layer context)",
         )
+
+    def finish(self, block: Block, carry: Any) -> xr.Dataset:
+        hist: DistanceHistogram = carry
+        context = self._context(block)
+        scale = float(context["max_distance"])
+        relative_edges = np.linspace(0.0, 1.0, self.bins + 1)
         with np.errstate(invalid="ignore", divide="ignore"):
             density = hist.counts / (hist.n_pairs[:, None] * np.diff(relative_edges)[None, :])
         coords = {

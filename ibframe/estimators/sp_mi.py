@@ -44,7 +44,7 @@ import torch
 import xarray as xr
 
 from ibframe.errors import EstimatorRequirementError, ParameterError, ParameterWarning
-from ibframe.estimator import Block, Estimator
+from ibframe.estimator import Block, Estimator, part_bounds
 from ibframe.hookspecs import hookimpl
 from ibframe.kernels.mixture import (
     MixturePoints,
@@ -219,8 +219,74 @@ class SPMutualInformation(Estimator):
             + 6 * 8 * m * k * self.n_mc_conditional * (3 + d)
         )
 
-    def compute(self, block: Block) -> xr.Dataset:
-        beta = self.beta if self.beta is not None else block.beta
+    # -- the work, in two stages that split over MC points and conditional inputs --------------
+    #
+    # Stage 0: the log densities of the unconditional mixture (and its halves and classes) at
+    # the first MC points, in parts over the points. Its combine step measures h(T)'s standard
+    # error and decides how many points to add. Stage 1: the added points, in parts, and the
+    # batched h(T|X=x) mixtures, in parts over the inputs. Every part draws the same points
+    # from the block's seeded generator and evaluates its own run of them; the entropies, their
+    # errors and control variates are computed once, in finish(), on all of them together, so
+    # any number of parts gives the estimate of one.
+
+    split_stages: ClassVar[int] = 2
+
+    def cost_seconds(self, run: Run, layer: str) -> float | None:
+        """Every centre against every first MC point and each h(T|X=x) mixture against its own
+        points, at ~3.5 ns per pair per 16 dimensions (the dense kernel's speed on the SZT
+        runs): an upper estimate, since pruning skips pairs out of reach."""
+        attrs = run.layer_attrs(layer)
+        d = int(attrs["units"])
+        n = run.n_samples if self.max_samples is None else min(run.n_samples, self.max_samples)
+        conditional = None if attrs["deterministic_given_x"] else run.conditional(layer)
+        m, k = 0, 1
+        if conditional is not None:
+            m = conditional.sizes["cond_sample"]
+            m = m if self.max_conditionals is None else min(m, self.max_conditionals)
+            k = 1 + conditional.sizes["draw"]
+        centres = n * (k if self.pool_draws else 1)
+        points = self.n_points or min(self.max_points, max(_FIRST_POINTS, 2 * n))
+        pairs = centres * points + m * k * k * self.n_mc_conditional
+        return pairs * 3.5e-9 * max(1.0, d / 16)
+
+    def compute_part(self, block: Block, stage: int, part: int, parts: int, carry: Any) -> Any:
+        plan = _Plan.of(self, block)
+        if stage == 0:
+            return plan.unconditional(plan.first, plan.seeds[0], part, parts)
+        extra = carry.extra
+        added = plan.unconditional(extra, plan.seeds[1], part, parts) if extra else None
+        return added, plan.conditional(plan.seeds[2 if extra else 1], part, parts)
+
+    def combine_parts(self, stage: int, results: list[Any], carry: Any) -> Any:
+        if stage == 0:
+            log_density, points = _joined(results)
+            return _Carry(log_density, points, self._points_to_add(log_density, points))
+        added = [r[0] for r in results]
+        if carry.extra:
+            more, more_points = _joined(added)
+            carry = dataclasses.replace(
+                carry, log_density=torch.cat([carry.log_density, more]),
+                points=MixturePoints.concat([carry.points, more_points], along="points"))
+        cond = [r[1] for r in results if r[1] is not None]
+        if not cond:
+            return carry
+        return dataclasses.replace(
+            carry, cond_log_density=torch.cat([c[0] for c in cond]),
+            cond_points=MixturePoints.concat([c[1] for c in cond], along="mixtures"))
+
+    def _points_to_add(self, log_density: torch.Tensor, points: MixturePoints) -> int:
+        """Points to add to the first ones for h(T)'s target error (none with ``n_points``)."""
+        first = points.n_points
+        if self.n_points is not None or first >= self.max_points:
+            return 0
+        se = float(mc_entropy_estimate(log_density[:, :1], points)[1][0])
+        if not (math.isfinite(se) and se > self.target_stderr):
+            return 0
+        return min(self.max_points, n_points_for_stderr(se, first, self.target_stderr)) - first
+
+    def finish(self, block: Block, carry: Any) -> xr.Dataset:
+        plan = _Plan.of(self, block)
+        beta = plan.beta
         if block.beta > 0 and not math.isclose(beta, block.beta):
             warnings.warn(
                 f"sp-mi: analysis beta {beta} differs from the run's {block.beta}; the "
@@ -228,17 +294,10 @@ class SPMutualInformation(Estimator):
                 ParameterWarning,
                 stacklevel=3,
             )
-        rng = block.rng(self.seed)
-        # the same input subsets for every layer and epoch, so curves do not jitter with them
-        subsets = np.random.default_rng(self.seed)
-        rows = _subset_rows(block.s.shape[0], self.max_samples, subsets)
-        realisations = _Realisations.of(block, rows, pool=self.pool_draws)
+        realisations = plan.real
         d = realisations.dim
-        kwargs: dict[str, Any] = {"device": self.device or block.device, "dtype": self.dtype}
-        y = None if block.y is None else np.asarray(block.y)[rows]
-
-        uncond = self._unconditional(realisations, y, beta, rng, kwargs)
-        cond = self._conditional(block, beta, d, rng, subsets, kwargs)
+        uncond = _unconditional(plan, carry.log_density, carry.points)
+        cond = _conditional(plan, carry.cond_log_density, carry.cond_points, block.s.shape[0])
 
         values: dict[str, tuple[float, str, str]] = {
             "h_t": (uncond.h_t, "differential entropy h(T)", _NAT),
@@ -267,7 +326,7 @@ class SPMutualInformation(Estimator):
             })
             biases.append(values["mi_t_y_bias"][0])
         if self.bounds:
-            values.update(self._bounds(realisations, cond.centres, beta, d, kwargs))
+            values.update(self._bounds(realisations, plan.cond_centres, beta, d, plan.kwargs))
 
         saturated = cond.saturated or uncond.saturated
         converged = not saturated and all(
@@ -302,7 +361,7 @@ class SPMutualInformation(Estimator):
                                  "Theorem 5 lower bound on the worst-case bias of h(T)"),
             "required_samples": (theorem5.required_samples, "1",
                                  "samples Theorem 5 asks for, k*^(d(1-eps))"),
-            "n_samples": (len(rows), "1", "inputs in h(T)"),
+            "n_samples": (len(plan.rows), "1", "inputs in h(T)"),
             "n_centres": (len(centres), "1", "realisations pooled in h(T)"),
             "n_points": (uncond.n_points, "1", "MC points of h(T)"),
             "n_conditionals": (cond.m, "1", "inputs averaged in h(T|X) (0: closed form)"),
@@ -312,121 +371,6 @@ class SPMutualInformation(Estimator):
             data[name] = ((), value, {"long_name": long_name, "units": units,
                                       "role": "diagnostic"})
         return xr.Dataset(data)
-
-    # -- h(T) and h(T|Y) -----------------------------------------------------------------------
-
-    def _unconditional(
-        self,
-        real: _Realisations,
-        y: npt.NDArray[np.integer] | None,
-        beta: float,
-        rng: np.random.Generator,
-        kwargs: dict[str, Any],
-    ) -> _Unconditional:
-        """h(T), h(T|Y) and I(T;Y)'s paired error, with nested-halves biases, at one set of MC
-        points: the columns of :func:`mixture_log_density` are the whole mixture, each half,
-        and each class (whole and halved)."""
-        groups, layout = real.groups(y)
-        if self.n_points is not None:
-            log_density, points = self._density(real, groups, beta, self.n_points, rng, kwargs)
-        else:
-            # two points per input first, so that the standard error is measured within inputs
-            # (one point each pairs neighbouring inputs and overstates it); then, if that error
-            # is above target, the points it asks for are added to them
-            first = min(self.max_points, max(_FIRST_POINTS, 2 * real.n_inputs))
-            log_density, points = self._density(real, groups, beta, first, rng, kwargs)
-            se = float(mc_entropy_estimate(log_density[:, :1], points)[1][0])
-            if math.isfinite(se) and se > self.target_stderr and first < self.max_points:
-                total = min(self.max_points, n_points_for_stderr(se, first, self.target_stderr))
-                more, more_points = self._density(real, groups, beta, total - first, rng, kwargs)
-                log_density = torch.cat([log_density, more])
-                points = points.join(more_points)
-        entropy, stderr, terms = mc_entropy_estimate(log_density, points)
-        n_points = points.n_points
-        h = entropy.numpy()
-        out = _Unconditional(
-            h_t=float(h[0]), h_t_se=float(stderr[0]),
-            h_t_bias=real.bias(float(h[0]), float(h[1]), float(h[2])),
-            n_points=n_points,
-            saturated=real.pooled and _saturated(
-                float(h[0]), float(stderr[0]), real.log_count_ceiling(), real.dim, beta
-            ),
-        )
-        if y is None:
-            return out
-        classes, p = layout.classes, layout.class_weights
-        whole = layout.class_columns
-        h_ty = float(np.dot(p, h[whole]))
-        halves = float(np.dot(p, (h[layout.class_half_a] + h[layout.class_half_b]) / 2))
-        # I(T;Y) point by point: log g_y(p) - log g(p) at the point's own class
-        t = terms.numpy()
-        own = np.searchsorted(classes, real.label_of(y)[points.centre[0].numpy()])
-        paired = t[:, 0] - t[np.arange(len(t)), np.asarray(whole)[own]]
-        return dataclasses.replace(
-            out, h_ty=h_ty,
-            h_ty_se=float(np.sqrt(np.dot(p**2, stderr.numpy()[whole] ** 2))),
-            h_ty_bias=real.bias(h_ty, halves, halves),
-            mi_ty_se=float(stratified_stderr(paired, points)[0]),
-        )
-
-    def _density(
-        self,
-        real: _Realisations,
-        groups: npt.NDArray[np.bool_],
-        beta: float,
-        n_points: int,
-        rng: np.random.Generator,
-        kwargs: dict[str, Any],
-    ) -> tuple[torch.Tensor, MixturePoints]:
-        """Log densities ``(N, columns)`` of the mixture and its groups at ``n_points`` fresh
-        points drawn from the mixture, stratified by input, and the points."""
-        points = draw_points(real.weights, n_points, real.dim, seed=_seed(rng),
-                             strata=real.input_of)
-        density = mixture_log_density(
-            real.centres, beta, points, weights=real.weights, groups=groups, **kwargs
-        )
-        return density.log_density.cpu(), points
-
-    # -- h(T|X) ---------------------------------------------------------------------------------
-
-    def _conditional(
-        self,
-        block: Block,
-        beta: float,
-        d: int,
-        rng: np.random.Generator,
-        subsets: np.random.Generator,
-        kwargs: dict[str, Any],
-    ) -> _Conditional:
-        """Mean h(T|X=x) over the inputs with draws, its standard error, nested-halves bias and
-        saturation; the closed form for a layer that is deterministic given x."""
-        if block.deterministic_given_x:
-            return _Conditional(gaussian_entropy(d, beta), 0.0, 0.0, 0, 0, False, None)
-        if block.s_cond is None or block.cond_index is None:
-            msg = f"sp-mi: layer {block.layer!r} has no conditional draws"
-            raise EstimatorRequirementError(msg)
-        pick = _subset_rows(block.s_cond.shape[0], self.max_conditionals, subsets)
-        own = np.asarray(block.s, dtype=np.float64)[np.asarray(block.cond_index)[pick]]
-        centres = np.concatenate(
-            [own[:, None, :], np.asarray(block.s_cond, dtype=np.float64)[pick]], axis=1
-        )
-        m, k, _ = centres.shape
-        half = _halves(k)
-        points = draw_points(np.ones((m, k)), k * self.n_mc_conditional, d, seed=_seed(rng))
-        density = mixture_log_density(centres, beta, points, groups=half, **kwargs)
-        entropy, stderr, _ = mc_entropy_estimate(density.log_density.cpu(), points)
-        h = entropy.numpy()
-        se = np.nan_to_num(stderr.numpy()[:, 0], nan=0.0)
-        mean = float(h[:, 0].mean())
-        mc_var = float(np.sum(se**2)) / m**2
-        fpc = max(0.0, 1.0 - m / block.s.shape[0])
-        sampling_var = float(np.var(h[:, 0], ddof=1)) / m * fpc if m > 1 else 0.0
-        sizes = half.sum(axis=1)
-        bias = _extrapolated_bias(mean, float((h[:, 1] + h[:, 2]).mean() / 2), 1 / k,
-                                  float(np.mean(1 / sizes)))
-        total_se = math.sqrt(mc_var + sampling_var)
-        saturated = _saturated(mean, total_se, math.log(k), d, beta)
-        return _Conditional(mean, total_se, bias, m, k, saturated, centres)
 
     def _bounds(
         self,
@@ -454,6 +398,171 @@ class SPMutualInformation(Estimator):
             "mi_x_t_lower": (lower_t - upper_c, "lower bound on I(X;T) (pairwise Bhattacharyya)",
                              _NAT),
         }
+
+
+# ------------------------------------------------------------------------------------------------
+# the plan of one block's work, and what its stages hand on
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything about one block's estimate that its parts must agree on, rebuilt the same by
+    each (cheap next to the kernels): the input subsets, the pooled realisations, the groups,
+    the conditional mixtures and the seeds of every draw of MC points."""
+
+    estimator: SPMutualInformation
+    beta: float
+    rows: npt.NDArray[np.int64]
+    real: _Realisations
+    y: npt.NDArray[np.integer] | None
+    groups: npt.NDArray[np.bool_]
+    layout: _Layout
+    cond_centres: npt.NDArray[np.float64] | None
+    """(m, K, d) realisations of the inputs with draws, or None for the closed form."""
+    seeds: tuple[int, int, int]
+    """Seeds of the first points, of the added points (when there are any) and of h(T|X)'s,
+    drawn in that order, so that h(T|X) takes the second when nothing is added."""
+    first: int
+    """The points of stage 0."""
+    kwargs: dict[str, Any]
+
+    @classmethod
+    def of(cls, est: SPMutualInformation, block: Block) -> _Plan:
+        beta = est.beta if est.beta is not None else block.beta
+        # the same input subsets for every layer and epoch, so curves do not jitter with them
+        subsets = np.random.default_rng(est.seed)
+        rows = _subset_rows(block.s.shape[0], est.max_samples, subsets)
+        real = _Realisations.of(block, rows, pool=est.pool_draws)
+        y = None if block.y is None else np.asarray(block.y)[rows]
+        groups, layout = real.groups(y)
+        cond_centres = None
+        if not block.deterministic_given_x:
+            if block.s_cond is None or block.cond_index is None:
+                msg = f"sp-mi: layer {block.layer!r} has no conditional draws"
+                raise EstimatorRequirementError(msg)
+            pick = _subset_rows(block.s_cond.shape[0], est.max_conditionals, subsets)
+            own = np.asarray(block.s, dtype=np.float64)[np.asarray(block.cond_index)[pick]]
+            cond_centres = np.concatenate(
+                [own[:, None, :], np.asarray(block.s_cond, dtype=np.float64)[pick]], axis=1
+            )
+        rng = block.rng(est.seed)
+        seeds = (_seed(rng), _seed(rng), _seed(rng))
+        # two points per input first, so that the standard error is measured within inputs
+        # (one point each pairs neighbouring inputs and overstates it)
+        first = est.n_points or min(est.max_points, max(_FIRST_POINTS, 2 * real.n_inputs))
+        kwargs: dict[str, Any] = {"device": est.device or block.device, "dtype": est.dtype}
+        return cls(est, beta, rows, real, y, groups, layout, cond_centres, seeds, first, kwargs)
+
+    def unconditional(
+        self, n_points: int, seed: int, part: int, parts: int
+    ) -> tuple[torch.Tensor, MixturePoints] | None:
+        """Log densities ``(N_part, columns)`` of the mixture and its groups at this part's run
+        of ``n_points`` points drawn from the mixture, stratified by input, and those points."""
+        points = draw_points(self.real.weights, n_points, self.real.dim, seed=seed,
+                             strata=self.real.input_of)
+        start, stop = part_bounds(n_points, part, parts)
+        if start == stop:
+            return None
+        points = points.select(points=slice(start, stop))
+        density = mixture_log_density(self.real.centres, self.beta, points,
+                                      weights=self.real.weights, groups=self.groups, **self.kwargs)
+        return density.log_density.cpu(), points
+
+    def conditional(
+        self, seed: int, part: int, parts: int
+    ) -> tuple[torch.Tensor, MixturePoints] | None:
+        """Log densities ``(m_part, N, 3)`` of this part's run of the h(T|X=x) mixtures (whole
+        and halves), at their points; None for the closed form or an empty part."""
+        if self.cond_centres is None:
+            return None
+        m, k, d = self.cond_centres.shape
+        points = draw_points(np.ones((m, k)), k * self.estimator.n_mc_conditional, d, seed=seed)
+        start, stop = part_bounds(m, part, parts)
+        if start == stop:
+            return None
+        points = points.select(mixtures=slice(start, stop))
+        density = mixture_log_density(self.cond_centres[start:stop], self.beta, points,
+                                      groups=_halves(k), **self.kwargs)
+        return density.log_density.cpu(), points
+
+
+@dataclass(frozen=True)
+class _Carry:
+    """What the stages hand on: h(T)'s log densities and points so far, how many points stage
+    1 adds, and the h(T|X=x) mixtures' log densities and points once stage 1 ran."""
+
+    log_density: torch.Tensor
+    points: MixturePoints
+    extra: int
+    cond_log_density: torch.Tensor | None = None
+    cond_points: MixturePoints | None = None
+
+
+def _joined(
+    results: list[tuple[torch.Tensor, MixturePoints] | None],
+) -> tuple[torch.Tensor, MixturePoints]:
+    """The parts' log densities and points, in part order (empty parts left out)."""
+    done = [r for r in results if r is not None]
+    return (torch.cat([r[0] for r in done]),
+            MixturePoints.concat([r[1] for r in done], along="points"))
+
+
+def _unconditional(plan: _Plan, log_density: torch.Tensor, points: MixturePoints) -> _Unconditional:
+    """h(T), h(T|Y) and I(T;Y)'s paired error, with nested-halves biases, at one set of MC
+    points: the columns of :func:`mixture_log_density` are the whole mixture, each half,
+    and each class (whole and halved)."""
+    real, y, beta = plan.real, plan.y, plan.beta
+    entropy, stderr, terms = mc_entropy_estimate(log_density, points)
+    h = entropy.numpy()
+    out = _Unconditional(
+        h_t=float(h[0]), h_t_se=float(stderr[0]),
+        h_t_bias=real.bias(float(h[0]), float(h[1]), float(h[2])),
+        n_points=points.n_points,
+        saturated=real.pooled and _saturated(
+            float(h[0]), float(stderr[0]), real.log_count_ceiling(), real.dim, beta
+        ),
+    )
+    if y is None:
+        return out
+    layout = plan.layout
+    classes, p = layout.classes, layout.class_weights
+    whole = layout.class_columns
+    h_ty = float(np.dot(p, h[whole]))
+    halves = float(np.dot(p, (h[layout.class_half_a] + h[layout.class_half_b]) / 2))
+    # I(T;Y) point by point: log g_y(p) - log g(p) at the point's own class
+    t = terms.numpy()
+    own = np.searchsorted(classes, real.label_of(y)[points.centre[0].numpy()])
+    paired = t[:, 0] - t[np.arange(len(t)), np.asarray(whole)[own]]
+    return dataclasses.replace(
+        out, h_ty=h_ty,
+        h_ty_se=float(np.sqrt(np.dot(p**2, stderr.numpy()[whole] ** 2))),
+        h_ty_bias=real.bias(h_ty, halves, halves),
+        mi_ty_se=float(stratified_stderr(paired, points)[0]),
+    )
+
+
+def _conditional(
+    plan: _Plan, log_density: torch.Tensor | None, points: MixturePoints | None, n_inputs: int
+) -> _Conditional:
+    """Mean h(T|X=x) over the inputs with draws, its standard error, nested-halves bias and
+    saturation; the closed form for a layer that is deterministic given x."""
+    d, beta = plan.real.dim, plan.beta
+    if plan.cond_centres is None or log_density is None or points is None:
+        return _Conditional(gaussian_entropy(d, beta), 0.0, 0.0, 0, 0, False)
+    m, k, _ = plan.cond_centres.shape
+    entropy, stderr, _ = mc_entropy_estimate(log_density, points)
+    h = entropy.numpy()
+    se = np.nan_to_num(stderr.numpy()[:, 0], nan=0.0)
+    mean = float(h[:, 0].mean())
+    mc_var = float(np.sum(se**2)) / m**2
+    fpc = max(0.0, 1.0 - m / n_inputs)
+    sampling_var = float(np.var(h[:, 0], ddof=1)) / m * fpc if m > 1 else 0.0
+    sizes = _halves(k).sum(axis=1)
+    bias = _extrapolated_bias(mean, float((h[:, 1] + h[:, 2]).mean() / 2), 1 / k,
+                              float(np.mean(1 / sizes)))
+    total_se = math.sqrt(mc_var + sampling_var)
+    saturated = _saturated(mean, total_se, math.log(k), d, beta)
+    return _Conditional(mean, total_se, bias, m, k, saturated)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -598,7 +707,6 @@ class _Conditional:
     m: int
     k: int
     saturated: bool
-    centres: npt.NDArray[np.float64] | None
 
 
 def _halves(k: int) -> npt.NDArray[np.bool_]:

@@ -75,6 +75,7 @@ def pairwise_distance_histogram(
     metric: Metric = "euclidean",
     chunk_rows: int | None = None,
     device: str = "cpu",
+    rows: tuple[int, int] | None = None,
 ) -> DistanceHistogram:
     """Histogram the distances of all pairs i < j of rows, split by whether labels agree.
 
@@ -95,6 +96,10 @@ def pairwise_distance_histogram(
         2^25 on a GPU.
     device
         Torch device for the matrix products ("cpu", "cuda", ...).
+    rows
+        ``(start, stop)``: only the pairs whose first row i lies in ``[start, stop)``, a part of
+        the whole that can run elsewhere (:func:`pair_rows` cuts near-equal parts); the parts'
+        counts and sums add up to the whole's.
 
     Returns
     -------
@@ -129,15 +134,19 @@ def pairwise_distance_histogram(
     elif metric not in ("euclidean", "sqeuclidean"):
         msg = f"metric must be 'euclidean', 'sqeuclidean' or 'cosine', got {metric!r}"
         raise ParameterError(msg)
+    first, last = (0, n) if rows is None else rows
+    if not 0 <= first <= last <= n:
+        msg = f"rows must be (start, stop) with 0 <= start <= stop <= {n}, got {rows}"
+        raise ParameterError(msg)
     budget = _CHUNK_ELEMENTS["cuda" if x.is_cuda else "cpu"]
-    rows = chunk_rows or max(1, budget // max(n, 1))
+    step = chunk_rows or max(1, budget // max(n - first, 1))
     sq = (x * x).sum(dim=1)
     scale = bins / max_distance
     stride = bins + 1
     totals = torch.zeros(2 * stride + 1, dtype=torch.float64, device=device)
     counts = torch.zeros(2 * stride + 1, dtype=torch.int64, device=device)
-    for start in range(0, n - 1, rows):
-        stop = min(n, start + rows)
+    for start in range(first, min(last, n - 1), step):
+        stop = min(last, start + step)
         # Rows start..stop against themselves and every later row: (r, n - start).
         if metric == "cosine":
             dist = torch.mm(x[start:stop], x[start:].T).neg_().add_(1.0).clamp_(0.0, 2.0)
@@ -164,6 +173,15 @@ def pairwise_distance_histogram(
         n_pairs=per_kind.sum(axis=1),
         sums=totals[: 2 * stride].reshape(2, stride).sum(dim=1).cpu().numpy(),
     )
+
+
+def pair_rows(n: int, part: int, parts: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of part ``part`` of ``parts``, cut so that each part's rows have
+    near-equal numbers of pairs i < j (row i has n - 1 - i of them)."""
+    before = np.concatenate([[0], np.cumsum(np.arange(n - 1, -1, -1))])  # pairs of rows < r
+    cuts = np.searchsorted(before, before[-1] * np.arange(parts + 1) / parts)
+    cuts[-1] = n
+    return int(cuts[part]), int(max(cuts[part], cuts[part + 1]))
 
 
 def rowwise_cosine_similarity(

@@ -33,8 +33,9 @@ the spread between inputs, which stratification has removed, to the error.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -90,13 +91,22 @@ class MixturePoints:
         z = self.noise.to(torch.float64)
         return 0.5 * (z * z).sum(-1)
 
-    def join(self, other: MixturePoints) -> MixturePoints:
-        """These points followed by ``other``'s, drawn for the same mixtures: one sample of
-        ``N + N'`` points (the cells keep their meaning, so a cell's points pool)."""
+    def select(self, points: slice = slice(None), mixtures: slice = slice(None)) -> MixturePoints:
+        """A run of these points, or of their mixtures: a part of the work to evaluate apart
+        (the same rows of :func:`mixture_log_density` as on the whole)."""
+        return MixturePoints(centre=self.centre[mixtures, points],
+                             noise=self.noise[mixtures, points], cell=self.cell[mixtures, points])
+
+    @staticmethod
+    def concat(parts: Sequence[MixturePoints], along: Literal["points", "mixtures"]) -> MixturePoints:
+        """Parts put back together. Along ``"points"``: later points drawn for the same mixtures
+        follow, one sample of ``N + N'`` points (the cells keep their meaning, so a cell's
+        points pool); along ``"mixtures"``: the parts :meth:`select` cut, in order."""
+        dim = 1 if along == "points" else 0
         return MixturePoints(
-            centre=torch.cat([self.centre, other.centre], dim=1),
-            noise=torch.cat([self.noise, other.noise], dim=1),
-            cell=torch.cat([self.cell, other.cell], dim=1),
+            centre=torch.cat([p.centre for p in parts], dim=dim),
+            noise=torch.cat([p.noise for p in parts], dim=dim),
+            cell=torch.cat([p.cell for p in parts], dim=dim),
         )
 
     def to(self, device: torch.device) -> MixturePoints:
