@@ -9,7 +9,8 @@ recorded once, then:
   speedup against threads, tasks, and the overhead per task,
   ``(wall * slots - compute) / tasks``, where ``compute`` is the same work timed one task after
   another in this process (``scheduler="synchronous"``) and ``slots`` the cores in use.
-* ``split``: the costliest (layer, epoch) block of ``sp-mi`` split into k = 1, 2, 4, 8 parts,
+* ``split``: the costliest (layer, epoch) block of ``sp-mi`` in a second run, of
+  ``--split-samples`` inputs (default all 4,096) and 2 recorded epochs, split into k = 1, 2, 4, 8 parts,
   on the cluster (wall seconds on this machine's cores), and each part, combine and finish
   timed in this process, from which the wall time on k devices is predicted as
   ``sum over stages (slowest part + combine + 2 overheads) + finish + overhead`` with the
@@ -63,10 +64,11 @@ def moto_s3() -> Iterator[dict[str, Any]]:
         server.stop()
 
 
-def record(out: Path, args: argparse.Namespace) -> None:
-    command = [sys.executable, "-c", "from ibframe.cli import main; main()", "train", "szt", "--out", str(out),
-               "--epochs", str(args.train_epochs), "--record", f"log:{args.epochs}",
-               "--samples", str(args.samples), "--seed", "0"]
+def record(out: Path, args: argparse.Namespace, samples: int, epochs: int) -> None:
+    """Train the SZT network and record ``epochs`` epochs of ``samples`` inputs into ``out``."""
+    command = [sys.executable, "-c", "from ibframe.cli import main; main()", "train", "szt",
+               "--out", str(out), "--epochs", str(args.train_epochs),
+               "--record", f"log:{epochs}", "--samples", str(samples), "--seed", "0"]
     if args.data:
         command += ["--data", args.data]
     subprocess.run(command, check=True, capture_output=True)
@@ -217,12 +219,16 @@ def reading(local: Path, url: str, options: dict[str, Any]) -> dict[str, Any]:
             for layer in layers:
                 run.block(layer, epoch)
             block_only = len(requests)
+            requests.clear()
+            run.block(layers[-1], epoch)
+            keys = sorted(requests)
         finally:
             zarr.storage.FsspecStore.get = original
         entry = {"seconds_per_block": round(seconds / len(layers), 4)}
         if name == "s3":
             entry["requests_per_block_with_open"] = round(with_open / len(layers), 1)
             entry["requests_per_block"] = round(block_only / len(layers), 1)
+            entry["requests_of_one_block"] = keys
         out[name] = entry
     out["s3_over_local"] = round(out["s3"]["seconds_per_block"]
                                  / out["local"]["seconds_per_block"], 2)
@@ -235,11 +241,15 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1024, help="recorded inputs")
     parser.add_argument("--epochs", type=int, default=50, help="recorded epochs")
     parser.add_argument("--train-epochs", type=int, default=300, help="training epochs")
+    parser.add_argument("--split-samples", type=int, default=4096,
+                        help="recorded inputs of the run whose costliest block is split")
     parser.add_argument("--workers", type=int, default=2, help="cluster worker processes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, moto_s3() as options:
         local = Path(tmp) / "run.zarr"
-        record(local, args)
+        record(local, args, args.samples, args.epochs)
+        big = Path(tmp) / "big.zarr"
+        record(big, args, args.split_samples, 2)
         url = upload(local, options)
         run = ibframe.open_run(local)
         by_way = ways(local, url, options, args.workers)
@@ -254,7 +264,7 @@ def main() -> None:
                                          if run.conditional(n) is not None]))},
             "workers": args.workers,
             "ways": by_way,
-            "split": split(local, args.workers, overhead),
+            "split": split(big, args.workers, overhead),
             "reading": reading(local, url, options),
         }
     print(json.dumps(result))

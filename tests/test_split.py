@@ -187,3 +187,21 @@ def test_a_cluster_computes_split_tasks_and_retries_a_dead_workers_part(run, tmp
     total = len(run.layers) * len(run.epochs) * (3 + 1 + 1)
     assert seen[0] == (0, total) and seen[-1] == (total, total)
     _assert_same(split, whole)
+
+
+def test_the_command_line_splits_and_caches_under_the_same_key(tmp_path, capsys):
+    from ibframe.cli import main
+
+    path = make_test_run(tmp_path / "r.zarr", n=80, epochs=2, draws=3).path
+    whole = estimate(make_test_run(tmp_path / "s.zarr", n=80, epochs=2, draws=3),
+                     ["distance-histogram"], cache=False, device="cpu")
+    for args in (["--split", "3", "-o", str(tmp_path / "a.nc")], ["-o", str(tmp_path / "b.nc")]):
+        with pytest.raises(SystemExit) as code:
+            main(["estimate", str(path), "-e", "distance-histogram", "--device", "cpu", *args])
+        assert code.value.code == 0
+    assert "all results read from the cache" in capsys.readouterr().err
+    for name in ("a.nc", "b.nc"):
+        _assert_same(xr.load_dataset(tmp_path / name)[list(whole.data_vars)], whole)
+    with pytest.raises(SystemExit) as code:
+        main(["estimate", str(path), "-e", "distance-histogram", "--split", "0"])
+    assert code.value.code == 2  # refused by the option's own check
