@@ -358,7 +358,7 @@ def test_input_distances_match_scipy(results):
 
 def test_mi_epochs_arrows_and_the_binned_entropy_at_ten_beta(results):
     fig = plot_mi_epochs(results, arrows=[1, 3])
-    ax_mi, ax_loss, ax_bin = fig.axes
+    ax_mi, _, ax_bin = fig.axes
     arrows = [t for t in ax_mi.texts if t.arrow_patch is not None]
     assert [a.get_text() for a in arrows] == ["1", "3"]
     mi = results["mi_x_t"].sel(layer="h3")  # the last layer drawn
@@ -384,7 +384,7 @@ def test_mi_epochs_overlays_a_beta_sweep_one_line_per_beta(tmp_path):
                                 "binned-entropy": {"bin_size": [0.5, 2.0]}},
                          device="cpu", cache=False)
     fig = plot_mi_epochs(sweep, layers=["h2"])
-    ax_mi, ax_loss, ax_bin = fig.axes
+    ax_mi, _, ax_bin = fig.axes
     lines = [line for line in ax_mi.lines if line.get_label().startswith("beta")]
     assert [line.get_label() for line in lines] == ["beta = 0.05", "beta = 0.2"]
     assert lines[0].get_color() != lines[1].get_color()  # one layer: a colour per setting
