@@ -7,6 +7,10 @@ returns it) and returns a :class:`matplotlib.figure.Figure`; :data:`PLOT_KINDS` 
     from ibframe.plot import plot_results
     paths = plot_results("results.nc", ["mi-epochs", "distance-histograms"], "figures/")
 
+Some kinds read the run store the results came from (``source``, or ``run=``): ``scatter``,
+``density-epochs``, ``activation-histograms`` and ``input-distances``. Those and ``mi-epochs``
+draw ``into=`` a subfigure when given one, so that a paper figure is composed of several kinds.
+
 Figures are built on :class:`~matplotlib.figure.Figure` directly, never through ``pyplot``, so
 nothing depends on a display or on a global backend, and nothing is kept alive after saving.
 A results Dataset that lacks what a figure needs raises
@@ -362,10 +366,8 @@ def plot_mi_epochs(
     if ax_bin is not None:
         sizes = sorted({float(b["bin_size"]) for b in binned if b is not None and "bin_size" in b.coords})
         ax_bin.set_ylabel(f"H(Bin(T_l)) ({results['entropy_bin'].attrs.get('units', 'nat')})")
-        ax_bin.set_title(
-            "binned entropy at B = " + ", ".join(f"{b:g}" for b in sizes) + " (nearest 10β)",
-            fontsize="small",
-        )
+        at = f" at B = {', '.join(f'{b:g}' for b in sizes)} (nearest 10β)" if sizes else ""
+        ax_bin.set_title(f"binned entropy{at}", fontsize="small")
     for ax in axes:
         _epoch_axis(ax, epochs)
     return fig
@@ -735,6 +737,7 @@ def plot_density_epochs(
             over, grid, image, shading="nearest", cmap="magma",
             norm=LogNorm(vmin=top * 1e-4, vmax=top), rasterized=True,
         )
+        ax_over.set_facecolor(colormaps["magma"](0.0))  # densities of 0 (no log) as the least
         _epoch_axis(ax_over, np.asarray(over))
         ax_over.set(ylabel="t", title=f"{layer}: density of T over epochs")
         canvas.colorbar(mesh, ax=ax_over, label="p_T(t)")
@@ -808,15 +811,27 @@ def plot_activation_histograms(
     return fig
 
 
-def _input_distance_histogram(
-    x: np.ndarray, y: np.ndarray, bins: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(edges, density) of the within (row 0) and between-class (row 1) distances of ``x``.
+def input_distances(
+    run: Run | str | os.PathLike[str], bins: int = 60, max_samples: int = 4096
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(edges, within, between): densities of the within- and between-class Euclidean distances
+    between a run's recorded inputs, flattened (what ``input-distances`` draws).
 
-    The bins span [0, D], D the largest distance: a first pass of 1,000 bins over the bounding
-    box's diameter (which bounds every distance) finds the last bin with a pair, and the
-    histogram is then taken over [0, upper edge of that bin].
+    The ``bins`` bins span [0, D], D the largest distance: a first pass of 1,000 bins over the
+    inputs' bounding-box diameter (which bounds every distance) finds the last bin with a pair,
+    and the histogram is then taken over [0, upper edge of that bin]. Above ``max_samples``
+    inputs, a seeded subset of that many is used (as the ``distance-histogram`` estimator does).
     """
+    store = run if isinstance(run, Run) else open_run(run)
+    if store.y is None:
+        msg = f"plot 'input-distances' needs class labels; run {store.path} has none"
+        raise ResultConventionError(msg)
+    n = store.n_samples
+    rows = np.arange(n)
+    if n > max_samples:
+        rows = np.sort(np.random.default_rng(0).choice(n, max_samples, replace=False))
+    x = np.asarray(store.x, np.float64).reshape(n, -1)[rows]
+    y = np.asarray(store.y)[rows]
     diameter = float(np.sqrt(np.sum((x.max(axis=0) - x.min(axis=0)) ** 2)))
     if diameter <= 0:
         msg = "plot 'input-distances': all the inputs are equal, so every distance is 0"
@@ -828,7 +843,8 @@ def _input_distance_histogram(
     edges = np.linspace(0.0, upper, bins + 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         density = hist.counts / (hist.n_pairs[:, None] * np.diff(edges)[None, :])
-    return edges, np.where(hist.n_pairs[:, None] > 0, density, np.nan)
+    within, between = np.where(hist.n_pairs[:, None] > 0, density, np.nan)
+    return edges, within, between
 
 
 def plot_input_distances(
@@ -843,31 +859,21 @@ def plot_input_distances(
 
     The reference the layers' ``distance-histograms`` are read against: how far apart the
     classes are before the network acts. Euclidean distances of the flattened inputs, by
-    :func:`ibframe.kernels.distances.pairwise_distance_histogram`, in ``bins`` bins over [0, the
-    largest distance], as densities; above ``max_samples`` inputs, a seeded subset of that many
-    (the same rule as the ``distance-histogram`` estimator). Reads the run store: ``run``, else
+    :func:`ibframe.kernels.distances.pairwise_distance_histogram`, as densities in ``bins`` bins
+    over [0, the largest distance] (:func:`input_distances`). Reads the run store: ``run``, else
     the results' ``source``.
     """
     store = _run_store(results, run, "input-distances")
-    if store.y is None:
-        msg = f"plot 'input-distances' needs class labels; run {store.path} has none"
-        raise ResultConventionError(msg)
-    n = store.n_samples
-    rows = np.arange(n)
-    if n > max_samples:
-        rows = np.sort(np.random.default_rng(0).choice(n, max_samples, replace=False))
-    x = np.asarray(store.x, np.float64).reshape(n, -1)[rows]
-    edges, density = _input_distance_histogram(x, np.asarray(store.y)[rows], bins)
+    edges, within, between = input_distances(store, bins, max_samples)
     fig, canvas = _canvas(into, (_PANEL + 1.2, _PANEL * 0.8 + 0.4))
     ax = canvas.subplots()
-    for values, pair, colour in zip(density, ("within", "between"),
-                                    ("tab:blue", "tab:orange"), strict=True):
+    for values, pair, colour in ((within, "within", "tab:blue"), (between, "between", "tab:orange")):
         ax.stairs(values, edges, fill=True, alpha=0.35, color=colour, label=f"{pair}-class")
         ax.stairs(values, edges, color=colour, linewidth=0.8)
     ax.set_xlim(0, edges[-1])
     ax.set(xlabel="pairwise distance of the inputs", ylabel="density")
     ax.legend(fontsize="small")
-    canvas.suptitle(f"Pairwise distances between inputs ({x.shape[0]} samples)")
+    canvas.suptitle(f"Pairwise distances between inputs ({min(store.n_samples, max_samples)} samples)")
     return fig
 
 
@@ -961,7 +967,8 @@ def plot_results(
         every other figure draws the mean over all the runs (:func:`ibframe.aggregate`).
     kinds
         Names from :data:`PLOT_KINDS`. ``None`` draws every kind the results hold the variables
-        for (and, for ``scatter``, whose run has a layer of 2 or 3 units), skipping each other
+        for (and, for ``scatter``, whose run has a layer of 2 or 3 units; for
+        ``density-epochs``, a noisy layer of 1 unit), skipping each other
         kind with a :class:`PlotWarning` that says why, and raises only if there is none; a kind
         named explicitly that cannot be drawn raises
         :class:`~ibframe.errors.ResultConventionError`.
@@ -970,12 +977,13 @@ def plot_results(
     formats
         Any of ``"png"``, ``"svg"``, ``"pdf"``.
     run
-        The run store, for ``scatter``; default the results' ``source`` attribute.
+        The run store, for the kinds drawn from it (``scatter``, ``density-epochs``,
+        ``activation-histograms``, ``input-distances``); default the results' ``source``.
     epochs
         Epoch numbers and ``slice(start, stop)`` ranges of the results' epochs
         (:func:`ibframe.engine.select_epochs`): figures over epochs draw only these, and figures
-        at chosen epochs (``distance-histograms``, ``cosine-similarity``, ``scatter``) draw each
-        of them. Default: every epoch, and up to four chosen on a log scale.
+        at chosen epochs (``distance-histograms``, ``cosine-similarity``, ``scatter``,
+        ``density-epochs``, ``activation-histograms``) draw each of them. Default: every epoch, and up to four chosen on a log scale.
     layers
         The layers every figure draws (default: each figure's own choice; ``scatter`` takes
         layers of 2 or 3 units).
