@@ -515,10 +515,11 @@ def demo(
 def plot(
     results: Annotated[list[str], typer.Argument(metavar="RESULTS", help="Results files (.nc or .zarr, paths or URLs) from `ibframe estimate -o`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the figures.")] = Path("figures"),
-    kind: Annotated[list[str], typer.Option("--kind", "-k", help="mi-epochs, info-plane, binned-entropy, distance-histograms, unit-slopes, cosine-similarity or scatter; repeat (default: all the results allow).")] = [],  # noqa: B006
+    kind: Annotated[list[str], typer.Option("--kind", "-k", help="mi-epochs, info-plane, binned-entropy, distance-histograms, unit-slopes, cosine-similarity, scatter, density-epochs, activation-histograms or input-distances; repeat (default: all the results allow).")] = [],  # noqa: B006
     format: Annotated[list[str], typer.Option("--format", "-f", help="png and/or svg.")] = ["png"],  # noqa: B006
-    run: Annotated[str | None, typer.Option(metavar="PATH|URL", help="Run store for scatter plots of the activations.")] = None,
+    run: Annotated[str | None, typer.Option(metavar="PATH|URL", help="Run store for the figures drawn from it (scatter, density-epochs, activation-histograms, input-distances); default the one the results name.")] = None,
     epochs: Annotated[str | None, typer.Option(help=EPOCHS_HELP.replace("(default all)", "(default all; figures at chosen epochs: up to four, log-spaced)"))] = None,
+    arrows: Annotated[str | None, typer.Option(help="mi-epochs: mark these epochs with arrows, to match scatter panels at them (as --epochs: 28,80 or 10:100).")] = None,
     layer: Annotated[list[str], typer.Option("--layer", "-l", help="Layer to draw; repeat for several (default: each figure's own; scatter: the deepest of 2 or 3 units).")] = [],  # noqa: B006
     layer_names: Annotated[str | None, typer.Option(help="Names for the layers in the figures: a prefix such as T (T1, T2, ... as in the paper) or one comma-separated name per layer.")] = None,
     storage_option: StorageOptions = [],  # noqa: B006
@@ -544,7 +545,7 @@ def plot(
         target = out / source.stem if len(results) > 1 else out
         paths = plot_results(ds, kinds=kind or None, out_dir=target, formats=tuple(format),
                              run=opened, epochs=parse_epochs(epochs), layers=layer or None,
-                             layer_names=names)
+                             layer_names=names, arrows=parse_epochs(arrows))
         for path in paths:
             say(f"figure: {path}")
 

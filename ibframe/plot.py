@@ -7,6 +7,10 @@ returns it) and returns a :class:`matplotlib.figure.Figure`; :data:`PLOT_KINDS` 
     from ibframe.plot import plot_results
     paths = plot_results("results.nc", ["mi-epochs", "distance-histograms"], "figures/")
 
+Some kinds read the run store the results came from (``source``, or ``run=``): ``scatter``,
+``density-epochs``, ``activation-histograms`` and ``input-distances``. Those and ``mi-epochs``
+draw ``into=`` a subfigure when given one, so that a paper figure is composed of several kinds.
+
 Figures are built on :class:`~matplotlib.figure.Figure` directly, never through ``pyplot``, so
 nothing depends on a display or on a global backend, and nothing is kept alive after saving.
 A results Dataset that lacks what a figure needs raises
@@ -24,17 +28,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import xarray as xr
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize, SymLogNorm
-from matplotlib.figure import Figure
+from matplotlib.colors import LogNorm, Normalize, SymLogNorm
+from matplotlib.figure import Figure, SubFigure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from ibframe.engine import EpochSelection, select_epochs
 from ibframe.errors import IbframeWarning, ParameterError, ResultConventionError
+from ibframe.kernels.distances import pairwise_distance_histogram
 from ibframe.store import Run, open_run
 
 
@@ -146,6 +152,15 @@ def _epoch_norm(epochs: np.ndarray) -> Normalize:
     return Normalize(vmin=float(np.min(epochs)), vmax=max(high, float(np.min(epochs)) + 1))
 
 
+def _canvas(into: SubFigure | None, figsize: tuple[float, float]) -> tuple[Figure, Figure | SubFigure]:
+    """The figure to return and the (sub)figure to draw on: ``into`` and the figure that holds
+    it, else a new figure of ``figsize`` inches."""
+    if into is not None:
+        return into.get_figure(root=True), into
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig
+
+
 def _grid(count: int, columns: int = 3, *, sharey: bool = False) -> tuple[Figure, list[Axes]]:
     cols = min(count, columns)
     rows = -(-count // cols)
@@ -173,91 +188,200 @@ def rename_layers(results: xr.Dataset, names: str | Sequence[str]) -> xr.Dataset
     return results.assign_coords(layer=new)
 
 
+def _format_setting(value: typing.Any) -> str:
+    if isinstance(value, float | np.floating):
+        return "none" if np.isnan(value) else f"{float(value):g}"
+    return str(value)
+
+
+def _settings(results: xr.Dataset) -> list[tuple[str, xr.Dataset, float | None]]:
+    """The results split by setting: (label, results without ``run``, beta) per setting.
+
+    Without a ``run`` dimension, the results themselves. With one, the runs are grouped by the
+    coordinates along ``run`` that differ between them, other than ``seed`` (a beta sweep,
+    tanh against orthonormal); each group of several runs (seeds) becomes their aggregate
+    (:func:`ibframe.aggregate`: mean and sd), a group of one run that run. The label names the
+    group's settings ("beta = 0.1"), empty when all runs share them.
+    """
+    from ibframe.runs import aggregate
+
+    if "run" not in results.dims:
+        beta = results.attrs.get("beta")
+        return [("", results, None if beta is None else float(beta))]
+    along = [
+        str(name) for name, coord in results.coords.items()
+        if name not in ("run", "seed") and coord.dims == ("run",)
+    ]
+    columns = {name: [_format_setting(v) for v in results[name].values] for name in along}
+    differing = [name for name in along if len(set(columns[name])) > 1]
+    keys = [tuple(columns[name][i] for name in differing) for i in range(results.sizes["run"])]
+    groups = []
+    for key in dict.fromkeys(keys):
+        rows = [i for i, k in enumerate(keys) if k == key]
+        part = results.isel(run=rows)
+        betas = np.unique(part["beta"].values) if "beta" in part.coords else []
+        beta = float(betas[0]) if len(betas) == 1 else None
+        if len(rows) > 1:
+            part = aggregate(part, over="run")
+        else:
+            part = part.isel(run=0).drop_vars(
+                [n for n in part.coords if "run" in part[n].dims], errors="ignore"
+            )
+        label = ", ".join(f"{name} = {value}" for name, value in zip(differing, key, strict=True))
+        groups.append((label, part, beta))
+    return groups
+
+
+def _entropy_at_ten_beta(results: xr.Dataset, beta: float | None) -> xr.DataArray | None:
+    """``entropy_bin`` at the recorded bin size nearest B = 10 beta (Fig. 5, bottom), or None."""
+    if "entropy_bin" not in results.data_vars or beta is None or beta <= 0:
+        return None
+    entropy = results["entropy_bin"]
+    if "bin_size" in entropy.dims:
+        sizes = entropy["bin_size"].values
+        entropy = entropy.sel(bin_size=sizes[int(np.argmin(np.abs(np.log(sizes / (10 * beta)))))])
+    extra = [d for d in entropy.dims if d not in ("epoch", "layer")]
+    return None if extra else entropy
+
+
+_STYLES: typing.Final = ("-", "--", ":", "-.")
+
+
 def plot_mi_epochs(
     results: xr.Dataset,
     *,
     layers: Sequence[str] | None = None,
     layer_names: str | Sequence[str] | None = None,
+    arrows: EpochSelection | None = None,
+    into: SubFigure | None = None,
 ) -> Figure:
-    """I(X;T_l) of each layer over epochs, above the train and test losses (Fig. 5, left).
+    """I(X;T_l) of each layer over epochs, above the train and test losses and H(Bin(T_l)) (Fig. 5).
 
-    Needs ``mi_x_t`` (epoch, layer); draws ``loss_train`` and ``loss_test`` (epoch) when present.
+    Needs ``mi_x_t`` (epoch, layer); draws ``loss_train`` and ``loss_test`` (epoch) when present,
+    and, when the results hold ``entropy_bin`` and the run's beta is known, a bottom panel with
+    H(Bin(T_l)) at the recorded bin size nearest B = 10 beta, as the paper draws it.
     The epoch axis is logarithmic when the epochs span decades, as in the paper. With
     ``mi_x_t_stderr`` and ``mi_x_t_bias`` a band spans 2 standard errors around both the estimate
     and the estimate less its bias; epochs where ``converged`` is false get open markers.
 
-    Results of several runs (a ``run`` dimension) are drawn as their mean with a band of ± one
-    sd across runs (:func:`ibframe.aggregate`); an aggregate made with ``kind="quantile"`` is
-    drawn as its median with the quantile band; the standard error of the mean's Monte Carlo
-    part (``mi_x_t_stderr`` of the aggregate) is a darker band of ± 2 of it inside.
+    ``arrows`` (epochs, as :func:`ibframe.engine.select_epochs` takes them) marks those epochs
+    with arrows on the curve of the last layer drawn, labelled with the epoch, to match them with
+    :func:`plot_activation_scatter` panels at the same epochs (Fig. 5).
+
+    Results of several runs (a ``run`` dimension) are grouped by the settings that differ between
+    them (:func:`_settings`): the seeds of one setting are drawn as their mean with a band of ±
+    one sd across runs (:func:`ibframe.aggregate`), and settings that differ (a beta sweep,
+    tanh against orthonormal) as one line each, named in the legend (with one layer drawn,
+    a colour per setting; else a colour per layer and a line style per setting). An aggregate
+    made with ``kind="quantile"`` is drawn as its median with the quantile band; the standard
+    error of a mean's Monte Carlo part (``mi_x_t_stderr`` of the aggregate) is a darker band of
+    ± 2 of it inside.
 
     ``layer_names`` renames the layers (:func:`rename_layers`): ``"T"`` labels them T1...TL;
-    ``layers`` then takes the new names.
+    ``layers`` then takes the new names. ``into`` draws into that subfigure of a larger figure
+    (and returns the larger figure).
     """
-    from ibframe.runs import aggregate, spread_band
+    from ibframe.runs import spread_band
 
-    if "run" in results.dims:
-        results = aggregate(results, over="run")
     if layer_names is not None:
         results = rename_layers(results, layer_names)
     _require(results, "mi-epochs", {"mi_x_t": ("epoch", "layer")})
-    band = spread_band(results, "mi_x_t")
-    mi = results["mi_x_t"]
-    names = _layers(mi, layers)
+    groups = _settings(results)
+    names = _layers(groups[0][1]["mi_x_t"], layers)
     losses = [name for name in ("loss_train", "loss_test") if name in results.data_vars]
-    fig = Figure(figsize=(6.4, 5.6 if losses else 4.0), layout="constrained")
-    axes = fig.subplots(
-        2 if losses else 1, 1, sharex=True, squeeze=False,
-        gridspec_kw={"height_ratios": [3, 1.4]} if losses else None,
+    binned = [_entropy_at_ten_beta(part, beta) for _, part, beta in groups]
+    rows = [3.0] + ([1.4] if losses else []) + ([1.6] if any(b is not None for b in binned) else [])
+    fig, canvas = _canvas(into, (6.4, 4.0 + 1.6 * (len(rows) - 1)))
+    axes = canvas.subplots(
+        len(rows), 1, sharex=True, squeeze=False,
+        gridspec_kw={"height_ratios": rows} if len(rows) > 1 else None,
     ).ravel()
-    epochs = mi["epoch"].values
-    stderr, bias = results.get("mi_x_t_stderr"), results.get("mi_x_t_bias")
-    converged = results.get("converged")
+    ax_loss = axes[1] if losses else None
+    ax_bin = axes[-1] if len(rows) > 1 and any(b is not None for b in binned) else None
+    by_setting = len(groups) > 1 and len(names) == 1
     flagged = False
-    for name in names:
-        values = mi.sel(layer=name).values
-        (line,) = axes[0].plot(epochs, values, marker=".", label=name)
-        if band is not None:
-            low, high = (b.sel(layer=name).values for b in band[:2])
-            axes[0].fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, lw=0)
-            if stderr is not None:
-                spread = 2 * stderr.sel(layer=name).values
-                axes[0].fill_between(epochs, values - spread, values + spread,
-                                     color=line.get_color(), alpha=0.45, lw=0)
-        elif stderr is not None:
-            spread = 2 * np.nan_to_num(stderr.sel(layer=name).values)
-            shift = 0.0 if bias is None else np.nan_to_num(bias.sel(layer=name).values)
-            low = np.minimum(values, values - shift) - spread
-            high = np.maximum(values, values - shift) + spread
-            axes[0].fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, lw=0)
-        if converged is not None and "epoch" in converged.dims:
-            bad = ~converged.sel(layer=name).values.astype(bool)
-            if bad.any():
-                axes[0].plot(epochs[bad], values[bad], ls="none", marker="o", mfc="none",
-                             color=line.get_color())
-                flagged = True
+    epochs = results["epoch"].values
+    for g, (setting, part, _) in enumerate(groups):
+        mi = part["mi_x_t"]
+        band = spread_band(part, "mi_x_t")
+        stderr, bias = part.get("mi_x_t_stderr"), part.get("mi_x_t_bias")
+        converged = part.get("converged")
+        style = "-" if by_setting else _STYLES[g % len(_STYLES)]
+        for i, name in enumerate(names):
+            colour = f"C{g if by_setting else i}"
+            label = ", ".join(filter(None, [None if by_setting else name, setting]))
+            values = mi.sel(layer=name).values
+            axes[0].plot(epochs, values, marker=".", color=colour, ls=style, label=label)
+            if band is not None:
+                low, high = (b.sel(layer=name).values for b in band[:2])
+                axes[0].fill_between(epochs, low, high, color=colour, alpha=0.2, lw=0)
+                if stderr is not None:
+                    spread = 2 * stderr.sel(layer=name).values
+                    axes[0].fill_between(epochs, values - spread, values + spread,
+                                         color=colour, alpha=0.45, lw=0)
+            elif stderr is not None:
+                spread = 2 * np.nan_to_num(stderr.sel(layer=name).values)
+                shift = 0.0 if bias is None else np.nan_to_num(bias.sel(layer=name).values)
+                low = np.minimum(values, values - shift) - spread
+                high = np.maximum(values, values - shift) + spread
+                axes[0].fill_between(epochs, low, high, color=colour, alpha=0.2, lw=0)
+            if converged is not None and "epoch" in converged.dims:
+                bad = ~converged.sel(layer=name).values.astype(bool)
+                if bad.any():
+                    axes[0].plot(epochs[bad], values[bad], ls="none", marker="o", mfc="none",
+                                 color=colour)
+                    flagged = True
+            if ax_bin is not None and binned[g] is not None:
+                ax_bin.plot(epochs, binned[g].sel(layer=name).values, color=colour, ls=style)
+        for k, loss in enumerate(losses if ax_loss is not None else []):
+            colour = f"C{g}" if by_setting else f"C{k}"
+            kind = loss.replace("loss_", "")
+            ax_loss.plot(epochs, part[loss].values, color=colour,
+                         ls=_STYLES[k] if by_setting else style,
+                         label=", ".join(filter(None, [kind, setting])))
+            loss_band = spread_band(part, loss)
+            if loss_band is not None:
+                ax_loss.fill_between(epochs, loss_band[0].values, loss_band[1].values,
+                                     color=colour, alpha=0.2, lw=0)
     if flagged:
         axes[0].plot([], [], ls="none", marker="o", mfc="none", color="grey",
                      label="not converged")
-    if band is not None and stderr is not None:
+    if any(spread_band(part, "mi_x_t") is not None and "mi_x_t_stderr" in part
+           for _, part, _ in groups):
         axes[0].fill_between([], [], [], color="grey", alpha=0.45, lw=0,
                              label="± 2 stderr (estimator)")
-    axes[0].set_ylabel(f"I(X;T_l) ({mi.attrs.get('units', 'nat')})")
-    runs = results.attrs.get("aggregate") if band is not None else None
-    axes[0].legend(title="layer" + (f"\n{runs}" if runs else ""), fontsize="small")
+    if arrows is not None:
+        _mark_epochs(axes[0], groups[0][1]["mi_x_t"].sel(layer=names[-1]), arrows)
+    units = groups[0][1]["mi_x_t"].attrs.get("units", "nat")
+    axes[0].set_ylabel(f"I(X;T_l) ({units})")
+    runs = [part.attrs.get("aggregate") for _, part, _ in groups if "aggregate" in part.attrs]
+    title = "setting" if by_setting else "layer"
+    if len(set(runs)) == 1:
+        title += f"\n{runs[0]}"
+    axes[0].legend(title=title, fontsize="small")
     axes[0].set_title("Mutual information between input and layer")
-    for name in losses:
-        (line,) = axes[1].plot(epochs, results[name].values, label=name.replace("loss_", ""))
-        loss_band = spread_band(results, name)
-        if loss_band is not None:
-            axes[1].fill_between(epochs, loss_band[0].values, loss_band[1].values,
-                                 color=line.get_color(), alpha=0.2, lw=0)
-    if losses:
-        axes[1].set_ylabel("loss")
-        axes[1].legend(fontsize="small")
+    if ax_loss is not None:
+        ax_loss.set_ylabel("loss")
+        ax_loss.legend(fontsize="small")
+    if ax_bin is not None:
+        sizes = sorted({float(b["bin_size"]) for b in binned if b is not None and "bin_size" in b.coords})
+        ax_bin.set_ylabel(f"H(Bin(T_l)) ({results['entropy_bin'].attrs.get('units', 'nat')})")
+        at = f" at B = {', '.join(f'{b:g}' for b in sizes)} (nearest 10β)" if sizes else ""
+        ax_bin.set_title(f"binned entropy{at}", fontsize="small")
     for ax in axes:
         _epoch_axis(ax, epochs)
     return fig
+
+
+def _mark_epochs(ax: Axes, curve: xr.DataArray, arrows: EpochSelection) -> None:
+    """Arrows down onto ``curve`` (over epochs) at the epochs ``arrows`` picks, labelled."""
+    for epoch in select_epochs(curve["epoch"].values, arrows, "the results"):
+        value = float(curve.sel(epoch=epoch))
+        ax.annotate(
+            str(epoch), xy=(epoch, value), xytext=(0, 22), textcoords="offset points",
+            ha="center", fontsize="small", color="0.2",
+            arrowprops={"arrowstyle": "->", "color": "0.2", "lw": 0.9},
+        )
 
 
 def plot_information_plane(
@@ -461,6 +585,7 @@ def plot_activation_scatter(
     layers: Sequence[str] | None = None,
     epochs: EpochSelection | None = None,
     max_points: int = 2000,
+    into: SubFigure | None = None,
 ) -> Figure:
     """Scatter of 2- or 3-unit layers' S at chosen epochs, coloured by class (Fig. 5, right).
 
@@ -470,8 +595,9 @@ def plot_activation_scatter(
     run's when no results are given), spread on a log scale. Each row's axes span the layer's
     activations over all its epochs, so movement between epochs is movement in the figure. At
     most ``max_points`` samples are drawn (a seeded subset), which keeps the figure light.
+    ``into`` draws into that subfigure of a larger figure (and returns the larger figure).
     """
-    store = _scatter_run(results, run)
+    store = _run_store(results, run, "scatter")
     widths = {name: int(store.layer_attrs(name)["units"]) for name in store.layers}
     if layers is None:
         small = [name for name, units in widths.items() if units in (2, 3)]
@@ -497,9 +623,8 @@ def plot_activation_scatter(
     rows = np.arange(n)
     if n > max_points:
         rows = np.sort(np.random.default_rng(0).choice(n, max_points, replace=False))
-    fig = Figure(
-        figsize=(_PANEL * len(chosen) + 1.6, (_PANEL + 0.2) * len(layers) + 0.4),
-        layout="constrained",
+    fig, canvas = _canvas(
+        into, (_PANEL * len(chosen) + 1.6, (_PANEL + 0.2) * len(layers) + 0.4)
     )
     cmap = colormaps["tab10"]
     classes = np.unique(labels[rows]) if labels is not None else np.array([], dtype=int)
@@ -514,7 +639,7 @@ def plot_activation_scatter(
         limits = list(zip(low - pad, high + pad, strict=True))
         for c, (epoch, s) in enumerate(zip(chosen, points, strict=True)):
             extra = {"projection": "3d"} if dims == 3 else {}
-            ax = fig.add_subplot(len(layers), len(chosen), r * len(chosen) + c + 1, **extra)
+            ax = canvas.add_subplot(len(layers), len(chosen), r * len(chosen) + c + 1, **extra)
             ax.scatter(*s.T, c=colours, s=4, alpha=0.6,
                        **({"depthshade": False} if dims == 3 else {}))
             ax.set_xlim(*limits[0])
@@ -535,14 +660,227 @@ def plot_activation_scatter(
                    label=f"class {k}")
             for k in classes
         ]
-        fig.legend(handles=handles, loc="outside right center", fontsize="small",
-                   title="class")
-    fig.suptitle(f"Representations of layer{'s' if len(layers) > 1 else ''} "
+        canvas.legend(handles=handles, loc="outside right center", fontsize="small",
+                      title="class")
+    canvas.suptitle(f"Representations of layer{'s' if len(layers) > 1 else ''} "
                  f"{', '.join(layers)}, coloured by class")
     return fig
 
 
-def _scatter_run(results: xr.Dataset | None, run: Run | str | os.PathLike[str] | None) -> Run:
+def mixture_density(centres: npt.ArrayLike, beta: float, grid: npt.ArrayLike) -> np.ndarray:
+    """The density on ``grid`` of T = S + Z for S drawn uniformly from ``centres`` and
+    Z ~ N(0, beta^2): the equal-weight Gaussian mixture (1/n) sum_i N(centres_i, beta^2)."""
+    z = (np.asarray(grid, np.float64)[:, None] - np.asarray(centres, np.float64)[None, :]) / beta
+    return np.exp(-0.5 * z**2).mean(axis=1) / (beta * np.sqrt(2 * np.pi))
+
+
+def plot_density_epochs(
+    results: xr.Dataset | None = None,
+    *,
+    run: Run | str | os.PathLike[str] | None = None,
+    layers: Sequence[str] | None = None,
+    epochs: EpochSelection | None = None,
+    points: int = 400,
+    into: SubFigure | None = None,
+) -> Figure:
+    """The density of a 1-unit noisy layer's T over epochs (Fig. 4a, b), from the run store.
+
+    At each epoch, T = S + Z with S uniform over the recorded values S_i of the n inputs and
+    Z ~ N(0, beta^2) (beta from the run's noise), so its density is the mixture
+    (1/n) sum_i N(S_i, beta^2) (:func:`mixture_density`). One row per layer (default: every
+    layer of one unit): on the left the density at the epochs of ``epochs`` (default up to four,
+    log-spaced), on the right an image of it over every epoch (of the results when given, else
+    the run's) against t, on a log epoch axis and a log colour scale. t spans the layer's
+    recorded S over those epochs, widened by 4 beta. Reads the run store: ``run``, else the
+    results' ``source``.
+    """
+    store = _run_store(results, run, "density-epochs")
+    widths = {name: int(store.layer_attrs(name)["units"]) for name in store.layers}
+    if layers is None:
+        layers = [name for name, units in widths.items() if units == 1]
+        if not layers:
+            listing = ", ".join(f"{k} ({v})" for k, v in widths.items())
+            msg = f"plot 'density-epochs' needs a layer of 1 unit; run {store.path} has {listing}"
+            raise ResultConventionError(msg)
+    for layer in layers:
+        if layer not in widths:
+            msg = f"no layer {layer!r} in run {store.path} (layers: {', '.join(widths)})"
+            raise ParameterError(msg)
+        if widths[layer] != 1:
+            msg = f"plot 'density-epochs' draws layers of 1 unit; {layer!r} has {widths[layer]}"
+            raise ParameterError(msg)
+    beta = store.beta
+    if beta <= 0:
+        msg = f"plot 'density-epochs' needs a noisy run; run {store.path} has beta = 0"
+        raise ResultConventionError(msg)
+    over = (
+        [int(e) for e in results["epoch"].values]
+        if results is not None and "epoch" in results.coords
+        else [int(e) for e in store.epochs]
+    )
+    chosen = _pick_epochs(over, epochs)
+    fig, canvas = _canvas(into, (2 * _PANEL + 1.6, (_PANEL * 0.9) * len(layers) + 0.4))
+    axes = canvas.subplots(len(layers), 2, squeeze=False)
+    norm_epochs, cmap = _epoch_norm(np.asarray(chosen)), colormaps["viridis"]
+    for row, layer in enumerate(layers):
+        s = np.asarray(store.activations(layer).sel(epoch=over).values, np.float64)[..., 0]
+        grid = np.linspace(s.min() - 4 * beta, s.max() + 4 * beta, points)
+        image = np.stack([mixture_density(centres, beta, grid) for centres in s], axis=1)
+        ax_at, ax_over = axes[row]
+        for epoch in chosen:
+            ax_at.plot(grid, image[:, over.index(epoch)], color=cmap(norm_epochs(epoch)),
+                       label=f"epoch {epoch}")
+        ax_at.set(xlabel="t", ylabel="density p_T(t)", title=f"{layer}: density of T")
+        ax_at.legend(fontsize="small")
+        top = float(image.max())
+        mesh = ax_over.pcolormesh(
+            over, grid, image, shading="nearest", cmap="magma",
+            norm=LogNorm(vmin=top * 1e-4, vmax=top), rasterized=True,
+        )
+        ax_over.set_facecolor(colormaps["magma"](0.0))  # densities of 0 (no log) as the least
+        _epoch_axis(ax_over, np.asarray(over))
+        ax_over.set(ylabel="t", title=f"{layer}: density of T over epochs")
+        canvas.colorbar(mesh, ax=ax_over, label="p_T(t)")
+    canvas.suptitle(f"Density of the noisy layer T = S + Z, beta = {beta:g}")
+    return fig
+
+
+def _value_range(store: Run, layer: str, values: np.ndarray) -> tuple[float, float]:
+    """The histogram range of a layer's S: its activation's range, else what was recorded."""
+    activation = store.layer_attrs(layer).get("activation")
+    if activation == "tanh":
+        return -1.0, 1.0
+    if activation in ("sigmoid", "logistic"):
+        return 0.0, 1.0
+    low, high = float(np.min(values)), float(np.max(values))
+    return (low, high) if high > low else (low - 0.5, high + 0.5)
+
+
+def plot_activation_histograms(
+    results: xr.Dataset | None = None,
+    *,
+    run: Run | str | os.PathLike[str] | None = None,
+    layers: Sequence[str] | None = None,
+    epochs: EpochSelection | None = None,
+    bins: int = 40,
+    value_range: tuple[float, float] | None = None,
+    into: SubFigure | None = None,
+) -> Figure:
+    """Histograms of each layer's recorded S, all units together, at chosen epochs (Fig. 10).
+
+    Saturation shows as mass piling up at the ends of a tanh layer's [-1, 1] (or at 0 for ReLU).
+    One column per layer (default all), one row per epoch of ``epochs`` (default up to four,
+    log-spaced); ``bins`` equal bins over ``value_range``, by default the activation's range
+    (tanh [-1, 1], sigmoid [0, 1]), else the layer's recorded range over the epochs drawn. Values
+    outside the range are counted in the end bins, and the title says so. Reads the run store:
+    ``run``, else the results' ``source``.
+    """
+    store = _run_store(results, run, "activation-histograms")
+    known = list(store.layers)
+    layers = known if layers is None else list(layers)
+    unknown = [name for name in layers if name not in known]
+    if unknown:
+        msg = f"no layer {unknown[0]!r} in run {store.path} (layers: {', '.join(known)})"
+        raise ParameterError(msg)
+    if value_range is not None and not value_range[0] < value_range[1]:
+        msg = f"value_range must be (low, high) with low < high, got {value_range}"
+        raise ParameterError(msg)
+    over = (
+        results["epoch"].values if results is not None and "epoch" in results.coords
+        else store.epochs
+    )
+    chosen = _pick_epochs(over, epochs)
+    fig, canvas = _canvas(into, (2.4 * len(layers) + 0.4, 1.9 * len(chosen) + 0.6))
+    axes = canvas.subplots(len(chosen), len(layers), squeeze=False)
+    for col, layer in enumerate(layers):
+        s = np.asarray(store.activations(layer).sel(epoch=chosen).values, np.float64)
+        low, high = value_range or _value_range(store, layer, s)
+        edges = np.linspace(low, high, bins + 1)
+        for row, epoch in enumerate(chosen):
+            values = np.clip(s[row].ravel(), low, high)
+            ax = axes[row, col]
+            ax.hist(values, edges, color="tab:blue")
+            ax.set_xlim(low, high)
+            ax.set_title(f"{layer}, epoch {epoch}", fontsize="small")
+            ax.tick_params(labelsize="x-small")
+            if row == len(chosen) - 1:
+                ax.set_xlabel("S")
+            if col == 0:
+                ax.set_ylabel("count")
+    canvas.suptitle("Activations of each layer (values beyond the range in the end bins)")
+    return fig
+
+
+def input_distances(
+    run: Run | str | os.PathLike[str], bins: int = 60, max_samples: int = 4096
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(edges, within, between): densities of the within- and between-class Euclidean distances
+    between a run's recorded inputs, flattened (what ``input-distances`` draws).
+
+    The ``bins`` bins span [0, D], D the largest distance: a first pass of 1,000 bins over the
+    inputs' bounding-box diameter (which bounds every distance) finds the last bin with a pair,
+    and the histogram is then taken over [0, upper edge of that bin]. Above ``max_samples``
+    inputs, a seeded subset of that many is used (as the ``distance-histogram`` estimator does).
+    """
+    store = run if isinstance(run, Run) else open_run(run)
+    if store.y is None:
+        msg = f"plot 'input-distances' needs class labels; run {store.path} has none"
+        raise ResultConventionError(msg)
+    n = store.n_samples
+    rows = np.arange(n)
+    if n > max_samples:
+        rows = np.sort(np.random.default_rng(0).choice(n, max_samples, replace=False))
+    x = np.asarray(store.x, np.float64).reshape(n, -1)[rows]
+    y = np.asarray(store.y)[rows]
+    diameter = float(np.sqrt(np.sum((x.max(axis=0) - x.min(axis=0)) ** 2)))
+    if diameter <= 0:
+        msg = "plot 'input-distances': all the inputs are equal, so every distance is 0"
+        raise ResultConventionError(msg)
+    coarse = pairwise_distance_histogram(x, y, bins=1000, max_distance=diameter)
+    filled = np.flatnonzero(coarse.counts.sum(axis=0))
+    upper = diameter * (int(filled[-1]) + 1) / 1000
+    hist = pairwise_distance_histogram(x, y, bins=bins, max_distance=upper)
+    edges = np.linspace(0.0, upper, bins + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        density = hist.counts / (hist.n_pairs[:, None] * np.diff(edges)[None, :])
+    within, between = np.where(hist.n_pairs[:, None] > 0, density, np.nan)
+    return edges, within, between
+
+
+def plot_input_distances(
+    results: xr.Dataset | None = None,
+    *,
+    run: Run | str | os.PathLike[str] | None = None,
+    bins: int = 60,
+    max_samples: int = 4096,
+    into: SubFigure | None = None,
+) -> Figure:
+    """Within- and between-class pairwise distances of the recorded inputs X (Fig. 8, input).
+
+    The reference the layers' ``distance-histograms`` are read against: how far apart the
+    classes are before the network acts. Euclidean distances of the flattened inputs, by
+    :func:`ibframe.kernels.distances.pairwise_distance_histogram`, as densities in ``bins`` bins
+    over [0, the largest distance] (:func:`input_distances`). Reads the run store: ``run``, else
+    the results' ``source``.
+    """
+    store = _run_store(results, run, "input-distances")
+    edges, within, between = input_distances(store, bins, max_samples)
+    fig, canvas = _canvas(into, (_PANEL + 1.2, _PANEL * 0.8 + 0.4))
+    ax = canvas.subplots()
+    for values, pair, colour in ((within, "within", "tab:blue"), (between, "between", "tab:orange")):
+        ax.stairs(values, edges, fill=True, alpha=0.35, color=colour, label=f"{pair}-class")
+        ax.stairs(values, edges, color=colour, linewidth=0.8)
+    ax.set_xlim(0, edges[-1])
+    ax.set(xlabel="pairwise distance of the inputs", ylabel="density")
+    ax.legend(fontsize="small")
+    canvas.suptitle(f"Pairwise distances between inputs ({min(store.n_samples, max_samples)} samples)")
+    return fig
+
+
+def _run_store(
+    results: xr.Dataset | None, run: Run | str | os.PathLike[str] | None, kind: str
+) -> Run:
+    """The run store a figure reads: ``run``, else the one the results name in ``source``."""
     if isinstance(run, Run):
         return run
     if run is not None:
@@ -550,7 +888,7 @@ def _scatter_run(results: xr.Dataset | None, run: Run | str | os.PathLike[str] |
     source = None if results is None else results.attrs.get("source")
     if not source or not Path(source).exists():
         where = f"the run store {source} they name was not found" if source else "they name no run"
-        msg = f"plot 'scatter' needs the run store: pass run=PATH (--run on the command line; {where})"
+        msg = f"plot {kind!r} needs the run store: pass run=PATH (--run on the command line; {where})"
         raise ResultConventionError(msg)
     return open_run(source)
 
@@ -588,7 +926,22 @@ PLOT_KINDS: dict[str, tuple[Callable[..., Figure], str]] = {
         plot_activation_scatter,
         "a 2- or 3-unit layer at chosen epochs coloured by class (Fig. 5, right; needs the run)",
     ),
+    "density-epochs": (
+        plot_density_epochs,
+        "density of a 1-unit noisy layer at chosen epochs and over epochs (Fig. 4a, b; the run)",
+    ),
+    "activation-histograms": (
+        plot_activation_histograms,
+        "histograms of each layer's activations at chosen epochs (Fig. 10; needs the run)",
+    ),
+    "input-distances": (
+        plot_input_distances,
+        "within/between-class pairwise distances of the inputs (Fig. 8, input; needs the run)",
+    ),
 }
+#: Figure functions that draw results of several runs themselves (one line per setting); every
+#: other figure is given the runs' mean (:func:`ibframe.aggregate`).
+_DRAWS_RUNS: typing.Final = frozenset({plot_mi_epochs})
 
 
 def plot_results(
@@ -601,6 +954,7 @@ def plot_results(
     epochs: EpochSelection | None = None,
     layers: Sequence[str] | None = None,
     layer_names: str | Sequence[str] | None = None,
+    arrows: EpochSelection | None = None,
 ) -> list[Path]:
     """Draw figure kinds and write each as ``OUT_DIR/KIND.FORMAT``.
 
@@ -608,11 +962,13 @@ def plot_results(
     ----------
     results
         A results Dataset, or the path of one written by :func:`ibframe.save_results`. Results
-        of several runs are drawn as their mean over runs, with a band of ± one sd where a
-        figure draws bands (``mi-epochs``); see :func:`ibframe.aggregate`.
+        of several runs: ``mi-epochs`` draws one line per setting that differs between the runs
+        (beta, activation, ...), the seeds of a setting as their mean with a band of ± one sd;
+        every other figure draws the mean over all the runs (:func:`ibframe.aggregate`).
     kinds
         Names from :data:`PLOT_KINDS`. ``None`` draws every kind the results hold the variables
-        for (and, for ``scatter``, whose run has a layer of 2 or 3 units), skipping each other
+        for (and, for ``scatter``, whose run has a layer of 2 or 3 units; for
+        ``density-epochs``, a noisy layer of 1 unit), skipping each other
         kind with a :class:`PlotWarning` that says why, and raises only if there is none; a kind
         named explicitly that cannot be drawn raises
         :class:`~ibframe.errors.ResultConventionError`.
@@ -621,18 +977,21 @@ def plot_results(
     formats
         Any of ``"png"``, ``"svg"``, ``"pdf"``.
     run
-        The run store, for ``scatter``; default the results' ``source`` attribute.
+        The run store, for the kinds drawn from it (``scatter``, ``density-epochs``,
+        ``activation-histograms``, ``input-distances``); default the results' ``source``.
     epochs
         Epoch numbers and ``slice(start, stop)`` ranges of the results' epochs
         (:func:`ibframe.engine.select_epochs`): figures over epochs draw only these, and figures
-        at chosen epochs (``distance-histograms``, ``cosine-similarity``, ``scatter``) draw each
-        of them. Default: every epoch, and up to four chosen on a log scale.
+        at chosen epochs (``distance-histograms``, ``cosine-similarity``, ``scatter``,
+        ``density-epochs``, ``activation-histograms``) draw each of them. Default: every epoch, and up to four chosen on a log scale.
     layers
         The layers every figure draws (default: each figure's own choice; ``scatter`` takes
         layers of 2 or 3 units).
     layer_names
         Names for the results' layers in every figure drawn from them (:func:`rename_layers`):
         ``"T"`` gives T1...TL as in the paper.
+    arrows
+        Epochs that ``mi-epochs`` marks with arrows (to match ``scatter`` panels at them).
 
     Returns
     -------
@@ -643,10 +1002,6 @@ def plot_results(
         from ibframe.results import load_results
 
         results = load_results(results)
-    if "run" in results.dims:  # several runs: every figure draws their mean (and band)
-        from ibframe.runs import aggregate
-
-        results = aggregate(results, over="run")
     unknown = [k for k in (kinds or []) if k not in PLOT_KINDS]
     if unknown:
         msg = f"unknown plot kind {unknown[0]!r}; known kinds: {', '.join(PLOT_KINDS)}"
@@ -664,6 +1019,12 @@ def plot_results(
             raise ResultConventionError(msg)
         chosen = select_epochs(results["epoch"].values, epochs, "the results")
         results = results.sel(epoch=chosen)
+    # several runs: mi-epochs draws one line per setting, every other figure their mean (and band)
+    mean = results
+    if "run" in results.dims:
+        from ibframe.runs import aggregate
+
+        mean = aggregate(results, over="run")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -677,6 +1038,8 @@ def plot_results(
             options["epochs"] = chosen
         if layers is not None and "layers" in accepted:
             options["layers"] = list(layers)
+        if arrows is not None and "arrows" in accepted:
+            options["arrows"] = arrows
         lost = _lost_source(results) if takes_run and run is None and kinds is None else None
         try:
             if lost is not None:
@@ -685,7 +1048,7 @@ def plot_results(
                     "(run=PATH, or ibframe plot --run PATH)"
                 )
                 raise ResultConventionError(msg)
-            fig = function(results, **options)
+            fig = function(results if function in _DRAWS_RUNS else mean, **options)
         except ResultConventionError as err:
             if kinds is not None:
                 raise

@@ -98,20 +98,26 @@ def test_results_file_keeps_the_run_coordinates(several, tmp_path):
     np.testing.assert_array_equal(back["mi_x_t"].values, several["mi_x_t"].values)
 
 
-def test_mi_epochs_draws_the_mean_with_a_band_of_one_sd(several):
+def test_mi_epochs_draws_the_mean_with_a_band_of_one_sd_per_setting(several):
+    """Seeds 0-2 (beta 0.1) are one setting, drawn as their mean and sd; seed 3 (beta 0.2) another."""
     fig = plot_mi_epochs(several)
     ax = fig.axes[0]
-    agg = ibframe.aggregate(several)
+    seeds = ibframe.aggregate(several.sel(beta=0.1))
     layer = "h2"
     index = [str(v) for v in several["layer"].values].index(layer)
     line = ax.get_lines()[index]
-    np.testing.assert_allclose(line.get_ydata(), agg["mi_x_t"].sel(layer=layer).values)
+    np.testing.assert_allclose(line.get_ydata(), seeds["mi_x_t"].sel(layer=layer).values)
+    assert line.get_label() == "h2, beta = 0.1"
     bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
     ys = bands[2 * index].get_paths()[0].vertices[:, 1]  # each layer: the sd band, then stderr's
-    mean, sd = agg["mi_x_t"].sel(layer=layer).values, agg["mi_x_t_sd"].sel(layer=layer).values
+    mean, sd = seeds["mi_x_t"].sel(layer=layer).values, seeds["mi_x_t_sd"].sel(layer=layer).values
     assert ys.max() == pytest.approx((mean + sd).max())
     assert ys.min() == pytest.approx((mean - sd).min())
-    assert "mean ± sd over 4 runs" in ax.get_legend().get_title().get_text()
+    alone = next(line for line in ax.get_lines() if line.get_label() == "h2, beta = 0.2")
+    np.testing.assert_allclose(alone.get_ydata(), several["mi_x_t"].sel(beta=0.2, layer=layer)
+                               .squeeze().values)
+    assert alone.get_linestyle() == "--"  # beta 0.2: one run, its own line style
+    assert "mean ± sd over 3 runs" in ax.get_legend().get_title().get_text()
 
 
 def test_plot_results_draws_every_kind_of_several_runs(several, tmp_path):

@@ -158,7 +158,8 @@ def test_epoch_ranges_pick_the_recorded_epochs(gappy_neuron, tmp_path, capsys):
 
 
 def test_plot_without_kinds_skips_those_that_do_not_apply(gappy_neuron, tmp_path):
-    """The neuron has no layer of 2 or 3 units and these results no sp-mi: one line each, exit 0."""
+    """The neuron has no layer of 2 or 3 units and these results no sp-mi: one line each, exit 0;
+    the figures of its run store (its 1-unit layer's density, ...) are drawn."""
     from ibframe.engine import estimate
     from ibframe.results import save_results
 
@@ -169,7 +170,8 @@ def test_plot_without_kinds_skips_those_that_do_not_apply(gappy_neuron, tmp_path
         env={**os.environ, "MPLBACKEND": "Agg"},
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == f"figure: {tmp_path / 'fig' / 'binned-entropy.png'}"
+    drawn = ["binned-entropy", "density-epochs", "activation-histograms", "input-distances"]
+    assert proc.stdout.split() == [w for k in drawn for w in ("figure:", f"{tmp_path / 'fig' / k}.png")]
     skipped = proc.stderr.strip().splitlines()
     assert len(skipped) == 6 and all(" skipped: " in line for line in skipped), proc.stderr
     assert "plot 'scatter' skipped: needs a layer of 2 or 3 units" in proc.stderr
@@ -561,6 +563,26 @@ def test_plot_scatter_takes_layer_and_epochs(store, tmp_path, capsys):
     code, _, err = run_cli(["plot", str(results), "-o", str(figures), "-k", "scatter", "--run", str(store),
                             "--layer", "h1"], capsys)
     assert code == 1 and "'h1' has 6" in err
+
+
+# 4 draws of 64 inputs leave sp-mi unconverged, which the estimate may say; fine for a figure
+@pytest.mark.filterwarnings("default::ibframe.errors.QualityWarning")
+def test_plot_arrows_mark_epochs_on_mi_epochs(store, tmp_path, capsys):
+    from matplotlib.image import imread
+
+    results = tmp_path / "res.nc"
+    code, _, err = run_cli(["estimate", str(store), "-e", "sp-mi", "--device", "cpu",
+                            "-o", str(results)], capsys)
+    assert code == 0, err
+    figures = tmp_path / "fig"
+    code, out, err = run_cli(["plot", str(results), "-o", str(figures), "-k", "mi-epochs",
+                              "--arrows", "1,2"], capsys)
+    assert code == 0, err
+    assert out.strip() == f"figure: {figures / 'mi-epochs.png'}"
+    assert imread(figures / "mi-epochs.png").ndim == 3
+    code, _, err = run_cli(["plot", str(results), "-o", str(figures), "-k", "mi-epochs",
+                            "--arrows", "9"], capsys)
+    assert code == 1 and "has no epoch 9" in err
 
 
 @pytest.mark.parametrize("args", [["train", "neuron", "--help"], ["train", "mnist-cnn", "-o", "x", "--help"]])

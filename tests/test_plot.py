@@ -56,9 +56,12 @@ def _assert_png(path):
 
 
 def test_every_kind_renders_png_and_svg(results, tmp_path):
-    paths = plot_results(results, None, tmp_path / "figures", formats=("png", "svg"))
+    """Every kind but density-epochs, which needs a 1-unit layer (the neuron's, below)."""
+    with pytest.warns(PlotWarning, match="'density-epochs' skipped: needs a layer of 1 unit"):
+        paths = plot_results(results, None, tmp_path / "figures", formats=("png", "svg"))
     assert paths == [
-        tmp_path / "figures" / f"{kind}.{fmt}" for kind in PLOT_KINDS for fmt in ("png", "svg")
+        tmp_path / "figures" / f"{kind}.{fmt}"
+        for kind in PLOT_KINDS if kind != "density-epochs" for fmt in ("png", "svg")
     ]
     for path in paths[::2]:
         _assert_png(path)
@@ -251,3 +254,163 @@ def test_scatter_holds_its_axes_fixed_names_the_classes_and_clips_nothing(tmp_pa
     legend = fig.legends[0]
     assert [t.get_text() for t in legend.get_texts()] == ["class 0", "class 1"]
     _inside_figure(fig)
+
+
+# -- the figure kinds of the paper's reproduction -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def neuron(tmp_path_factory):
+    """One noisy tanh neuron (beta 0.01, 4 inputs), trained 30 epochs as `ibframe train` does."""
+    from ibframe.recording.experiments import train
+
+    path = tmp_path_factory.mktemp("neuron") / "n.zarr"
+    train("neuron", out=path, epochs=30, record="all")
+    return path
+
+
+def test_density_epochs_draws_the_gaussian_mixture_of_the_recorded_s(neuron):
+    from scipy.stats import norm
+
+    from ibframe.plot import plot_density_epochs
+    from ibframe.store import open_run
+
+    run = open_run(neuron)
+    fig = plot_density_epochs(run=neuron, epochs=[0, 9, 30])
+    ax_at, ax_over = fig.axes[:2]
+    s = np.asarray(run.activations("h1").values)[..., 0]  # (epoch, sample)
+    beta = run.beta
+    assert beta == pytest.approx(0.01)
+    mesh = ax_over.collections[0]
+    image = np.asarray(mesh.get_array()).reshape(-1, s.shape[0])  # (t, epoch)
+    grid = ax_at.lines[0].get_xdata()
+    assert grid[0] == pytest.approx(s.min() - 4 * beta) and grid[-1] == pytest.approx(s.max() + 4 * beta)
+    for k in (0, 9, 30):  # against scipy's normal density, and each integrates to one
+        expected = norm.pdf(grid[:, None], loc=s[k][None, :], scale=beta).mean(axis=1)
+        np.testing.assert_allclose(image[:, k], expected, rtol=1e-10, atol=1e-300)
+        assert np.trapezoid(image[:, k], grid) == pytest.approx(1.0, abs=1e-3)
+    np.testing.assert_allclose(ax_at.lines[1].get_ydata(), image[:, 9])
+    assert [t.get_text() for t in ax_at.get_legend().get_texts()] == ["epoch 0", "epoch 9", "epoch 30"]
+    assert ax_over.get_xscale() == "symlog"  # 0 to 30 epochs: a log axis that keeps epoch 0
+    assert ax_over.get_ylabel() == "t" and ax_at.get_xlabel() == "t"
+
+
+def test_density_epochs_takes_only_noisy_one_unit_layers(results, neuron, tmp_path):
+    from ibframe.plot import plot_density_epochs
+
+    with pytest.raises(ResultConventionError, match="needs a layer of 1 unit"):
+        plot_density_epochs(results)  # the test run's layers have 6, 4 and 2 units
+    with pytest.raises(ParameterError, match="'h3' has 2"):
+        plot_density_epochs(results, layers=["h3"])
+    with pytest.raises(ResultConventionError, match="needs the run store"):
+        plot_density_epochs(results.assign_attrs(source=""))
+    paths = plot_results(xr.Dataset(attrs={"source": str(neuron)}), ["density-epochs"], tmp_path)
+    _assert_png(paths[0])
+
+
+def test_activation_histograms_count_what_numpy_counts(results):
+    from ibframe.plot import plot_activation_histograms
+    from ibframe.store import open_run
+
+    fig = plot_activation_histograms(results, epochs=[0, 3], bins=10)
+    run = open_run(results.attrs["source"])
+    assert [ax.get_title() for ax in fig.axes] == [
+        f"{layer}, epoch {epoch}" for epoch in (0, 3) for layer in ("h1", "h2", "h3")
+    ]
+    edges = np.linspace(-1, 1, 11)  # tanh layers: [-1, 1]
+    for ax in fig.axes:
+        layer, epoch = ax.get_title().split(", epoch ")
+        s = run.activations(layer).sel(epoch=int(epoch)).values.ravel()
+        counts, _ = np.histogram(s, edges)
+        assert [p.get_height() for p in ax.patches] == counts.tolist()
+        assert sum(p.get_height() for p in ax.patches) == s.size  # every unit of every input
+        assert ax.get_xlim() == (-1.0, 1.0)
+    wide = plot_activation_histograms(results, layers=["h3"], epochs=[3], bins=4,
+                                      value_range=(0.0, 0.5))
+    s = run.activations("h3").sel(epoch=3).values.ravel()
+    clipped, _ = np.histogram(np.clip(s, 0, 0.5), np.linspace(0, 0.5, 5))
+    assert [p.get_height() for p in wide.axes[0].patches] == clipped.tolist()  # ends pile up
+    with pytest.raises(ParameterError, match="value_range"):
+        plot_activation_histograms(results, value_range=(1.0, 0.0))
+
+
+def test_input_distances_match_scipy(results):
+    from scipy.spatial.distance import pdist
+
+    from ibframe.plot import plot_input_distances
+    from ibframe.store import open_run
+
+    fig = plot_input_distances(results, bins=12)
+    ax = fig.axes[0]
+    run = open_run(results.attrs["source"])
+    distances = pdist(np.asarray(run.x, np.float64))
+    same = pdist(np.asarray(run.y)[:, None].astype(float)) == 0
+    steps = ax.patches  # within (filled, edge), between (filled, edge)
+    edges = steps[0].get_data().edges
+    assert edges[-1] == pytest.approx(distances.max(), rel=2e-3)  # [0, largest distance]
+    assert edges[-1] >= distances.max()
+    for patch, chosen in ((steps[1], same), (steps[3], ~same)):
+        expected, _ = np.histogram(distances[chosen], edges, density=True)
+        np.testing.assert_allclose(patch.get_data().values, expected, rtol=1e-9)
+    assert ax.get_xlim() == (0.0, edges[-1])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["within-class", "between-class"]
+
+
+def test_mi_epochs_arrows_and_the_binned_entropy_at_ten_beta(results):
+    fig = plot_mi_epochs(results, arrows=[1, 3])
+    ax_mi, _, ax_bin = fig.axes
+    arrows = [t for t in ax_mi.texts if t.arrow_patch is not None]
+    assert [a.get_text() for a in arrows] == ["1", "3"]
+    mi = results["mi_x_t"].sel(layer="h3")  # the last layer drawn
+    assert [a.xy for a in arrows] == [(1, pytest.approx(float(mi.sel(epoch=1)))),
+                                      (3, pytest.approx(float(mi.sel(epoch=3))))]
+    # beta = 0.1: 10 beta = 1, and the bin sizes are 0.1 and 0.5: the nearest is 0.5
+    assert "B = 0.5" in ax_bin.get_title()
+    for line, layer in zip(ax_bin.lines, ("h1", "h2", "h3"), strict=True):
+        np.testing.assert_allclose(
+            line.get_ydata(), results["entropy_bin"].sel(layer=layer, bin_size=0.5).values)
+    assert ax_bin.get_ylabel() == "H(Bin(T_l)) (nat)"
+    with pytest.raises(ParameterError, match="has no epoch 7"):
+        plot_mi_epochs(results, arrows=[7])
+    assert len(plot_mi_epochs(results.drop_vars("entropy_bin")).axes) == 2  # no bottom panel
+
+
+def test_mi_epochs_overlays_a_beta_sweep_one_line_per_beta(tmp_path):
+    runs = [make_test_run(tmp_path / f"b{beta}.zarr", n=32, epochs=3, beta=beta, seed=1)
+            for beta in (0.05, 0.2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", QualityWarning)
+        sweep = estimate(runs, {"sp-mi": {"n_points": 256},
+                                "binned-entropy": {"bin_size": [0.5, 2.0]}},
+                         device="cpu", cache=False)
+    fig = plot_mi_epochs(sweep, layers=["h2"])
+    ax_mi, _, ax_bin = fig.axes
+    lines = [line for line in ax_mi.lines if line.get_label().startswith("beta")]
+    assert [line.get_label() for line in lines] == ["beta = 0.05", "beta = 0.2"]
+    assert lines[0].get_color() != lines[1].get_color()  # one layer: a colour per setting
+    for line, beta in zip(lines, (0.05, 0.2), strict=True):
+        np.testing.assert_allclose(line.get_ydata(),
+                                   sweep["mi_x_t"].sel(beta=beta, layer="h2").squeeze().values)
+    assert ax_mi.get_legend().get_title().get_text() == "setting"
+    # each beta's own B = 10 beta: 0.5 for 0.05, 2.0 for 0.2
+    for line, (beta, size) in zip(ax_bin.lines, ((0.05, 0.5), (0.2, 2.0)), strict=True):
+        np.testing.assert_allclose(
+            line.get_ydata(),
+            sweep["entropy_bin"].sel(beta=beta, layer="h2", bin_size=size).squeeze().values)
+    assert "B = 0.5, 2" in ax_bin.get_title()
+    paths = plot_results(sweep, ["mi-epochs", "info-plane"], tmp_path / "fig")
+    assert [p.name for p in paths] == ["mi-epochs.png", "info-plane.png"]
+
+
+def test_figures_draw_into_subfigures_of_one_figure(results, neuron):
+    from matplotlib.figure import Figure
+
+    from ibframe.plot import plot_density_epochs
+
+    fig = Figure(figsize=(12, 8), layout="constrained")
+    left, right = fig.subfigures(1, 2)
+    assert plot_mi_epochs(results, arrows=[2], into=left) is fig
+    assert plot_activation_scatter(results, epochs=[2], into=right) is fig
+    assert len(left.axes) == 3 and [ax.get_title() for ax in right.axes] == ["h3, epoch 2"]
+    other = Figure()
+    assert plot_density_epochs(run=neuron, into=other.subfigures(1, 1)) is other

@@ -146,47 +146,16 @@ def settings(args: argparse.Namespace, quick: dict[str, Any], full: dict[str, An
 
 
 def information_panel(run_path: Path, ds: Any, title: str, layer: str, arrows: Sequence[int]) -> Figure:
-    """Fig. 5's layout: I(X;T_l) with 2-stderr bands, the losses, H(Bin(T_l)) below, and the
-    ``layer`` representations at the ``arrows`` epochs on the right, coloured by class."""
-    run = ibframe.open_run(run_path)
-    epochs = ds["epoch"].values
-    fig = Figure(figsize=(12, 6.5), layout="constrained")
-    grid = fig.add_gridspec(3, 1 + len(arrows), width_ratios=[2.4] + [1] * len(arrows),
-                            height_ratios=[2, 1, 1.4])
-    ax_mi = fig.add_subplot(grid[0, 0])
-    ax_loss = fig.add_subplot(grid[1, 0], sharex=ax_mi)
-    ax_bin = fig.add_subplot(grid[2, 0], sharex=ax_mi)
-    for name in ds["layer"].values:
-        mi = ds["mi_x_t"].sel(layer=name).values
-        (line,) = ax_mi.plot(epochs, mi, label=str(name))
-        err = 2 * np.nan_to_num(ds["mi_x_t_stderr"].sel(layer=name).values)
-        ax_mi.fill_between(epochs, mi - err, mi + err, color=line.get_color(), alpha=0.25, lw=0)
-        ax_bin.plot(epochs, ds["entropy_bin"].sel(layer=name).values.squeeze(), color=line.get_color())
-    for epoch in arrows:
-        ax_mi.axvline(epoch, color="0.5", ls=":", lw=0.8)
-    ax_mi.set(ylabel="I(X;T_l) (nat)", title=title)
-    ax_mi.legend(fontsize="x-small", ncol=2)
-    for name in ("loss_train", "loss_test"):
-        if name in ds:
-            ax_loss.plot(epochs, ds[name].values, label=name.removeprefix("loss_"))
-    ax_loss.set_ylabel("loss")
-    ax_loss.legend(fontsize="x-small")
-    sizes = json.loads(ds["entropy_bin"].attrs.get("estimator_params", "{}")).get("bin_size")
-    ax_bin.set_ylabel("H(Bin(T_l)) (nat)")
-    ax_bin.axhline(np.log(run.n_samples), color="0.6", ls=":", lw=0.8)
-    ax_bin.set_title(f"binned entropy, bin size {sizes}; dotted: ln n", fontsize="small")
-    for ax in (ax_mi, ax_loss, ax_bin):
-        epoch_axis(ax, epochs)
-    s = run.activations(layer)
-    labels = run.y
-    for i, epoch in enumerate(arrows):
-        values = np.asarray(s.sel(epoch=epoch).values)
-        ax = fig.add_subplot(grid[:2, 1 + i], projection="3d" if values.shape[1] == 3 else None)
-        ax.scatter(*values.T, c=labels, cmap="coolwarm", s=3, alpha=0.6)
-        if run.layer_attrs(layer).get("activation") == "tanh":
-            ax.set(xlim=(-1, 1), ylim=(-1, 1), **({"zlim": (-1, 1)} if values.shape[1] == 3 else {}))
-        ax.set_title(f"{layer}, epoch {epoch}", fontsize="small")
-        ax.tick_params(labelsize="x-small")
+    """Fig. 5's layout, from ibframe.plot: I(X;T_l) with 2-stderr bands and arrows at the
+    ``arrows`` epochs, the losses and H(Bin(T_l)) at B = 10 beta (``mi-epochs``), above the
+    ``layer`` representations at those epochs, coloured by class (``scatter``)."""
+    from ibframe.plot import plot_activation_scatter, plot_mi_epochs
+
+    fig = Figure(figsize=(11, 10.5), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.9, 1])
+    plot_mi_epochs(ds, arrows=arrows, into=top)
+    plot_activation_scatter(ds, run=run_path, layers=[layer], epochs=arrows, into=bottom)
+    fig.suptitle(title)
     return fig
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import ibframe
+from ibframe.plot import plot_activation_histograms
 
 PANELS = {
     "a": ("tanh, beta = 0.01", {"beta": 0.01, "activation": "tanh"}, "97%",
@@ -30,20 +31,12 @@ PANELS = {
 
 
 def histograms(run: ibframe.Run, title: str) -> Figure:
-    """Histograms of every layer's activations at the first, middle and last recorded epochs."""
+    """Histograms of every layer's activations at the first, middle and last recorded epochs
+    (ibframe.plot's ``activation-histograms``); ReLU values above 5 pile into the last bin."""
     epochs = [int(e) for e in run.epochs]
     shown = [epochs[0], epochs[len(epochs) // 2], epochs[-1]]
     relu = run.layer_attrs(run.layers[0]).get("activation") == "relu"
-    edges = np.linspace(0, 5, 41) if relu else np.linspace(-1, 1, 41)
-    fig = Figure(figsize=(2.2 * len(run.layers), 1.7 * len(shown)), layout="constrained")
-    axes = fig.subplots(len(shown), len(run.layers), squeeze=False, sharex=True)
-    for col, layer in enumerate(run.layers):
-        s = run.activations(layer)
-        for row, epoch in enumerate(shown):
-            values = np.clip(np.asarray(s.sel(epoch=epoch).values).ravel(), edges[0], edges[-1])
-            axes[row, col].hist(values, edges, color="tab:blue")
-            axes[row, col].set_title(f"{layer}, epoch {epoch}", fontsize="x-small")
-            axes[row, col].tick_params(labelsize="xx-small")
+    fig = plot_activation_histograms(run=run, epochs=shown, value_range=(0.0, 5.0) if relu else None)
     fig.suptitle(f"{title}: activations (values beyond the range in the end bins)")
     return fig
 

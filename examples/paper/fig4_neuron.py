@@ -19,12 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import ibframe
-
-
-def density(centres: np.ndarray, beta: float, grid: np.ndarray) -> np.ndarray:
-    """p_T on ``grid``: the equal-weight Gaussian mixture of width beta on the centres S."""
-    z = (grid[:, None] - centres[None, :]) / beta
-    return np.exp(-0.5 * z**2).mean(axis=1) / (beta * math.sqrt(2 * math.pi))
+from ibframe.plot import plot_density_epochs, plot_mi_epochs
 
 
 def merge_epoch(mi: np.ndarray, epochs: np.ndarray, clusters: float) -> int | None:
@@ -48,31 +43,21 @@ def main() -> None:
 
     run = ibframe.open_run(runs[0.01])
     recorded = run.epochs
-    s = np.asarray(run.activations("h1").values)[:, :, 0]  # (epoch, sample)
-    grid = np.linspace(-1.1, 1.1, 600)
     mi = results[0.01]["mi_x_t"].sel(layer="h1").values
+    sweep = _common.estimate(list(runs.values()), ["sp-mi"])  # the cached runs along `run`
 
-    fig = Figure(figsize=(11, 7), layout="constrained")
-    (ax_a, ax_b), (ax_c, ax_d) = fig.subplots(2, 2)
-    for target in (250, 2500):
-        k = int(recorded[np.argmin(np.abs(recorded - target))])
-        ax_a.plot(grid, density(s[list(recorded).index(k)], 0.01, grid), label=f"epoch {k}")
-    ax_a.set(xlabel="t", ylabel="p_T(k)(t)", title="(a) density of T at two epochs")
-    ax_a.legend(fontsize="small")
-    image = np.stack([density(row, 0.01, grid) for row in s], axis=1)
-    ax_b.pcolormesh(np.maximum(recorded, 0.5), grid, np.log1p(image), shading="nearest")
-    ax_b.set_xscale("log")
-    ax_b.set(xlabel="epoch", ylabel="t", title="(b) log(1 + p_T(k)(t)) over epochs")
-    ax_c.plot(recorded, mi, marker=".")
-    ax_c.axhline(math.log(4), color="0.6", ls=":", label="ln 4")
-    ax_c.set(ylabel="I(X;T(k)) (nat)", title="(c) I(X;T(k)), beta = 0.01")
-    ax_c.legend(fontsize="small")
-    _common.epoch_axis(ax_c, recorded)
-    for beta, ds in results.items():
-        ax_d.plot(ds["epoch"].values, ds["mi_x_t"].sel(layer="h1").values, label=f"beta = {beta:g}")
-    ax_d.set(ylabel="I(X;T(k)) (nat)", title="(d) I(X;T(k)) for several beta")
-    ax_d.legend(fontsize="small")
-    _common.epoch_axis(ax_d, recorded)
+    fig = Figure(figsize=(11, 9.5), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.4])
+    shown = sorted({int(recorded[np.argmin(np.abs(recorded - target))]) for target in (250, 2500)})
+    plot_density_epochs(run=run, epochs=shown, into=top)  # (a) and (b)
+    top.suptitle("(a) density p_T(k) at two epochs, (b) over epochs, beta = 0.01")
+    left, right = bottom.subfigures(1, 2)
+    plot_mi_epochs(results[0.01], into=left)
+    left.axes[0].axhline(math.log(4), color="0.6", ls=":", label="ln 4")
+    left.axes[0].legend(fontsize="small")
+    left.axes[0].set_title("(c) I(X;T(k)), beta = 0.01")
+    plot_mi_epochs(sweep, into=right)  # one line per beta
+    right.axes[0].set_title("(d) I(X;T(k)) for several beta")
     _common.save(fig, args.out, "fig4_neuron")
 
     final = run.params(int(recorded[-1]))

@@ -23,23 +23,11 @@ import time
 import _common
 import numpy as np
 from matplotlib.figure import Figure
-from scipy.spatial.distance import pdist
 
 import ibframe
+from ibframe.plot import input_distances, plot_input_distances
 
 FULL_RECORD = "0,1,2,3,4,6,8,12,16,24,32,48,64,80,96,112,128"
-
-
-def input_distances(run: ibframe.Run, bins: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Densities of within- and between-class pairwise distances of the recorded inputs."""
-    x = np.asarray(run.x, dtype=np.float64).reshape(run.n_samples, -1)
-    y = np.asarray(run.y)
-    distances = pdist(x)
-    same = pdist(y[:, None], metric=lambda a, b: float(a[0] == b[0])).astype(bool)
-    edges = np.linspace(0, distances.max(), bins + 1)
-    within, _ = np.histogram(distances[same], edges, density=True)
-    between, _ = np.histogram(distances[~same], edges, density=True)
-    return edges, within, between
 
 
 def main() -> None:
@@ -98,17 +86,13 @@ def main() -> None:
     shown = sorted({e for e in (0, 1, 32, 128) if e in epochs} | {epochs[-1]})
     distances = _common.estimate(path, ["distance-histogram"], epochs=shown)
     layers = list(distances["layer"].values)
-    fig = Figure(figsize=(2.6 * len(shown), 1.9 * (len(layers) + 1)), layout="constrained")
-    axes = fig.subplots(len(layers) + 1, len(shown), squeeze=False)
+    fig = Figure(figsize=(2.6 * len(shown), 1.9 * (len(layers) + 1.4)), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.4, len(layers)])
+    plot_input_distances(run=run, into=top)
     edges, within, between = input_distances(run)
-    axes[0, 0].stairs(within, edges, label="within", color="tab:blue")
-    axes[0, 0].stairs(between, edges, label="between", color="tab:orange")
-    axes[0, 0].set_title("input (pixels)", fontsize="small")
-    axes[0, 0].legend(fontsize="x-small")
-    for ax in axes[0, 1:]:
-        ax.axis("off")
+    axes = bottom.subplots(len(layers), len(shown), squeeze=False)
     separation = {}
-    for row, layer in enumerate(layers, start=1):
+    for row, layer in enumerate(layers):
         for col, epoch in enumerate(shown):
             _common.distance_panel(axes[row, col], distances, layer, epoch, fill=False,
                                    sizes=("small", "x-small"))
