@@ -610,7 +610,12 @@ def test_train_layer_set_and_info_name_the_papers_layers(tmp_path, capsys, monke
     assert code == 0, err
     code, text, _ = run_cli(["info", str(out)], capsys)
     assert code == 0
-    rows = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") > 2}
+    rows: dict[str, str] = {}  # layer -> its "what" cell, joined over the lines it wraps to
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if cells:
+            name = cells[0] or list(rows)[-1]
+            rows[name] = f"{rows.get(name, '')} {cells[-1]}".strip()
     assert list(rows) == ["tanh1", "tanh2", "fc3", "logits"]
     assert "before its 2x2 max-pooling" in rows["tanh1"] and "paper's Layer 4" in rows["logits"]
     code, _, err = run_cli([*args, "--overwrite", "--layer-set", "post"], capsys)
