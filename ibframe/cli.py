@@ -183,7 +183,9 @@ def info(
         f"conditional draws: {r.draws}")
     span = f"{epochs[0]}..{epochs[-1]}" if epochs.size else "none"
     say(f"epochs: {epochs.size} recorded ({span})")
-    table = Table("layer", "units", "shape", "activation", "S given x", "draws")
+    described = any(r.layer_attrs(name).get("description") for name in r.layers)
+    table = Table("layer", "units", "shape", "activation", "S given x", "draws",
+                  *(["what"] if described else []))
     for name in r.layers:
         la = r.layer_attrs(name)
         cond = r.conditional(name)
@@ -192,6 +194,7 @@ def info(
             str(la.get("activation")),
             "deterministic" if la.get("deterministic_given_x") else "random",
             "-" if cond is None else f"{cond.sizes['draw']} x {cond.sizes['cond_sample']} samples",
+            *([escape(str(la.get("description") or ""))] if described else []),
         )
     console.print(table)
     metrics = r.metrics()
@@ -382,6 +385,7 @@ def train(
     seeds: Annotated[str | None, typer.Option(help="Several seeds, one run store each: 0-7, or 0-3,7.", rich_help_panel=_TRAINING)] = None,
     orthonormal: Annotated[float | None, typer.Option(help="alpha of the orthonormality step (App. B.1).", rich_help_panel=_TRAINING)] = None,
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="Data augmentation (MNIST: App. B.3's shifts, rotations, shears; on by default).", rich_help_panel=_TRAINING)] = None,
+    layer_set: Annotated[str | None, typer.Option(help="Layers to record (MNIST CNNs: pooled = the paper's layers 1-4, pool1, pool2, fc3, logits, with the noise after each max-pooling; pre-pool = tanh1, tanh2 before max-pooling, fc3, logits, with the noise before pooling as in App. B.3).", rich_help_panel=_TRAINING)] = None,
     device: Annotated[str, typer.Option(help="Torch device to train on: cpu, cuda, cuda:N or auto.", rich_help_panel=_TRAINING)] = "cpu",
     record: Annotated[str | None, typer.Option(help="Epochs to record: all, every:K, log:N, or 0,1,5.", rich_help_panel=_RECORDING)] = None,
     draws: Annotated[int | None, typer.Option(help="Conditional draws per conditional input (default 32 for a noisy network; the SP bias falls as 1/draws).", rich_help_panel=_RECORDING)] = None,
@@ -432,7 +436,8 @@ def train(
             experiment, chosen, out=out, data=data, epochs=epochs, beta=beta,
             activation=activation, lr=lr, optimizer=optimizer, batch_size=batch_size,
             record=record, draws=draws, conditional_samples=conditional_samples,
-            samples=samples, orthonormal=orthonormal, augment=augment, device=device,
+            samples=samples, orthonormal=orthonormal, augment=augment, layer_set=layer_set,
+            device=device,
             overwrite=overwrite, on_seed=on_seed, on_epoch=report,
             on_info=lambda line: say(line, err=True), storage_options=storage_options,
         )
@@ -800,6 +805,8 @@ def _describe_experiment(args: list[str]) -> None:
         f"record {d.record}, draws {draws}, samples {d.samples or 'all'}"
         + (f", orthonormal {d.orthonormal:g}" if d.orthonormal is not None else "")
         + (", augment" if d.augment else "")
+        + (f", layer set {spec.layer_sets[0]} (or {', '.join(spec.layer_sets[1:])})"
+           if spec.layer_sets else "")
         + "."
     )
 

@@ -598,6 +598,8 @@ def test_train_experiment_help_shows_its_description_and_defaults(args, capsys, 
     assert text.startswith(f"{args[1]}: {' '.join(spec.description.split())} Defaults: ")
     assert f"epochs {d.epochs}, beta {d.beta:g}, activation {d.activation}, optimizer {d.optimizer}" in text
     assert "--conditional-samples" in out  # then the usual help
+    if spec.layer_sets:
+        assert "layer set pooled (or pre-pool)." in text and "--layer-set" in text
 
 
 def test_train_help_names_every_registered_experiment(capsys, monkeypatch):
@@ -618,3 +620,25 @@ def test_epochs_help_shows_its_ranges_as_typed(command, capsys, monkeypatch):
     assert code == 0
     text = " ".join(out.replace("│", " ").split())
     assert "1:50, 1: or :50 pick the recorded epochs from 1 up to but not including 50; 0:50:5" in text
+
+
+def test_train_layer_set_and_info_name_the_papers_layers(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("sklearn")
+    monkeypatch.setenv("COLUMNS", "200")
+    out = tmp_path / "cnn.zarr"
+    args = ["train", "mnist-cnn-dropout", "--data", "sklearn-digits", "-o", str(out), "--epochs", "0",
+            "--samples", "20"]
+    code, _, err = run_cli([*args, "--layer-set", "pre-pool"], capsys)
+    assert code == 0, err
+    code, text, _ = run_cli(["info", str(out)], capsys)
+    assert code == 0
+    rows: dict[str, str] = {}  # layer -> its "what" cell, joined over the lines it wraps to
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if cells:
+            name = cells[0] or list(rows)[-1]
+            rows[name] = f"{rows.get(name, '')} {cells[-1]}".strip()
+    assert list(rows) == ["tanh1", "tanh2", "fc3", "logits"]
+    assert "before its 2x2 max-pooling" in rows["tanh1"] and "paper's Layer 4" in rows["logits"]
+    code, _, err = run_cli([*args, "--overwrite", "--layer-set", "post"], capsys)
+    assert code == 1 and "pooled or pre-pool, not 'post'" in err

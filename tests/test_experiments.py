@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import ibframe
 from ibframe.errors import ExperimentNotFoundError, ParameterError, TrainingError
@@ -21,6 +22,7 @@ from ibframe.recording.experiments import (
     ibframe_register_experiments,
     train,
 )
+from ibframe.recording.nn import mnist_cnn
 from ibframe.recording.recorder import DEFAULT_DRAWS
 from ibframe.registry import ExperimentRegistry
 
@@ -168,3 +170,75 @@ def test_demo_config_is_a_valid_call_of_train(tmp_path: Path) -> None:
     assert run.conditional("h1") is None  # a function of x
     assert run.conditional("h2").sizes["cond_sample"] == 512
     assert run.epochs[-1] == 3
+
+
+def _recorded_cnn(run: ibframe.Run, epoch: int) -> torch.nn.Module:
+    """The run's CNN in eval mode with the parameters recorded at ``epoch``."""
+    model = run.attrs["model"]
+    network = mnist_cnn(beta=0.0, regulariser=model["regulariser"], input_size=model["input_size"],
+                        layers=model["layers"])
+    state = {k: torch.as_tensor(np.asarray(v)) for k, v in run.params(epoch).items()}
+    network.model.load_state_dict(state)
+    return network.model.eval()
+
+
+def _recorded(run: ibframe.Run, layer: str, epoch: int) -> torch.Tensor:
+    """The recorded S of ``layer`` at ``epoch`` (draw 0), in the layer's own shape."""
+    shape = run.layer_attrs(layer)["shape"]
+    values = run.activations(layer).sel(epoch=epoch).values
+    return torch.as_tensor(values).reshape(-1, *shape)
+
+
+@pytest.mark.parametrize("experiment", ["mnist-cnn", "mnist-cnn-dropout"])
+def test_cnn_records_the_papers_layers_1_to_4_after_pooling(experiment: str,
+                                                            tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    path = train(experiment, out=tmp_path / "run.zarr", epochs=1, record="all",
+                 **QUICK[experiment])
+    run = ibframe.open_run(path)
+    assert run.layers == ["pool1", "pool2", "fc3", "logits"]
+    assert [run.layer_attrs(name)["shape"] for name in run.layers] == [
+        [16, 4, 4], [32, 2, 2], [128], [10]]
+    assert [run.layer_attrs(name)["description"].split(":")[0] for name in run.layers] == [
+        f"paper's Layer {i}" for i in (1, 2, 3, 4)]
+    x = torch.as_tensor(run.x)
+    model = _recorded_cnn(run, 1)
+    with torch.no_grad():
+        # layer 1 is a function of x even in the noisy network: its S is the noiseless pooling
+        # of the model's own tanh output, the S of T_1 = S_1 + Z_1 that conv2 receives
+        tanh1 = model.tanh1(model.bn1(model.conv1(x)))
+        torch.testing.assert_close(_recorded(run, "pool1", 1), F.max_pool2d(tanh1, 2))
+        if experiment == "mnist-cnn-dropout":  # deterministic: every layer follows from x
+            pool1 = _recorded(run, "pool1", 1)
+            tanh2 = model.tanh2(model.bn2(model.conv2(pool1)))
+            torch.testing.assert_close(_recorded(run, "pool2", 1), F.max_pool2d(tanh2, 2))
+            torch.testing.assert_close(_recorded(run, "logits", 1), model(x))
+            logits_from_fc3 = model.out(_recorded(run, "fc3", 1))
+            torch.testing.assert_close(_recorded(run, "logits", 1), logits_from_fc3)
+
+
+def test_cnn_pre_pool_option_records_the_tanh_outputs_before_pooling(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    path = train("mnist-cnn-dropout", out=tmp_path / "run.zarr", epochs=1, record="all",
+                 layer_set="pre-pool", **QUICK["mnist-cnn-dropout"])
+    run = ibframe.open_run(path)
+    assert run.attrs["training"]["layer_set"] == "pre-pool"
+    assert run.layers == ["tanh1", "tanh2", "fc3", "logits"]
+    assert [run.layer_attrs(name)["shape"] for name in run.layers] == [
+        [16, 8, 8], [32, 4, 4], [128], [10]]
+    x = torch.as_tensor(run.x)
+    model = _recorded_cnn(run, 1)
+    with torch.no_grad():
+        tanh1 = _recorded(run, "tanh1", 1)
+        torch.testing.assert_close(tanh1, model.tanh1(model.bn1(model.conv1(x))))
+        tanh2 = model.tanh2(model.bn2(model.conv2(F.max_pool2d(tanh1, 2))))
+        torch.testing.assert_close(_recorded(run, "tanh2", 1), tanh2)
+        torch.testing.assert_close(_recorded(run, "logits", 1), model(x))
+
+
+def test_a_layer_set_is_checked_against_the_experiment(tmp_path: Path) -> None:
+    with pytest.raises(ParameterError, match="pooled or pre-pool, not 'after'"):
+        train("mnist-cnn", out=tmp_path / "a.zarr", layer_set="after")
+    with pytest.raises(ParameterError, match="one fixed set of layers"):
+        train("szt", out=tmp_path / "b.zarr", layer_set="pooled")
+    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()

@@ -352,14 +352,17 @@ def test_conv_layers_are_flattened_with_their_shape(tmp_path: Path) -> None:
     with Recorder.for_network(net, tmp_path / "run.zarr", data, draws=2) as recorder:
         recorder.record(0)
     run = ibframe.open_run(tmp_path / "run.zarr")
-    assert run.layer_attrs("conv1")["shape"] == [16, 8, 8]
-    assert run.activations("conv1").shape == (1, 6, 1024)
+    assert run.layer_attrs("pool1")["shape"] == [16, 4, 4]
+    assert run.activations("pool1").shape == (1, 6, 256)
     assert run.activations("fc3").shape == (1, 6, 128)
+    assert run.activations("logits").shape == (1, 6, 10)
     assert [run.layer_attrs(name)["deterministic_given_x"] for name in run.layers] == [
         True,
         False,
         False,
+        False,
     ]
+    assert run.layer_attrs("logits")["description"].startswith("paper's Layer 4")
 
 
 def test_configuration_errors(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ Section 5.2: the slope over epochs 1-128 of each layer-3 unit's binned entropy, 
 deviations of at most 0.001. Fig. 8: within- and between-class pairwise distances in the input
 space and in each layer at epochs 0, 1, 32 and 128.
 
-ibframe's CNN records the tanh outputs of layers 1-3 before max-pooling (conv1, conv2, fc3); the
-paper's layers 1 and 2 are after pooling and its layer 4 is the logits, which are not recorded.
+ibframe's CNN records the paper's layers 1-4: pool1 and pool2 (after max-pooling), fc3 and the
+logits (``--layer-set pre-pool`` in ``ibframe train`` records tanh1 and tanh2 before pooling instead).
 
     python examples/paper/fig7_fig8_slopes_mnist.py [--quick] [--out DIR] [--mnist DIR|mnist-5000|sklearn-digits]
 """

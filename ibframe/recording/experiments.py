@@ -34,14 +34,15 @@ from ibframe.errors import ParameterError, StoreError, TrainingError
 from ibframe.hookspecs import hookimpl
 from ibframe.recording import datasets
 from ibframe.recording.datasets import Dataset
-from ibframe.recording.nn import leaky_relu_pair as leaky_relu_pair_net
 from ibframe.recording.nn import (
+    CNN_LAYER_SETS,
     mnist_cnn,
     orthonormal_step,
     random_affine,
     spiral_mlp,
     szt_mlp,
 )
+from ibframe.recording.nn import leaky_relu_pair as leaky_relu_pair_net
 from ibframe.recording.nn import single_neuron as single_neuron_net
 from ibframe.recording.recorder import Recorder, RecordSchedule, classification_metrics
 from ibframe.recording.spec import ExperimentSpec, LossFn, MetricsFn, TrainSettings
@@ -185,13 +186,14 @@ BUILTIN_EXPERIMENTS: dict[str, ExperimentSpec] = {
                 "80/20 stratified; --data sklearn-digits: scikit-learn's 8x8 stand-in"
             ),
             load_data=_mnist_data,
-            build_model=lambda data, beta, activation: mnist_cnn(
-                beta=beta, input_size=data.x.shape[-1], n_classes=10
+            build_model=lambda data, beta, activation, layer_set: mnist_cnn(
+                beta=beta, input_size=data.x.shape[-1], n_classes=10, layers=layer_set
             ),
             loss=F.cross_entropy,
             metrics=classification_metrics,
             defaults=_MNIST_DEFAULTS,
             augment=random_affine,
+            layer_sets=CNN_LAYER_SETS,
         ),
         ExperimentSpec(
             name="mnist-cnn-dropout",
@@ -200,8 +202,9 @@ BUILTIN_EXPERIMENTS: dict[str, ExperimentSpec] = {
                 "deterministically; --data as for mnist-cnn"
             ),
             load_data=_mnist_data,
-            build_model=lambda data, beta, activation: mnist_cnn(
-                beta=0.0, regulariser="dropout", input_size=data.x.shape[-1], n_classes=10
+            build_model=lambda data, beta, activation, layer_set: mnist_cnn(
+                beta=0.0, regulariser="dropout", input_size=data.x.shape[-1], n_classes=10,
+                layers=layer_set,
             ),
             loss=F.cross_entropy,
             metrics=classification_metrics,
@@ -209,6 +212,7 @@ BUILTIN_EXPERIMENTS: dict[str, ExperimentSpec] = {
                 _MNIST_DEFAULTS, beta=0.0, draws=0, conditional_samples=None
             ),
             augment=random_affine,
+            layer_sets=CNN_LAYER_SETS,
         ),
         ExperimentSpec(
             name="neuron",
@@ -282,6 +286,17 @@ def _settings(spec: ExperimentSpec, overrides: Mapping[str, Any]) -> TrainSettin
             f"not {settings.activation!r}"
         )
         raise ParameterError(msg)
+    if settings.layer_set is not None and settings.layer_set not in spec.layer_sets:
+        msg = (
+            f"experiment {spec.name!r} takes layer set {' or '.join(spec.layer_sets)}, "
+            f"not {settings.layer_set!r}"
+            if spec.layer_sets
+            else f"experiment {spec.name!r} records one fixed set of layers; drop the layer set "
+            f"{settings.layer_set!r}"
+        )
+        raise ParameterError(msg)
+    if settings.layer_set is None and spec.layer_sets:
+        settings = dataclasses.replace(settings, layer_set=spec.layer_sets[0])
     if settings.optimizer not in ("adam", "sgd"):
         msg = f"optimizer must be 'adam' or 'sgd', got {settings.optimizer!r}"
         raise ParameterError(msg)
@@ -367,6 +382,7 @@ def train(
     samples: int | None = None,
     orthonormal: float | None = None,
     augment: bool | None = None,
+    layer_set: str | None = None,
     device: str = "cpu",
     threads: int | None = None,
     overwrite: bool = False,
@@ -397,7 +413,7 @@ def train(
         attributes; ``on_info`` says it before training. A :class:`datasets.Dataset` is trained
         on as it is (a subset of one, say).
     epochs, beta, activation, lr, optimizer, batch_size, record, draws, conditional_samples,
-    samples, orthonormal, augment
+    samples, orthonormal, augment, layer_set
         Override the experiment's :class:`TrainSettings`.
     seed
         Seeds the initial weights, the minibatch order, the recorded subsets and the recording
@@ -454,13 +470,15 @@ def train(
             "samples": samples,
             "orthonormal": orthonormal,
             "augment": augment,
+            "layer_set": layer_set,
         },
     )
     dataset = data if isinstance(data, Dataset) else spec.load_data(data)
     if on_info is not None:
         on_info(f"data: {dataset.name}, {dataset.description}")
     torch.manual_seed(seed)
-    network = spec.build_model(dataset, settings.beta, settings.activation)
+    chosen = {"layer_set": settings.layer_set} if spec.layer_sets else {}
+    network = spec.build_model(dataset, settings.beta, settings.activation, **chosen)
     if network.beta != settings.beta:
         msg = f"experiment {spec.name!r} builds networks with beta {network.beta}, not {settings.beta}"
         raise ParameterError(msg)

@@ -119,7 +119,7 @@ class HiddenLayer:
     Attributes
     ----------
     name
-        The layer's name in the run store ("h1", "conv1", ...).
+        The layer's name in the run store ("h1", "pool1", ...).
     module
         Qualified name of the module whose output is S_l, the pre-noise representation.
     noise
@@ -130,6 +130,9 @@ class HiddenLayer:
         The nonlinearity that produces S_l ("tanh", "relu", "linear", "leaky_relu").
     kind
         "dense" or "conv".
+    description
+        What the layer is, in words (e.g. which of the paper's layers); kept in the run store's
+        layer attributes and shown by ``ibframe info``.
     """
 
     name: str
@@ -138,6 +141,7 @@ class HiddenLayer:
     shape: tuple[int, ...]
     activation: str
     kind: Literal["dense", "conv"] = "dense"
+    description: str = ""
 
 
 @dataclass
@@ -149,7 +153,8 @@ class NoisyNetwork:
     model
         The ``torch.nn.Module``.
     layers
-        The hidden layers whose S_l are recorded, in forward order.
+        The layers whose S_l are recorded, in forward order (hidden layers, and possibly the
+        output layer, which has no noise after it).
     beta
         Noise standard deviation of the :class:`GaussianNoise` modules (0 if deterministic).
     description
@@ -235,6 +240,12 @@ def spiral_mlp(*, beta: float, activation: str = "tanh") -> NoisyNetwork:
     return noisy_mlp((2, 3, 3, 3, 3, 3, 2), beta=beta, activation=activation)
 
 
+#: The layers :func:`mnist_cnn` can record: the paper's layers 1-4 (pooled), or the tanh outputs of
+#: layers 1 and 2 before max-pooling. Each places the noise (or dropout) right after its recorded
+#: S of layers 1-3, so that every recorded noisy layer is T = S + Z.
+CNN_LAYER_SETS: tuple[str, ...] = ("pooled", "pre-pool")
+
+
 def mnist_cnn(
     *,
     beta: float,
@@ -243,17 +254,26 @@ def mnist_cnn(
     input_size: int = 28,
     in_channels: int = 1,
     n_classes: int = 10,
+    layers: str = "pooled",
 ) -> NoisyNetwork:
     """The MNIST CNN of Appendix B.3, with the input size as a parameter.
 
-    conv(16, 5x5, pad 2) - BN - tanh - noise - maxpool 2x2, conv(32, 5x5, pad 2) - BN - tanh -
-    noise - maxpool 2x2, FC(128) - BN - tanh - noise, FC(n_classes). With 28x28 inputs the first
-    FC layer has 32x7x7 = 1568 inputs; with the 8x8 digits stand-in it has 32x2x2 = 128.
+    conv(16, 5x5, pad 2) - BN - tanh - maxpool 2x2, conv(32, 5x5, pad 2) - BN - tanh - maxpool 2x2,
+    FC(128) - BN - tanh, FC(n_classes), with noise (or dropout) after each of the three hidden
+    blocks. With 28x28 inputs the first FC layer has 32x7x7 = 1568 inputs; with the 8x8 digits
+    stand-in it has 32x2x2 = 128.
 
-    The recorded S_l are the tanh outputs (``tanh1``, ``tanh2``, ``tanh3``), the pre-noise
-    representations for which the sample-propagation estimator is defined; the paper's "Layer 1"
-    and "Layer 2" are the max-pooled outputs, which come after the noise and belong to f_{l+1}
-    here.
+    The recorded layers are the paper's "Layer 1" to "Layer 4" with ``layers="pooled"``:
+    ``pool1`` and ``pool2`` (the max-pooled outputs of layers 1 and 2), ``fc3`` (the tanh of the
+    FC layer) and ``logits`` (the output layer, with no noise after it: T_4 = S_4). Appendix B.3
+    adds the noise to the tanh outputs *before* max-pooling; the pooled max(S + Z) is then not
+    S' + Gaussian for any S', so the sample-propagation estimator would not apply to it. Here the
+    noise is therefore added *after* each max-pooling, T_l = maxpool(tanh(...)) + Z_l, which keeps
+    every recorded noisy layer of the form S + Z (docs/recording.md). With ``layers="pre-pool"``
+    the network is Appendix B.3's exactly (noise before pooling) and layers 1 and 2 are recorded
+    as the tanh outputs before pooling (``tanh1``, ``tanh2``); ``fc3`` and ``logits`` as before.
+    Dropout sits where the noise would. In ``eval()`` mode, without noise and dropout, both
+    variants compute the same function with the same parameter names.
 
     Parameters
     ----------
@@ -269,6 +289,9 @@ def mnist_cnn(
         Height and width of the (square) input; must be divisible by 4.
     in_channels, n_classes
         Input channels and output classes.
+    layers
+        "pooled" (the paper's layers 1-4, noise after pooling) or "pre-pool" (tanh outputs of
+        layers 1 and 2 before pooling, noise before pooling as in Appendix B.3).
     """
     if input_size % 4:
         msg = f"input_size must be divisible by 4 (two 2x2 poolings), got {input_size}"
@@ -276,11 +299,15 @@ def mnist_cnn(
     if regulariser not in ("noise", "dropout"):
         msg = f"regulariser must be 'noise' or 'dropout', got {regulariser!r}"
         raise ValueError(msg)
+    if layers not in CNN_LAYER_SETS:
+        msg = f"layers must be one of {', '.join(CNN_LAYER_SETS)}, got {layers!r}"
+        raise ValueError(msg)
     noisy = regulariser == "noise" and beta > 0
+    pooled = layers == "pooled"
     model = nn.Sequential()
 
     def regularise(index: int) -> str | None:
-        """Add the noise (or dropout) module after tanh{index}; return the noise module's name."""
+        """Add the noise (or dropout) module of layer ``index``; return the noise module's name."""
         if noisy:
             model.add_module(f"noise{index}", GaussianNoise(beta))
             return f"noise{index}"
@@ -288,25 +315,42 @@ def mnist_cnn(
             model.add_module(f"dropout{index}", nn.Dropout(dropout))
         return None
 
-    side = input_size
-    model.add_module("conv1", nn.Conv2d(in_channels, 16, 5, padding=2))
-    model.add_module("bn1", nn.BatchNorm2d(16))
-    model.add_module("tanh1", nn.Tanh())
-    conv1 = HiddenLayer("conv1", "tanh1", regularise(1), (16, side, side), "tanh", "conv")
-    model.add_module("pool1", nn.MaxPool2d(2))
-    side //= 2
-    model.add_module("conv2", nn.Conv2d(16, 32, 5, padding=2))
-    model.add_module("bn2", nn.BatchNorm2d(32))
-    model.add_module("tanh2", nn.Tanh())
-    conv2 = HiddenLayer("conv2", "tanh2", regularise(2), (32, side, side), "tanh", "conv")
-    model.add_module("pool2", nn.MaxPool2d(2))
-    side //= 2
+    def conv_block(index: int, fan_in: int, channels: int, side: int) -> HiddenLayer:
+        """conv - BN - tanh - (noise, pool) or (pool, noise): the paper's layer ``index``."""
+        model.add_module(f"conv{index}", nn.Conv2d(fan_in, channels, 5, padding=2))
+        model.add_module(f"bn{index}", nn.BatchNorm2d(channels))
+        model.add_module(f"tanh{index}", nn.Tanh())
+        if pooled:
+            model.add_module(f"pool{index}", nn.MaxPool2d(2))
+            noise = regularise(index)
+            return HiddenLayer(
+                f"pool{index}", f"pool{index}", noise, (channels, side // 2, side // 2), "tanh",
+                "conv", f"paper's Layer {index}: 2x2 max-pooling of tanh(BN(conv)), noise after it",
+            )
+        noise = regularise(index)
+        model.add_module(f"pool{index}", nn.MaxPool2d(2))
+        return HiddenLayer(
+            f"tanh{index}", f"tanh{index}", noise, (channels, side, side), "tanh", "conv",
+            f"tanh(BN(conv)) of the paper's Layer {index} before its 2x2 max-pooling, noise "
+            "before pooling",
+        )
+
+    layer1 = conv_block(1, in_channels, 16, input_size)
+    layer2 = conv_block(2, 16, 32, input_size // 2)
+    side = input_size // 4
     model.add_module("flatten", nn.Flatten())
     model.add_module("fc3", nn.Linear(32 * side * side, 128))
     model.add_module("bn3", nn.BatchNorm1d(128))
     model.add_module("tanh3", nn.Tanh())
-    fc3 = HiddenLayer("fc3", "tanh3", regularise(3), (128,), "tanh")
+    layer3 = HiddenLayer(
+        "fc3", "tanh3", regularise(3), (128,), "tanh", "dense",
+        "paper's Layer 3: tanh(BN(fully connected 128)), noise after it",
+    )
     model.add_module("out", nn.Linear(128, n_classes))
+    layer4 = HiddenLayer(
+        "logits", "out", None, (n_classes,), "linear", "dense",
+        "paper's Layer 4: the logits, the output T_4 = S_4 (no noise; sp-mi adds beta of its own)",
+    )
     effective_beta = float(beta) if noisy else 0.0
     description = {
         "architecture": "mnist-cnn",
@@ -316,8 +360,9 @@ def mnist_cnn(
         "regulariser": regulariser,
         "beta": effective_beta,
         "dropout": dropout if regulariser == "dropout" else None,
+        "layers": layers,
     }
-    return NoisyNetwork(model, (conv1, conv2, fc3), effective_beta, description)
+    return NoisyNetwork(model, (layer1, layer2, layer3, layer4), effective_beta, description)
 
 
 def single_neuron(*, beta: float = 0.01, w: float = 0.0, b: float = 0.0) -> NoisyNetwork:

@@ -188,6 +188,8 @@ def _normalise_layers(
     for layer in layers:
         if isinstance(layer, HiddenLayer):
             attrs = {"activation": layer.activation, "kind": layer.kind}
+            if layer.description:
+                attrs["description"] = layer.description
             out.append(_Layer(layer.name, layer.module, attrs))
         else:
             out.append(_Layer(layer, layer, {}))

@@ -59,6 +59,10 @@ class TrainSettings:
         Apply the experiment's data augmentation to every training minibatch (for the MNIST CNN,
         Appendix B.3's random translations, rotations and shears); ignored by experiments
         without one.
+    layer_set
+        Which layers to record, one of the experiment's ``layer_sets`` (for the MNIST CNNs
+        "pooled", the paper's layers 1-4, or "pre-pool"); None: the experiment's first. Only
+        experiments with ``layer_sets`` accept one.
     """
 
     epochs: int
@@ -74,6 +78,7 @@ class TrainSettings:
     samples: int | None = None
     orthonormal: float | None = None
     augment: bool = False
+    layer_set: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,7 +96,8 @@ class ExperimentSpec:
         user's ``--data`` or None for the experiment's own data.
     build_model
         ``build_model(data, beta, activation)`` returns the :class:`ibframe.recording.nn.NoisyNetwork`,
-        drawing its initial weights from the global torch RNG (seeded by :func:`train`).
+        drawing its initial weights from the global torch RNG (seeded by :func:`train`); an
+        experiment with ``layer_sets`` is called with ``layer_set=`` one of them as well.
     loss
         ``loss(output, y)``: the scalar training loss of a batch.
     metrics
@@ -102,16 +108,20 @@ class ExperimentSpec:
         The nonlinearities ``build_model`` accepts.
     augment
         ``augment(x_batch, generator)``: a random transform of training inputs, or None.
+    layer_sets
+        The choices of recorded layers ``build_model`` accepts as ``layer_set``, the first the
+        default; empty: the experiment records one fixed set of layers.
     """
 
     name: str
     description: str
     load_data: Callable[[str | Path | None], Dataset]
-    build_model: Callable[[Dataset, float, str], NoisyNetwork]
+    build_model: Callable[..., NoisyNetwork]
     loss: LossFn
     metrics: MetricsFn
     defaults: TrainSettings
     activations: tuple[str, ...] = ("tanh",)
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    layer_sets: tuple[str, ...] = ()
 
 
