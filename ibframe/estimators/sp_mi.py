@@ -455,18 +455,33 @@ class _Plan:
 
     def unconditional(
         self, n_points: int, seed: int, part: int, parts: int
-    ) -> tuple[torch.Tensor, MixturePoints] | None:
-        """Log densities ``(N_part, columns)`` of the mixture and its groups at this part's run
-        of ``n_points`` points drawn from the mixture, stratified by input, and those points."""
+    ) -> tuple[torch.Tensor, torch.Tensor, MixturePoints] | None:
+        """This part's points among ``n_points`` drawn from the mixture (stratified by input):
+        their indices, the log densities ``(N_part, columns)`` of the mixture and its groups at
+        them, and the points. A part is a slab of the points along the centres' principal axis,
+        so that its points are as dense where they lie as the whole sample (the pruned kernel's
+        work per point depends on that density, not on how many points there are)."""
         points = draw_points(self.real.weights, n_points, self.real.dim, seed=seed,
                              strata=self.real.input_of)
-        start, stop = part_bounds(n_points, part, parts)
-        if start == stop:
+        index = torch.arange(n_points)
+        if parts > 1:
+            start, stop = part_bounds(n_points, part, parts)
+            index = torch.as_tensor(self._slabs(points)[start:stop])
+        if index.numel() == 0:
             return None
-        points = points.select(points=slice(start, stop))
+        points = points.select(points=index)
         density = mixture_log_density(self.real.centres, self.beta, points,
                                       weights=self.real.weights, groups=self.groups, **self.kwargs)
-        return density.log_density.cpu(), points
+        return index, density.log_density.cpu(), points
+
+    def _slabs(self, points: MixturePoints) -> npt.NDArray[np.int64]:
+        """The points' indices in the order of their positions along the centres' principal
+        axis (the same in every part)."""
+        centres = self.real.centres
+        spread = np.cov(centres, rowvar=False).reshape(centres.shape[1], centres.shape[1])
+        axis = np.linalg.eigh(spread)[1][:, -1]
+        where = centres[points.centre[0].numpy()] + self.beta * points.noise[0].double().numpy()
+        return np.argsort(where @ axis, kind="stable")
 
     def conditional(
         self, seed: int, part: int, parts: int
@@ -499,12 +514,13 @@ class _Carry:
 
 
 def _joined(
-    results: list[tuple[torch.Tensor, MixturePoints] | None],
+    results: list[tuple[torch.Tensor, torch.Tensor, MixturePoints] | None],
 ) -> tuple[torch.Tensor, MixturePoints]:
-    """The parts' log densities and points, in part order (empty parts left out)."""
+    """The parts' log densities and points, back in the order they were drawn."""
     done = [r for r in results if r is not None]
-    return (torch.cat([r[0] for r in done]),
-            MixturePoints.concat([r[1] for r in done], along="points"))
+    order = torch.argsort(torch.cat([r[0] for r in done]))
+    points = MixturePoints.concat([r[2] for r in done], along="points")
+    return torch.cat([r[1] for r in done])[order], points.select(points=order)
 
 
 def _unconditional(plan: _Plan, log_density: torch.Tensor, points: MixturePoints) -> _Unconditional:

@@ -91,9 +91,12 @@ class MixturePoints:
         z = self.noise.to(torch.float64)
         return 0.5 * (z * z).sum(-1)
 
-    def select(self, points: slice = slice(None), mixtures: slice = slice(None)) -> MixturePoints:
-        """A run of these points, or of their mixtures: a part of the work to evaluate apart
-        (the same rows of :func:`mixture_log_density` as on the whole)."""
+    def select(
+        self, points: slice | torch.Tensor = slice(None), mixtures: slice = slice(None)
+    ) -> MixturePoints:
+        """Some of these points (a run, or an index tensor), or a run of their mixtures: a part
+        of the work to evaluate apart (the same rows of :func:`mixture_log_density` as on the
+        whole)."""
         return MixturePoints(centre=self.centre[mixtures, points],
                              noise=self.noise[mixtures, points], cell=self.cell[mixtures, points])
 
