@@ -26,6 +26,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from ibframe.block import Block
 from ibframe.cache import CacheEntry, CacheWarning, Structure, check_storable
 from ibframe.errors import (
     EstimationFailed,
@@ -134,51 +135,46 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
-def _compute_block(
-    location: Location,
-    estimator: Estimator,
-    layer: str,
-    epoch: int,
-    device: str,
-    context: dict[str, Any],
-) -> xr.Dataset | _Failed:
+@dataclasses.dataclass(frozen=True)
+class _BlockTask:
+    """Which block a task reads and estimates, and on which device: all a worker needs."""
+
+    location: Location
+    estimator: Estimator
+    layer: str
+    epoch: int
+    device: str
+    context: dict[str, Any]
+
+    def block(self) -> Block:
+        """Open the store (by path or URL, wherever this runs) and read the block."""
+        return open_run(self.location).block(self.layer, self.epoch, device=self.device,
+                                             context=self.context)
+
+    def checked(self, result: Any) -> xr.Dataset:
+        """The estimator's result, its conventions checked, with its ``epoch``."""
+        _check_result(result, self.estimator)
+        return result.expand_dims(epoch=[int(self.epoch)]).load()
+
+
+def _compute_block(task: _BlockTask) -> xr.Dataset | _Failed:
     """One task: read the block from the run store, estimate, check the result's conventions.
 
-    The task opens the store itself, by path or URL, wherever it runs. Errors come back as
-    :class:`_Failed` so that one failing task never stops the others.
+    Errors come back as :class:`_Failed` so that one failing task never stops the others.
     """
     try:
-        run = open_run(location)
-        result = estimator.compute(run.block(layer, epoch, device=device, context=context))
-        return _checked(result, estimator, epoch)
+        return task.checked(task.estimator.compute(task.block()))
     except Exception as err:  # noqa: BLE001 - reported as a TaskFailure; the others go on
         return _Failed(_one_line(err))
 
 
-def _checked(result: Any, estimator: Estimator, epoch: int) -> xr.Dataset:
-    _check_result(result, estimator)
-    return result.expand_dims(epoch=[int(epoch)]).load()
-
-
-def _compute_part(
-    location: Location,
-    estimator: Estimator,
-    layer: str,
-    epoch: int,
-    device: str,
-    context: dict[str, Any],
-    stage: int,
-    part: int,
-    parts: int,
-    carry: Any,
-) -> Any:
+def _compute_part(task: _BlockTask, stage: int, part: int, parts: int, carry: Any) -> Any:
     """One part of a split task's stage (:meth:`Estimator.compute_part`), on its own copy of
     the block; a failure upstream passes through."""
     if isinstance(carry, _Failed):
         return carry
     try:
-        block = open_run(location).block(layer, epoch, device=device, context=context)
-        return estimator.compute_part(block, stage, part, parts, carry)
+        return task.estimator.compute_part(task.block(), stage, part, parts, carry)
     except Exception as err:  # noqa: BLE001 - reported as a TaskFailure; the others go on
         return _Failed(_one_line(err))
 
@@ -195,21 +191,12 @@ def _combine_parts(estimator: Estimator, stage: int, results: list[Any], carry: 
         return _Failed(_one_line(err))
 
 
-def _finish_block(
-    location: Location,
-    estimator: Estimator,
-    layer: str,
-    epoch: int,
-    device: str,
-    context: dict[str, Any],
-    carry: Any,
-) -> xr.Dataset | _Failed:
+def _finish_block(task: _BlockTask, carry: Any) -> xr.Dataset | _Failed:
     """The result of a split task from its last stage (:meth:`Estimator.finish`)."""
     if isinstance(carry, _Failed):
         return carry
     try:
-        block = open_run(location).block(layer, epoch, device=device, context=context)
-        return _checked(estimator.finish(block, carry), estimator, epoch)
+        return task.checked(task.estimator.finish(task.block(), carry))
     except Exception as err:  # noqa: BLE001 - reported as a TaskFailure; the others go on
         return _Failed(_one_line(err))
 
@@ -569,12 +556,12 @@ def _graph(location: Location, tasks: list[_Task], device: str) -> _Graph:
         key = f"ibframe-task-{token}-{i}"
         job = task.job
         where = _device_for(job.estimator, device)
-        block = (location, job.estimator, job.layer, task.epoch, where, job.context)
+        block = _BlockTask(location, job.estimator, job.layer, task.epoch, where, job.context)
         # only tasks that compute on a GPU wait for a worker with one
         gpu = {"resources": {"GPU": 1}} if where.startswith("cuda") else {}
         if task.parts == 1:
             with dask.annotate(**gpu):
-                value = dask.delayed(_compute_block, pure=False)(*block, dask_key_name=key)
+                value = dask.delayed(_compute_block, pure=False)(block, dask_key_name=key)
             graph.append((key, task, value))
             continue
         carry: Any = None
@@ -582,7 +569,7 @@ def _graph(location: Location, tasks: list[_Task], device: str) -> _Graph:
             with dask.annotate(**gpu):
                 parts = [
                     dask.delayed(_compute_part, pure=False)(
-                        *block, stage, part, task.parts, carry, dask_key_name=f"{key}-{stage}-{part}"
+                        block, stage, part, task.parts, carry, dask_key_name=f"{key}-{stage}-{part}"
                     )
                     for part in range(task.parts)
                 ]
@@ -591,7 +578,7 @@ def _graph(location: Location, tasks: list[_Task], device: str) -> _Graph:
             )
             graph.extend((value.key, None, value) for value in [*parts, carry])
         with dask.annotate(**gpu):
-            value = dask.delayed(_finish_block, pure=False)(*block, carry, dask_key_name=key)
+            value = dask.delayed(_finish_block, pure=False)(block, carry, dask_key_name=key)
         graph.append((key, task, value))
     return graph
 

@@ -199,16 +199,7 @@ class SPMutualInformation(Estimator):
     def memory_bytes(self, run: Run, layer: str) -> int:
         """The block; the pooled centres and their float64 copies; the MC points with their
         columns (whole mixture, halves, classes) and per-point terms; the batched h(T|X=x)."""
-        attrs = run.layer_attrs(layer)
-        d = int(attrs["units"])
-        n = run.n_samples if self.max_samples is None else min(run.n_samples, self.max_samples)
-        conditional = None if attrs["deterministic_given_x"] else run.conditional(layer)
-        m, k = 0, 1
-        if conditional is not None:
-            m = conditional.sizes["cond_sample"]
-            m = m if self.max_conditionals is None else min(m, self.max_conditionals)
-            k = 1 + conditional.sizes["draw"]
-        centres = n * (k if self.pool_draws else 1)
+        _, d, m, k, centres = self._sizes(run, layer)
         points = self.n_points or self.max_points
         classes = 10 if run.has_labels else 0
         columns = 3 + 3 * classes
@@ -218,6 +209,19 @@ class SPMutualInformation(Estimator):
             + 4 * 8 * points * (columns + d)
             + 6 * 8 * m * k * self.n_mc_conditional * (3 + d)
         )
+
+    def _sizes(self, run: Run, layer: str) -> tuple[int, int, int, int, int]:
+        """Inputs in h(T), units, inputs with draws in h(T|X), realisations per input (1
+        without draws), and centres of h(T), from the run's metadata alone."""
+        attrs = run.layer_attrs(layer)
+        n = run.n_samples if self.max_samples is None else min(run.n_samples, self.max_samples)
+        conditional = None if attrs["deterministic_given_x"] else run.conditional(layer)
+        m, k = 0, 1
+        if conditional is not None:
+            m = conditional.sizes["cond_sample"]
+            m = m if self.max_conditionals is None else min(m, self.max_conditionals)
+            k = 1 + conditional.sizes["draw"]
+        return n, int(attrs["units"]), m, k, n * (k if self.pool_draws else 1)
 
     # -- the work, in two stages that split over MC points and conditional inputs --------------
     #
@@ -235,16 +239,7 @@ class SPMutualInformation(Estimator):
         """Every centre against every first MC point and each h(T|X=x) mixture against its own
         points, at ~3.5 ns per pair per 16 dimensions (the dense kernel's speed on the SZT
         runs): an upper estimate, since pruning skips pairs out of reach."""
-        attrs = run.layer_attrs(layer)
-        d = int(attrs["units"])
-        n = run.n_samples if self.max_samples is None else min(run.n_samples, self.max_samples)
-        conditional = None if attrs["deterministic_given_x"] else run.conditional(layer)
-        m, k = 0, 1
-        if conditional is not None:
-            m = conditional.sizes["cond_sample"]
-            m = m if self.max_conditionals is None else min(m, self.max_conditionals)
-            k = 1 + conditional.sizes["draw"]
-        centres = n * (k if self.pool_draws else 1)
+        n, d, m, k, centres = self._sizes(run, layer)
         points = self.n_points or min(self.max_points, max(_FIRST_POINTS, 2 * n))
         pairs = centres * points + m * k * k * self.n_mc_conditional
         return pairs * 3.5e-9 * max(1.0, d / 16)
