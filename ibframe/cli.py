@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from ibframe.errors import (
     EstimationFailed,
@@ -184,8 +184,9 @@ def info(
     span = f"{epochs[0]}..{epochs[-1]}" if epochs.size else "none"
     say(f"epochs: {epochs.size} recorded ({span})")
     described = any(r.layer_attrs(name).get("description") for name in r.layers)
-    table = Table("layer", "units", "shape", "activation", "S given x", "draws",
-                  *(["what"] if described else []))
+    table = Table("layer", "units", "shape", "activation", "S given x",
+                  Column("noise", overflow="fold"), "draws",
+                  *([Column("what", overflow="fold")] if described else []))
     for name in r.layers:
         la = r.layer_attrs(name)
         cond = r.conditional(name)
@@ -193,6 +194,7 @@ def info(
             escape(name), str(la.get("units", "?")), "x".join(map(str, la.get("shape", "?"))),
             str(la.get("activation")),
             "deterministic" if la.get("deterministic_given_x") else "random",
+            str(la["noise"]),
             "-" if cond is None else f"{cond.sizes['draw']} x {cond.sizes['cond_sample']} samples",
             *([escape(str(la.get("description") or ""))] if described else []),
         )
@@ -385,7 +387,7 @@ def train(
     seeds: Annotated[str | None, typer.Option(help="Several seeds, one run store each: 0-7, or 0-3,7.", rich_help_panel=_TRAINING)] = None,
     orthonormal: Annotated[float | None, typer.Option(help="alpha of the orthonormality step (App. B.1).", rich_help_panel=_TRAINING)] = None,
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="Data augmentation (MNIST: App. B.3's shifts, rotations, shears; on by default).", rich_help_panel=_TRAINING)] = None,
-    layer_set: Annotated[str | None, typer.Option(help="Layers to record (MNIST CNNs: pooled = the paper's layers 1-4, pool1, pool2, fc3, logits, with the noise after each max-pooling; pre-pool = tanh1, tanh2 before max-pooling, fc3, logits, with the noise before pooling as in App. B.3).", rich_help_panel=_TRAINING)] = None,
+    layer_set: Annotated[str | None, typer.Option(help="Layers to record (MNIST CNNs, the network of App. B.3 with the noise before each max-pooling: pooled = the paper's layers 1-4, pool1, pool2 after max-pooling, fc3, logits; pre-pool = tanh1, tanh2 before their noise and max-pooling (each S + Z, for sp-mi), fc3, logits; noise-after-pool = a variant with the noise moved after each max-pooling, recording pool1, pool2 as S + Z, fc3, logits).", rich_help_panel=_TRAINING)] = None,
     device: Annotated[str, typer.Option(help="Torch device to train on: cpu, cuda, cuda:N or auto.", rich_help_panel=_TRAINING)] = "cpu",
     record: Annotated[str | None, typer.Option(help="Epochs to record: all, every:K, log:N, or 0,1,5.", rich_help_panel=_RECORDING)] = None,
     draws: Annotated[int | None, typer.Option(help="Conditional draws per conditional input (default 32 for a noisy network; the SP bias falls as 1/draws).", rich_help_panel=_RECORDING)] = None,

@@ -599,7 +599,7 @@ def test_train_experiment_help_shows_its_description_and_defaults(args, capsys, 
     assert f"epochs {d.epochs}, beta {d.beta:g}, activation {d.activation}, optimizer {d.optimizer}" in text
     assert "--conditional-samples" in out  # then the usual help
     if spec.layer_sets:
-        assert "layer set pooled (or pre-pool)." in text and "--layer-set" in text
+        assert "layer set pooled (or pre-pool, noise-after-pool)." in text and "--layer-set" in text
 
 
 def test_train_help_names_every_registered_experiment(capsys, monkeypatch):
@@ -633,12 +633,38 @@ def test_train_layer_set_and_info_name_the_papers_layers(tmp_path, capsys, monke
     code, text, _ = run_cli(["info", str(out)], capsys)
     assert code == 0
     rows: dict[str, str] = {}  # layer -> its "what" cell, joined over the lines it wraps to
+    noise: dict[str, str] = {}  # layer -> its "noise" cell
     for line in text.splitlines():
         cells = [cell.strip() for cell in line.split("│")[1:-1]]
         if cells:
             name = cells[0] or list(rows)[-1]
             rows[name] = f"{rows.get(name, '')} {cells[-1]}".strip()
+            noise[name] = f"{noise.get(name, '')}{cells[5]}"
     assert list(rows) == ["tanh1", "tanh2", "fc3", "logits"]
-    assert "before its 2x2 max-pooling" in rows["tanh1"] and "paper's Layer 4" in rows["logits"]
+    assert set(noise.values()) == {"none"}  # the dropout CNN is recorded deterministically
+    # a narrow console wraps the cell, and folds its longer words: compare without white space
+    what = {name: "".join(cell.split()) for name, cell in rows.items()}
+    assert "beforeitsnoiseand2x2max-pooling" in what["tanh1"]
+    assert "paper'sLayer4" in what["logits"]
     code, _, err = run_cli([*args, "--overwrite", "--layer-set", "post"], capsys)
-    assert code == 1 and "pooled or pre-pool, not 'post'" in err
+    assert code == 1 and "pooled or pre-pool or noise-after-pool, not 'post'" in err
+
+
+@pytest.mark.filterwarnings("ignore::ibframe.errors.QualityWarning")  # 2 draws: not converged
+def test_estimate_sp_mi_on_the_papers_cnn_fails_in_one_line_unless_given_beta(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    out = tmp_path / "cnn.zarr"
+    code, _, err = run_cli(["train", "mnist-cnn", "--data", "sklearn-digits", "-o", str(out),
+                            "--epochs", "0", "--samples", "40", "--draws", "2",
+                            "--conditional-samples", "8"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["estimate", str(out), "-e", "sp-mi"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1, err
+    assert lines[0].startswith("error: sp-mi: layer 'pool1'") and "-p beta=0.1" in lines[0]
+    code, _, err = run_cli(["estimate", str(out), "-e", "sp-mi", "-p", "beta=0.1",
+                            "-p", "n_points=64"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["estimate", str(out), "-e", "binned-entropy", "-e", "distance-histogram"],
+                           capsys)
+    assert code == 0, err

@@ -14,7 +14,12 @@ import torch
 import torch.nn.functional as F
 
 import ibframe
-from ibframe.errors import ExperimentNotFoundError, ParameterError, TrainingError
+from ibframe.errors import (
+    EstimatorRequirementError,
+    ExperimentNotFoundError,
+    ParameterError,
+    TrainingError,
+)
 from ibframe.recording.experiments import (
     BUILTIN_EXPERIMENTS,
     ExperimentSpec,
@@ -175,8 +180,8 @@ def test_demo_config_is_a_valid_call_of_train(tmp_path: Path) -> None:
 def _recorded_cnn(run: ibframe.Run, epoch: int) -> torch.nn.Module:
     """The run's CNN in eval mode with the parameters recorded at ``epoch``."""
     model = run.attrs["model"]
-    network = mnist_cnn(beta=0.0, regulariser=model["regulariser"], input_size=model["input_size"],
-                        layers=model["layers"])
+    network = mnist_cnn(beta=model["beta"], regulariser=model["regulariser"],
+                        input_size=model["input_size"], layers=model["layers"])
     state = {k: torch.as_tensor(np.asarray(v)) for k, v in run.params(epoch).items()}
     network.model.load_state_dict(state)
     return network.model.eval()
@@ -201,6 +206,10 @@ def test_cnn_records_the_papers_layers_1_to_4_after_pooling(experiment: str,
         [16, 4, 4], [32, 2, 2], [128], [10]]
     assert [run.layer_attrs(name)["description"].split(":")[0] for name in run.layers] == [
         f"paper's Layer {i}" for i in (1, 2, 3, 4)]
+    # the paper's network: the noise of layers 1 and 2 comes before their max-pooling
+    assert [run.layer_attrs(name)["noise"] for name in run.layers] == (
+        ["before-pooling", "before-pooling", "additive", "none"] if experiment == "mnist-cnn"
+        else ["none"] * 4)
     x = torch.as_tensor(run.x)
     model = _recorded_cnn(run, 1)
     with torch.no_grad():
@@ -236,8 +245,67 @@ def test_cnn_pre_pool_option_records_the_tanh_outputs_before_pooling(tmp_path: P
         torch.testing.assert_close(_recorded(run, "logits", 1), model(x))
 
 
+@pytest.mark.parametrize(("layer_set", "layers", "module_order"), [
+    ("pooled", ["pool1", "pool2", "fc3", "logits"], ["tanh1", "noise1", "pool1"]),
+    ("pre-pool", ["tanh1", "tanh2", "fc3", "logits"], ["tanh1", "noise1", "pool1"]),
+    ("noise-after-pool", ["pool1", "pool2", "fc3", "logits"], ["tanh1", "pool1", "noise1"]),
+])
+def test_each_cnn_layer_set_trains_and_records(layer_set: str, layers: list[str],
+                                               module_order: list[str], tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    path = train("mnist-cnn", out=tmp_path / "run.zarr", epochs=1, record="all",
+                 layer_set=layer_set, **QUICK["mnist-cnn"])
+    run = ibframe.open_run(path)
+    assert run.attrs["training"]["layer_set"] == layer_set == run.attrs["model"]["layers"]
+    assert run.layers == layers and run.epochs.tolist() == [0, 1]
+    order = [name for name, _ in _recorded_cnn(run, 1).named_children()]
+    assert order[order.index("tanh1"):order.index("tanh1") + 3] == module_order
+    expected = {"pooled": "before-pooling"}.get(layer_set, "additive")
+    assert [run.layer_attrs(name)["noise"] for name in run.layers] == [
+        expected, expected, "additive", "none"]
+    assert run.conditional(layers[1]) is not None and run.conditional(layers[0]) is None
+
+
+@pytest.fixture(scope="module")
+def default_cnn_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A noisy CNN of the paper's order trained for one epoch on the 8x8 digits."""
+    pytest.importorskip("sklearn")
+    out = tmp_path_factory.mktemp("cnn") / "run.zarr"
+    return train("mnist-cnn", out=out, epochs=1, record="all", **QUICK["mnist-cnn"])
+
+
+@pytest.mark.parametrize("layer", ["pool1", "pool2", "logits"])
+def test_sp_mi_refuses_a_layer_that_is_not_s_plus_gaussian_noise(layer: str,
+                                                                default_cnn_run: Path) -> None:
+    with pytest.raises(EstimatorRequirementError) as refused:
+        ibframe.estimate(default_cnn_run, ["sp-mi"], layers=["fc3", layer], device="cpu")
+    message = str(refused.value)
+    assert "\n" not in message and f"layer {layer!r}" in message
+    assert "not S + Gaussian noise" in message and "-p beta=0.1" in message
+
+
+@pytest.mark.filterwarnings("ignore::ibframe.errors.QualityWarning")  # 2 draws: not converged
+def test_sp_mi_with_an_analysis_beta_estimates_every_cnn_layer(default_cnn_run: Path) -> None:
+    run = ibframe.open_run(default_cnn_run)
+    ds = ibframe.estimate(run, {"sp-mi": {"beta": run.beta, "n_points": 64}}, device="cpu")
+    assert list(ds["layer"].values) == run.layers
+    mi = ds["mi_x_t"].values
+    assert np.isfinite(mi).all() and (mi > 0).all()
+
+
+def test_deterministic_measures_apply_to_every_cnn_layer(default_cnn_run: Path) -> None:
+    run = ibframe.open_run(default_cnn_run)
+    ds = ibframe.estimate(run, {"binned-entropy": {}, "distance-histogram": {},
+                                "cosine-similarity": {"other": str(default_cnn_run)}},
+                          device="cpu")
+    assert list(ds["layer"].values) == run.layers
+    assert np.isfinite(ds["entropy_bin"].values).all()
+    # the run compared with itself: every unit's weights have cosine similarity 1
+    np.testing.assert_allclose(ds["cosine_mean"].values, 1.0, rtol=1e-5)
+
+
 def test_a_layer_set_is_checked_against_the_experiment(tmp_path: Path) -> None:
-    with pytest.raises(ParameterError, match="pooled or pre-pool, not 'after'"):
+    with pytest.raises(ParameterError, match="pooled or pre-pool or noise-after-pool, not 'after'"):
         train("mnist-cnn", out=tmp_path / "a.zarr", layer_set="after")
     with pytest.raises(ParameterError, match="one fixed set of layers"):
         train("szt", out=tmp_path / "b.zarr", layer_set="pooled")

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ibframe.recording.nn import (
@@ -113,25 +112,30 @@ def test_unknown_activation() -> None:
         noisy_mlp((2, 3, 2), beta=0.1, activation="sigmoid")
 
 
+#: Appendix B.3's module order: the noise on each tanh output, before its max-pooling.
+APPENDIX_B3_ORDER = [
+    "conv1", "bn1", "tanh1", "noise1", "pool1",
+    "conv2", "bn2", "tanh2", "noise2", "pool2",
+    "flatten", "fc3", "bn3", "tanh3", "noise3", "out",
+]  # fmt: skip
+
+
 @pytest.mark.parametrize("size", [28, 8])
-def test_mnist_cnn_follows_appendix_b3_with_the_noise_after_pooling(size: int) -> None:
+def test_mnist_cnn_default_is_appendix_b3_recorded_at_the_papers_layers(size: int) -> None:
     net = mnist_cnn(beta=0.1, input_size=size)
     model = net.model
-    order = [name for name, _ in model.named_children()]
-    assert order == [
-        "conv1", "bn1", "tanh1", "pool1", "noise1",
-        "conv2", "bn2", "tanh2", "pool2", "noise2",
-        "flatten", "fc3", "bn3", "tanh3", "noise3", "out",
-    ]  # fmt: skip
+    assert [name for name, _ in model.named_children()] == APPENDIX_B3_ORDER
     assert model.conv1.kernel_size == (5, 5) and model.conv1.padding == (2, 2)
     assert model.conv1.out_channels == 16 and model.conv2.out_channels == 32
     assert model.fc3.in_features == 32 * (size // 4) ** 2 and model.fc3.out_features == 128
-    assert [(layer.name, layer.module, layer.noise) for layer in net.layers] == [
-        ("pool1", "pool1", "noise1"),
-        ("pool2", "pool2", "noise2"),
-        ("fc3", "tanh3", "noise3"),
-        ("logits", "out", None),
+    assert [(layer.name, layer.module, layer.noise, layer.pool) for layer in net.layers] == [
+        ("pool1", "tanh1", "noise1", "pool1"),
+        ("pool2", "tanh2", "noise2", "pool2"),
+        ("fc3", "tanh3", "noise3", None),
+        ("logits", "out", None, None),
     ]
+    assert [layer.noise_relation for layer in net.layers] == [
+        "before-pooling", "before-pooling", "additive", "none"]
     assert [layer.shape for layer in net.layers] == [
         (16, size // 2, size // 2),
         (32, size // 4, size // 4),
@@ -142,38 +146,46 @@ def test_mnist_cnn_follows_appendix_b3_with_the_noise_after_pooling(size: int) -
     assert model.eval()(torch.rand(3, 1, size, size)).shape == (3, 10)
 
 
-def test_mnist_cnn_pre_pool_is_appendix_b3_exactly() -> None:
-    net = mnist_cnn(beta=0.1, input_size=8, layers="pre-pool")
-    order = [name for name, _ in net.model.named_children()]
-    assert order == [
-        "conv1", "bn1", "tanh1", "noise1", "pool1",
-        "conv2", "bn2", "tanh2", "noise2", "pool2",
+def test_mnist_cnn_layer_sets_share_parameters_and_differ_in_what_they_record() -> None:
+    pre = mnist_cnn(beta=0.1, input_size=8, layers="pre-pool")
+    assert [name for name, _ in pre.model.named_children()] == APPENDIX_B3_ORDER
+    assert [(layer.name, layer.shape, layer.noise_relation) for layer in pre.layers] == [
+        ("tanh1", (16, 8, 8), "additive"), ("tanh2", (32, 4, 4), "additive"),
+        ("fc3", (128,), "additive"), ("logits", (10,), "none")]
+    after = mnist_cnn(beta=0.1, input_size=8, layers="noise-after-pool")
+    assert [name for name, _ in after.model.named_children()] == [
+        "conv1", "bn1", "tanh1", "pool1", "noise1",
+        "conv2", "bn2", "tanh2", "pool2", "noise2",
         "flatten", "fc3", "bn3", "tanh3", "noise3", "out",
     ]  # fmt: skip
-    assert [(layer.name, layer.shape) for layer in net.layers] == [
-        ("tanh1", (16, 8, 8)), ("tanh2", (32, 4, 4)), ("fc3", (128,)), ("logits", (10,))]
-    pooled = mnist_cnn(beta=0.1, input_size=8)
-    assert net.model.state_dict().keys() == pooled.model.state_dict().keys()
-    with pytest.raises(ValueError, match="pooled, pre-pool"):
+    assert [(layer.name, layer.module, layer.noise_relation) for layer in after.layers] == [
+        ("pool1", "pool1", "additive"), ("pool2", "pool2", "additive"),
+        ("fc3", "tanh3", "additive"), ("logits", "out", "none")]
+    default = mnist_cnn(beta=0.1, input_size=8)
+    assert pre.model.state_dict().keys() == default.model.state_dict().keys()
+    assert after.model.state_dict().keys() == default.model.state_dict().keys()
+    with pytest.raises(ValueError, match="pooled, pre-pool, noise-after-pool"):
         mnist_cnn(beta=0.1, layers="after")
 
 
 def _s_and_t(layers: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Layer 1's recorded S and the T that conv2 receives, with the noise on."""
+    """Layer 1's S as its ``HiddenLayer`` defines it, and the T that conv2 receives."""
     torch.manual_seed(0)
     net = mnist_cnn(beta=0.1, input_size=8, layers=layers)
+    layer = net.layers[0]
     seen: dict[str, torch.Tensor] = {}
-    net.model.get_submodule(net.layers[0].module).register_forward_hook(
+    net.model.get_submodule(layer.module).register_forward_hook(
         lambda _m, _i, out: seen.setdefault("s", out))
     net.model.conv2.register_forward_pre_hook(lambda _m, args: seen.setdefault("t", args[0]))
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad(), controlled_noise(net.model.eval(), net.noise_modules, 0.1, generator):
         net.model(torch.rand(200, 1, 8, 8, generator=generator))
-    return seen["s"], seen["t"]
+        s = seen["s"] if layer.pool is None else net.model.get_submodule(layer.pool)(seen["s"])
+    return s, seen["t"]
 
 
-def test_pooled_layer_1_is_s_plus_gaussian_noise() -> None:
-    s, t = _s_and_t("pooled")
+def test_with_the_noise_after_pooling_layer_1_is_s_plus_gaussian_noise() -> None:
+    s, t = _s_and_t("noise-after-pool")
     assert s.shape == t.shape == (200, 16, 4, 4)
     z = (t - s).flatten()
     # T_1 - S_1 is N(0, 0.1^2) noise: mean 0 (51,200 draws: se 4.4e-4), sd 0.1, symmetric
@@ -181,11 +193,12 @@ def test_pooled_layer_1_is_s_plus_gaussian_noise() -> None:
     assert float((z > 0).float().mean()) == pytest.approx(0.5, abs=0.01)
 
 
-def test_with_the_noise_before_pooling_the_pooled_layer_is_not_s_plus_gaussian() -> None:
-    tanh, t = _s_and_t("pre-pool")
-    # what the pooled layer would record, max-pooling of the noiseless tanh: T - S is then the
-    # max of noisy values minus the max of clean ones, biased up, not zero-mean Gaussian noise
-    z = (t - F.max_pool2d(tanh, 2)).flatten()
+def test_the_papers_pooled_layer_is_not_s_plus_gaussian_noise() -> None:
+    s, t = _s_and_t("pooled")
+    assert s.shape == t.shape == (200, 16, 4, 4)
+    # S is the max-pooling of the noiseless tanh; T the max of noisy values: T - S is biased up,
+    # not zero-mean Gaussian noise (hence the layer attribute noise = "before-pooling")
+    z = (t - s).flatten()
     assert float(z.mean()) > 0.02 and float((z > 0).float().mean()) > 0.6
 
 
@@ -195,7 +208,7 @@ def test_mnist_cnn_dropout_variant_is_recorded_deterministically() -> None:
     dropouts = [m for m in net.model.modules() if isinstance(m, nn.Dropout)]
     assert len(dropouts) == 3 and all(m.p == 0.2 for m in dropouts)
     order = [name for name, _ in net.model.named_children()]
-    assert order.index("dropout1") == order.index("pool1") + 1  # where the noise would be
+    assert order.index("dropout1") == order.index("pool1") - 1  # where the noise is: before pooling
     with pytest.raises(ValueError, match="divisible by 4"):
         mnist_cnn(beta=0.1, input_size=10)
 

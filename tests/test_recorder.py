@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import ibframe
 from ibframe.errors import ParameterError, StoreError
-from ibframe.recording.datasets import Dataset, szt_like
+from ibframe.recording.datasets import Dataset, load_digits, szt_like
 from ibframe.recording.nn import GaussianNoise, controlled_noise, mnist_cnn, noisy_mlp, szt_mlp
 from ibframe.recording.recorder import (
     DEFAULT_DRAWS,
@@ -363,6 +364,47 @@ def test_conv_layers_are_flattened_with_their_shape(tmp_path: Path) -> None:
         False,
     ]
     assert run.layer_attrs("logits")["description"].startswith("paper's Layer 4")
+
+
+def test_pooled_cnn_layer_s_is_the_pooling_of_the_noiseless_tanh(tmp_path: Path) -> None:
+    """The paper's order, tanh - noise - maxpool: S_l pools the tanh before its own noise, and
+    carries the noise of the layers before (drawn here by hand from the epoch's generator)."""
+    pytest.importorskip("sklearn")
+    torch.manual_seed(0)
+    net = mnist_cnn(beta=BETA, input_size=8)
+    data = load_digits()
+    data = Dataset(data.x[:50], data.y[:50], data.split[:50], data.name, data.description)
+    with Recorder.for_network(net, tmp_path / "run.zarr", data, draws=3,
+                              conditional_samples=5) as recorder:
+        recorder.record(0)
+    run = ibframe.open_run(tmp_path / "run.zarr")
+    assert [run.layer_attrs(name)["noise"] for name in run.layers] == [
+        "before-pooling", "before-pooling", "additive", "none"]
+    assert run.layer_attrs("pool1")["module"] == "tanh1"
+    assert run.layer_attrs("pool1")["pool"] == "pool1"
+    model, generator = net.model.eval(), recorder.noise_generator(0)
+
+    def by_hand(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tanh1 = model.tanh1(model.bn1(model.conv1(x)))
+        t1 = F.max_pool2d(tanh1 + BETA * torch.randn(tanh1.shape, generator=generator), 2)
+        tanh2 = model.tanh2(model.bn2(model.conv2(t1)))
+        t2 = F.max_pool2d(tanh2 + BETA * torch.randn(tanh2.shape, generator=generator), 2)
+        tanh3 = model.tanh3(model.bn3(model.fc3(t2.flatten(1))))
+        torch.randn(tanh3.shape, generator=generator)  # noise3, felt by the logits only
+        return F.max_pool2d(tanh1, 2), F.max_pool2d(tanh2, 2)
+
+    x = torch.as_tensor(data.x)
+    with torch.no_grad():
+        s1, s2 = by_hand(x)
+        np.testing.assert_allclose(run.activations("pool1").isel(epoch=0), s1.flatten(1),
+                                   atol=1e-6)
+        np.testing.assert_allclose(run.activations("pool2").isel(epoch=0), s2.flatten(1),
+                                   atol=1e-6)
+        index = recorder.conditional_index
+        _, c2 = by_hand(x[np.repeat(index, 3)])
+    np.testing.assert_allclose(run.conditional("pool2").isel(epoch=0), c2.reshape(5, 3, -1),
+                               atol=1e-6)
+    assert run.conditional("pool1") is None  # a function of x: its own noise is not in S
 
 
 def test_configuration_errors(tmp_path: Path) -> None:

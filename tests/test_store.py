@@ -260,3 +260,22 @@ def test_epoch_summaries_read_after_the_word_epochs():
     """Messages say "epochs {summary}": a long list is its span and count, not "N epochs ..."."""
     assert summarise_epochs(np.array([0, 1, 5])) == "0, 1, 5"
     assert summarise_epochs(np.arange(0, 1340, 8)) == "0 to 1336 (168 in all)"
+
+
+def test_layer_noise_is_stored_checked_and_defaulted_for_older_stores(tmp_path):
+    run = _run(tmp_path, layers={"h1": {"shape": 3, "noise": "before-pooling"}, "out": 2})
+    assert run.layer_attrs("h1")["noise"] == "before-pooling"
+    assert run.layer_attrs("out")["noise"] == "additive"  # undeclared in a noisy run
+    run.close()
+    # a store written before the attribute existed reads as S + Z in a noisy run
+    group = zarr.open_group(tmp_path / "r.zarr" / "layers" / "h1", mode="r+")
+    del group.attrs["noise"]
+    assert ibframe.open_run(tmp_path / "r.zarr").layer_attrs("h1")["noise"] == "additive"
+    x, _ = _inputs()
+    deterministic = ibframe.create_run(tmp_path / "d.zarr", x=x, layers={"h": 2})
+    assert deterministic.layer_attrs("h")["noise"] == "none"
+    with pytest.raises(StoreError, match="noise must be one of additive, before-pooling, none"):
+        ibframe.create_run(tmp_path / "e.zarr", x=x, layers={"h": {"shape": 2, "noise": "max"}},
+                           beta=0.1)
+    with pytest.raises(StoreError, match="deterministic run"):
+        ibframe.create_run(tmp_path / "f.zarr", x=x, layers={"h": {"shape": 2, "noise": "additive"}})

@@ -189,6 +189,15 @@ class SPMutualInformation(Estimator):
             raise EstimatorRequirementError(msg)
         for layer in layers:
             attrs = run.layer_attrs(layer)
+            if self.beta is None and attrs["noise"] != "additive":
+                how = ("its noise comes before a pooling, T = pool(. + Z)"
+                       if attrs["noise"] == "before-pooling" else "no noise follows it, T = S")
+                msg = (
+                    f"sp-mi: layer {layer!r} of {run.path} is not S + Gaussian noise ({how}); "
+                    f"give an analysis noise level to estimate I(X; S + Z), e.g. -p "
+                    f"beta={run.beta:g}, or use a deterministic measure such as binned-entropy"
+                )
+                raise EstimatorRequirementError(msg)
             if not attrs["deterministic_given_x"] and run.conditional(layer) is None:
                 msg = (
                     f"sp-mi: layer {layer!r} of {run.path} has noise before it but no recorded "

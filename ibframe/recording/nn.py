@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ibframe.store.layout import NoiseRelation
+
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
     "relu": nn.ReLU,
@@ -121,7 +123,8 @@ class HiddenLayer:
     name
         The layer's name in the run store ("h1", "pool1", ...).
     module
-        Qualified name of the module whose output is S_l, the pre-noise representation.
+        Qualified name of the module whose output is S_l, the pre-noise representation (or, with
+        ``pool``, the pre-noise input of that pooling).
     noise
         Qualified name of the noise module that turns S_l into T_l, or None.
     shape
@@ -133,6 +136,10 @@ class HiddenLayer:
     description
         What the layer is, in words (e.g. which of the paper's layers); kept in the run store's
         layer attributes and shown by ``ibframe info``.
+    pool
+        Qualified name of a pooling module that follows the noise, or None. The layer is then
+        T_l = pool(output of ``module`` + Z_l) and its recorded S_l is pool(output of ``module``),
+        the noiseless pooled value; T_l is not S_l + Gaussian noise (:attr:`noise_relation`).
     """
 
     name: str
@@ -142,6 +149,15 @@ class HiddenLayer:
     activation: str
     kind: Literal["dense", "conv"] = "dense"
     description: str = ""
+    pool: str | None = None
+
+    @property
+    def noise_relation(self) -> NoiseRelation:
+        """How T_l follows from S_l: "additive" (S + Z), "before-pooling" (pool(. + Z)) or "none"
+        (T_l = S_l); kept as the run store's layer attribute ``noise``."""
+        if self.noise is None:
+            return "none"
+        return "before-pooling" if self.pool is not None else "additive"
 
 
 @dataclass
@@ -240,10 +256,12 @@ def spiral_mlp(*, beta: float, activation: str = "tanh") -> NoisyNetwork:
     return noisy_mlp((2, 3, 3, 3, 3, 3, 2), beta=beta, activation=activation)
 
 
-#: The layers :func:`mnist_cnn` can record: the paper's layers 1-4 (pooled), or the tanh outputs of
-#: layers 1 and 2 before max-pooling. Each places the noise (or dropout) right after its recorded
-#: S of layers 1-3, so that every recorded noisy layer is T = S + Z.
-CNN_LAYER_SETS: tuple[str, ...] = ("pooled", "pre-pool")
+#: The layers :func:`mnist_cnn` can record, the first the default: "pooled", the paper's network
+#: (noise before max-pooling) recorded at the paper's layers 1-4; "pre-pool", the same network
+#: recorded at the tanh outputs of layers 1 and 2 (each S + Z, for the SP estimator);
+#: "noise-after-pool", a variant with the noise after each max-pooling, recorded at the pooled
+#: layers, each S + Z.
+CNN_LAYER_SETS: tuple[str, ...] = ("pooled", "pre-pool", "noise-after-pool")
 
 
 def mnist_cnn(
@@ -258,22 +276,25 @@ def mnist_cnn(
 ) -> NoisyNetwork:
     """The MNIST CNN of Appendix B.3, with the input size as a parameter.
 
-    conv(16, 5x5, pad 2) - BN - tanh - maxpool 2x2, conv(32, 5x5, pad 2) - BN - tanh - maxpool 2x2,
-    FC(128) - BN - tanh, FC(n_classes), with noise (or dropout) after each of the three hidden
-    blocks. With 28x28 inputs the first FC layer has 32x7x7 = 1568 inputs; with the 8x8 digits
-    stand-in it has 32x2x2 = 128.
+    conv(16, 5x5, pad 2) - BN - tanh - noise - maxpool 2x2, conv(32, 5x5, pad 2) - BN - tanh -
+    noise - maxpool 2x2, FC(128) - BN - tanh - noise, FC(n_classes): the appendix's order, the
+    noise (or dropout) on the tanh outputs before each max-pooling. With 28x28 inputs the first FC
+    layer has 32x7x7 = 1568 inputs; with the 8x8 digits stand-in it has 32x2x2 = 128.
 
-    The recorded layers are the paper's "Layer 1" to "Layer 4" with ``layers="pooled"``:
-    ``pool1`` and ``pool2`` (the max-pooled outputs of layers 1 and 2), ``fc3`` (the tanh of the
-    FC layer) and ``logits`` (the output layer, with no noise after it: T_4 = S_4). Appendix B.3
-    adds the noise to the tanh outputs *before* max-pooling; the pooled max(S + Z) is then not
-    S' + Gaussian for any S', so the sample-propagation estimator would not apply to it. Here the
-    noise is therefore added *after* each max-pooling, T_l = maxpool(tanh(...)) + Z_l, which keeps
-    every recorded noisy layer of the form S + Z (docs/recording.md). With ``layers="pre-pool"``
-    the network is Appendix B.3's exactly (noise before pooling) and layers 1 and 2 are recorded
-    as the tanh outputs before pooling (``tanh1``, ``tanh2``); ``fc3`` and ``logits`` as before.
-    Dropout sits where the noise would. In ``eval()`` mode, without noise and dropout, both
-    variants compute the same function with the same parameter names.
+    ``layers`` chooses what is recorded (docs/recording.md, *The MNIST CNN's layers*):
+
+    * "pooled" (default): the paper's "Layer 1" to "Layer 4", ``pool1`` and ``pool2`` (the
+      max-pooled tanh outputs), ``fc3`` (the tanh of the FC layer) and ``logits`` (the output,
+      T_4 = S_4). The S of ``pool1``/``pool2`` is the max-pooling of the noiseless tanh output
+      (with the noise of the layers before, not its own); the layer itself is
+      T = maxpool(tanh + Z), which is not S + Gaussian noise (layer attribute ``noise`` =
+      "before-pooling"), so sample propagation does not apply to it without an analysis beta.
+    * "pre-pool": the same network, recording the tanh outputs before pooling, ``tanh1`` and
+      ``tanh2`` (each T = S + Z), then ``fc3`` and ``logits``.
+    * "noise-after-pool": not the paper's network: the noise (or dropout) moves after each
+      max-pooling, T_l = maxpool(tanh(...)) + Z_l, and ``pool1``, ``pool2``, ``fc3``, ``logits``
+      are recorded, every noisy one S + Z. In ``eval()`` mode, without noise and dropout, all
+      three compute the same function with the same parameter names.
 
     Parameters
     ----------
@@ -290,8 +311,7 @@ def mnist_cnn(
     in_channels, n_classes
         Input channels and output classes.
     layers
-        "pooled" (the paper's layers 1-4, noise after pooling) or "pre-pool" (tanh outputs of
-        layers 1 and 2 before pooling, noise before pooling as in Appendix B.3).
+        One of :data:`CNN_LAYER_SETS`: "pooled", "pre-pool" or "noise-after-pool".
     """
     if input_size % 4:
         msg = f"input_size must be divisible by 4 (two 2x2 poolings), got {input_size}"
@@ -303,7 +323,6 @@ def mnist_cnn(
         msg = f"layers must be one of {', '.join(CNN_LAYER_SETS)}, got {layers!r}"
         raise ValueError(msg)
     noisy = regulariser == "noise" and beta > 0
-    pooled = layers == "pooled"
     model = nn.Sequential()
 
     def regularise(index: int) -> str | None:
@@ -316,23 +335,31 @@ def mnist_cnn(
         return None
 
     def conv_block(index: int, fan_in: int, channels: int, side: int) -> HiddenLayer:
-        """conv - BN - tanh - (noise, pool) or (pool, noise): the paper's layer ``index``."""
+        """conv - BN - tanh - noise - pool (noise - pool swapped in "noise-after-pool")."""
         model.add_module(f"conv{index}", nn.Conv2d(fan_in, channels, 5, padding=2))
         model.add_module(f"bn{index}", nn.BatchNorm2d(channels))
         model.add_module(f"tanh{index}", nn.Tanh())
-        if pooled:
-            model.add_module(f"pool{index}", nn.MaxPool2d(2))
-            noise = regularise(index)
+        pool, tanh = f"pool{index}", f"tanh{index}"
+        pooled_shape = (channels, side // 2, side // 2)
+        if layers == "noise-after-pool":
+            model.add_module(pool, nn.MaxPool2d(2))
             return HiddenLayer(
-                f"pool{index}", f"pool{index}", noise, (channels, side // 2, side // 2), "tanh",
-                "conv", f"paper's Layer {index}: 2x2 max-pooling of tanh(BN(conv)), noise after it",
+                pool, pool, regularise(index), pooled_shape, "tanh", "conv",
+                f"paper's Layer {index}: 2x2 max-pooling of tanh(BN(conv)), with the noise moved "
+                "after the pooling (not the paper's order)",
             )
         noise = regularise(index)
-        model.add_module(f"pool{index}", nn.MaxPool2d(2))
+        model.add_module(pool, nn.MaxPool2d(2))
+        if layers == "pre-pool":
+            return HiddenLayer(
+                tanh, tanh, noise, (channels, side, side), "tanh", "conv",
+                f"tanh(BN(conv)) of the paper's Layer {index} before its noise and 2x2 max-pooling",
+            )
         return HiddenLayer(
-            f"tanh{index}", f"tanh{index}", noise, (channels, side, side), "tanh", "conv",
-            f"tanh(BN(conv)) of the paper's Layer {index} before its 2x2 max-pooling, noise "
-            "before pooling",
+            pool, tanh, noise, pooled_shape, "tanh", "conv",
+            f"paper's Layer {index}: 2x2 max-pooling of tanh(BN(conv)); S pools the noiseless "
+            "tanh, T pools tanh + noise",
+            pool=pool,
         )
 
     layer1 = conv_block(1, in_channels, 16, input_size)
@@ -349,7 +376,7 @@ def mnist_cnn(
     model.add_module("out", nn.Linear(128, n_classes))
     layer4 = HiddenLayer(
         "logits", "out", None, (n_classes,), "linear", "dense",
-        "paper's Layer 4: the logits, the output T_4 = S_4 (no noise; sp-mi adds beta of its own)",
+        "paper's Layer 4: the logits, the output T_4 = S_4 (no noise after it)",
     )
     effective_beta = float(beta) if noisy else 0.0
     description = {

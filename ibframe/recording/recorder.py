@@ -177,6 +177,7 @@ class _Layer:
     name: str
     module: str
     attrs: dict[str, Any]
+    pool: str | None = None  # a pooling module applied to the module's output to give S
 
 
 def _normalise_layers(
@@ -187,10 +188,13 @@ def _normalise_layers(
     out = []
     for layer in layers:
         if isinstance(layer, HiddenLayer):
-            attrs = {"activation": layer.activation, "kind": layer.kind}
+            attrs = {"activation": layer.activation, "kind": layer.kind,
+                     "noise": layer.noise_relation}
+            if layer.pool is not None:
+                attrs["pool"] = layer.pool
             if layer.description:
                 attrs["description"] = layer.description
-            out.append(_Layer(layer.name, layer.module, attrs))
+            out.append(_Layer(layer.name, layer.module, attrs, layer.pool))
         else:
             out.append(_Layer(layer, layer, {}))
     if not out:
@@ -226,8 +230,10 @@ class Recorder:
         and "train"/"test" marks. Metrics are computed per part of the split.
     layers
         The hidden layers: ``{store name: qualified module name}``, a list of module names (used
-        as store names), or :class:`ibframe.recording.nn.HiddenLayer` objects. Each module's output is S_l;
-        conv outputs are flattened to units and their shape is kept as the layer's attribute.
+        as store names), or :class:`ibframe.recording.nn.HiddenLayer` objects. Each module's output is S_l
+        (a ``HiddenLayer`` with ``pool``: that pooling of it); conv outputs are flattened to units
+        and their shape is kept as the layer's attribute. A ``HiddenLayer`` also sets the layer
+        attribute ``noise`` (how T follows from S); other layers get "additive" in a noisy run.
     noise
         Qualified names of the noise modules, each adding N(0, beta^2 I) to its input. While
         recording they compute ``x + beta * Z`` with Z from the recorder's generator, whatever
@@ -313,7 +319,10 @@ class Recorder:
         self.record_params = record_params
         self._layers = _normalise_layers(layers)
         modules = dict(model.named_modules())
-        missing = [layer.module for layer in self._layers if layer.module not in modules]
+        missing = [
+            name for layer in self._layers for name in (layer.module, layer.pool)
+            if name is not None and name not in modules
+        ]
         if noise is None:
             noise = [name for name, m in modules.items() if isinstance(m, GaussianNoise)]
         missing += [name for name in noise if name not in modules]
@@ -366,6 +375,7 @@ class Recorder:
                 "shape": list(shapes[layer.name]),
                 "kind": "conv" if len(shapes[layer.name]) > 1 else "dense",
                 **layer.attrs,
+                **({} if self.beta > 0 else {"noise": "none"}),
                 "module": layer.module,
                 "deterministic_given_x": self._deterministic[layer.name],
             }
@@ -565,7 +575,8 @@ class Recorder:
             if out is None:
                 msg = f"module {layer.module!r} does not return a tensor"
                 raise ParameterError(msg)
-            shapes[layer.name] = tuple(out.shape[1:])
+            with torch.no_grad():
+                shapes[layer.name] = tuple(self._s_of(layer, out).shape[1:])
             deterministic[layer.name] = self.beta == 0 or not any(
                 name in noise for name in order[: seen[0]]
             )
@@ -625,11 +636,14 @@ class Recorder:
         """Forward the inputs at ``rows`` (None: all, in order) in batches; S per layer."""
         captured: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in self._layers}
         modules = dict(self.model.named_modules())
+
+        def capture(layer: _Layer, out: torch.Tensor) -> None:
+            s = self._s_of(layer, out.detach())
+            captured[layer.name].append(s.reshape(s.shape[0], -1).float().cpu())
+
         hooks = [
             modules[layer.module].register_forward_hook(
-                lambda _m, _i, out, name=layer.name: captured[name].append(
-                    out.detach().reshape(out.shape[0], -1).float().cpu()
-                )
+                lambda _m, _i, out, layer=layer: capture(layer, out)
             )
             for layer in self._layers
         ]
@@ -647,6 +661,12 @@ class Recorder:
                 hook.remove()
         s = {name: torch.cat(parts).numpy() for name, parts in captured.items()}
         return s, (torch.cat(outputs) if keep_output else None)
+
+    def _s_of(self, layer: _Layer, out: torch.Tensor) -> torch.Tensor:
+        """S of ``layer`` from its module's output: the output, or its pooling (noise-free)."""
+        if layer.pool is None:
+            return out
+        return self.model.get_submodule(layer.pool)(out)
 
     def _metrics(self, output: torch.Tensor) -> dict[str, float]:
         if self.metrics_fn is None or self._y is None:

@@ -19,9 +19,11 @@ from ibframe.store.layout import (
     CODECS,
     CREATING,
     FORMAT,
+    NOISE_RELATIONS,
     check_finite,
     check_names,
     chunks,
+    default_noise_relation,
     ibframe_version,
     json_value,
     real_array,
@@ -68,9 +70,11 @@ def create_run(
         "train"/"test" (or booleans, True = train) per sample.
     layers
         Hidden layers in order: ``{name: units}``, ``{name: (channels, h, w)}``, or
-        ``{name: {"shape": ..., "activation": "tanh", "deterministic_given_x": bool}}``. By default
-        the first layer's S is deterministic given x when ``beta > 0``, and every layer's is when
-        ``beta == 0``. Names: 1-200 of ``A-Z a-z 0-9 _ . -``, not starting with '.', '-' or '__'.
+        ``{name: {"shape": ..., "activation": "tanh", "deterministic_given_x": bool,
+        "noise": "additive"}}``. By default the first layer's S is deterministic given x when
+        ``beta > 0``, and every layer's is when ``beta == 0``; ``noise`` says how T follows from S
+        ("additive", "before-pooling" or "none"; by default "additive" when ``beta > 0``, else
+        "none"). Names: 1-200 of ``A-Z a-z 0-9 _ . -``, not starting with '.', '-' or '__'.
     beta
         Standard deviation of the Gaussian noise added after each hidden layer; 0 = deterministic.
     draws
@@ -267,6 +271,13 @@ def _layer_spec(name: str, spec: Any, position: int, beta: float) -> dict[str, A
         msg = f"layer {name!r} has an invalid shape {shape_value!r}"
         raise StoreError(msg)
     deterministic = raw.pop("deterministic_given_x", beta == 0 or position == 1)
+    noise = raw.pop("noise", default_noise_relation(beta))
+    if noise not in NOISE_RELATIONS or (beta == 0 and noise != "none"):
+        msg = (
+            f"layer {name!r}: noise must be one of {', '.join(NOISE_RELATIONS)} (\"none\" in a "
+            f"deterministic run), got {noise!r}"
+        )
+        raise StoreError(msg)
     clash = sorted({"index", "beta"} & set(raw))
     if clash:
         msg = f"layer {name!r}: {clash} are set by ibframe, not in the layer declaration"
@@ -278,6 +289,7 @@ def _layer_spec(name: str, spec: Any, position: int, beta: float) -> dict[str, A
         "activation": raw.pop("activation", None),
         "kind": raw.pop("kind", "dense" if len(shape) == 1 else "conv"),
         "deterministic_given_x": bool(deterministic),
+        "noise": noise,
         "beta": float(beta),
         **raw,
     }

@@ -12,7 +12,7 @@ import math
 import re
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +25,18 @@ from ibframe.errors import ActivationError, StoreError
 FORMAT: typing.Final = 2
 #: The formats this ibframe reads (and appends to, in their own format).
 READABLE_FORMATS: typing.Final = (1, 2)
+
+#: How a layer's T follows from its recorded S (the layer attribute ``noise``): "additive",
+#: T = S + Z with Z ~ N(0, beta^2 I); "before-pooling", T = pool(U + Z) where S = pool(U), which is
+#: not S + Gaussian noise; "none", T = S (no noise after the layer, or a deterministic run).
+NoiseRelation = Literal["additive", "before-pooling", "none"]
+NOISE_RELATIONS: typing.Final = typing.get_args(NoiseRelation)
+
+
+def default_noise_relation(beta: float) -> NoiseRelation:
+    """The ``noise`` of a layer that does not say (stores before the attribute): S + Z if noisy."""
+    return "additive" if beta > 0 else "none"
+
 
 #: Root attribute of a store whose ``create_run`` has not finished. It is replaced, in one write,
 #: by the full root attributes (``ibframe_format`` among them) once every group and array exists.

@@ -45,6 +45,7 @@ from ibframe.store.layout import (
     check_finite,
     check_name,
     check_names,
+    default_noise_relation,
     ibframe_version,
     real_array,
     summarise_epochs,
@@ -443,8 +444,14 @@ class Run:
         return present
 
     def layer_attrs(self, layer: str) -> dict[str, Any]:
-        """Stored attributes of one layer: index, shape, units, activation, kind, ..."""
-        return dict(self._layer(layer).attrs)
+        """Stored attributes of one layer: index, shape, units, activation, kind, noise, ...
+
+        ``noise`` (how T follows from S) is read as "additive" in a noisy store written before
+        the attribute existed, "none" in a deterministic one.
+        """
+        attrs = dict(self._layer(layer).attrs)
+        attrs.setdefault("noise", default_noise_relation(self.beta))
+        return attrs
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -559,7 +566,7 @@ class Run:
             beta=self.beta,
             deterministic_given_x=bool(arrays.attrs["deterministic_given_x"]),
             device=device,
-            layer_attrs=dict(arrays.attrs),
+            layer_attrs=self.layer_attrs(layer),
             context=dict(context or {}),
             run_path=str(self.location),
             storage_options=dict(self.location.storage_options) or None,
