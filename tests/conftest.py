@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from ibframe import plugins
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let Ctrl-C reach the child processes that tests interrupt (SIGINT). A test run started
+    as a background job of a non-interactive shell, as some CI runners start it, has SIGINT
+    ignored, and its children would inherit that and never see the signal; a handler, unlike
+    an ignored signal, is reset to the default in a child."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
