@@ -253,8 +253,18 @@ class SPMutualInformation(Estimator):
         pairs = centres * points + m * k * k * self.n_mc_conditional
         return pairs * 3.5e-9 * max(1.0, d / 16)
 
-    def compute_part(self, block: Block, stage: int, part: int, parts: int, carry: Any) -> Any:
+    def compute(self, block: Block) -> xr.Dataset:
+        """The stages in one part each, on one plan of the block (built once, not per stage)."""
         plan = _Plan.of(self, block)
+        carry: Any = None
+        for stage in range(self.split_stages):
+            carry = self.combine_parts(stage, [self._part(plan, stage, 0, 1, carry)], carry)
+        return self._finish(plan, block, carry)
+
+    def compute_part(self, block: Block, stage: int, part: int, parts: int, carry: Any) -> Any:
+        return self._part(_Plan.of(self, block), stage, part, parts, carry)
+
+    def _part(self, plan: _Plan, stage: int, part: int, parts: int, carry: Any) -> Any:
         if stage == 0:
             return plan.unconditional(plan.first, plan.seeds[0], part, parts)
         extra = carry.extra
@@ -289,7 +299,9 @@ class SPMutualInformation(Estimator):
         return min(self.max_points, n_points_for_stderr(se, first, self.target_stderr)) - first
 
     def finish(self, block: Block, carry: Any) -> xr.Dataset:
-        plan = _Plan.of(self, block)
+        return self._finish(_Plan.of(self, block), block, carry)
+
+    def _finish(self, plan: _Plan, block: Block, carry: Any) -> xr.Dataset:
         beta = plan.beta
         if block.beta > 0 and not math.isclose(beta, block.beta):
             warnings.warn(
