@@ -606,18 +606,8 @@ def plot_activation_scatter(
             msg = f"plot 'scatter' needs a layer of 2 or 3 units; run {store.path} has {listing}"
             raise ResultConventionError(msg)
         layers = [small[-1]]
-    for layer in layers:
-        if layer not in widths:
-            msg = f"no layer {layer!r} in run {store.path} (layers: {', '.join(widths)})"
-            raise ParameterError(msg)
-        if widths[layer] not in (2, 3):
-            msg = f"plot 'scatter' draws layers of 2 or 3 units; {layer!r} has {widths[layer]}"
-            raise ParameterError(msg)
-    available = (
-        results["epoch"].values if results is not None and "epoch" in results.coords
-        else store.epochs
-    )
-    chosen = _pick_epochs(available, epochs)
+    _check_layers(store, layers, "scatter", widths=(2, 3), what="2 or 3 units")
+    chosen = _pick_epochs(_drawn_epochs(results, store), epochs)
     labels = store.y
     n = store.n_samples
     rows = np.arange(n)
@@ -702,22 +692,12 @@ def plot_density_epochs(
             listing = ", ".join(f"{k} ({v})" for k, v in widths.items())
             msg = f"plot 'density-epochs' needs a layer of 1 unit; run {store.path} has {listing}"
             raise ResultConventionError(msg)
-    for layer in layers:
-        if layer not in widths:
-            msg = f"no layer {layer!r} in run {store.path} (layers: {', '.join(widths)})"
-            raise ParameterError(msg)
-        if widths[layer] != 1:
-            msg = f"plot 'density-epochs' draws layers of 1 unit; {layer!r} has {widths[layer]}"
-            raise ParameterError(msg)
+    _check_layers(store, layers, "density-epochs", widths=(1,), what="1 unit")
     beta = store.beta
     if beta <= 0:
         msg = f"plot 'density-epochs' needs a noisy run; run {store.path} has beta = 0"
         raise ResultConventionError(msg)
-    over = (
-        [int(e) for e in results["epoch"].values]
-        if results is not None and "epoch" in results.coords
-        else [int(e) for e in store.epochs]
-    )
+    over = [int(e) for e in _drawn_epochs(results, store)]
     chosen = _pick_epochs(over, epochs)
     fig, canvas = _canvas(into, (2 * _PANEL + 1.6, (_PANEL * 0.9) * len(layers) + 0.4))
     axes = canvas.subplots(len(layers), 2, squeeze=False)
@@ -776,20 +756,12 @@ def plot_activation_histograms(
     ``run``, else the results' ``source``.
     """
     store = _run_store(results, run, "activation-histograms")
-    known = list(store.layers)
-    layers = known if layers is None else list(layers)
-    unknown = [name for name in layers if name not in known]
-    if unknown:
-        msg = f"no layer {unknown[0]!r} in run {store.path} (layers: {', '.join(known)})"
-        raise ParameterError(msg)
+    layers = list(store.layers) if layers is None else list(layers)
+    _check_layers(store, layers, "activation-histograms")
     if value_range is not None and not value_range[0] < value_range[1]:
         msg = f"value_range must be (low, high) with low < high, got {value_range}"
         raise ParameterError(msg)
-    over = (
-        results["epoch"].values if results is not None and "epoch" in results.coords
-        else store.epochs
-    )
-    chosen = _pick_epochs(over, epochs)
+    chosen = _pick_epochs(_drawn_epochs(results, store), epochs)
     fig, canvas = _canvas(into, (2.4 * len(layers) + 0.4, 1.9 * len(chosen) + 0.6))
     axes = canvas.subplots(len(chosen), len(layers), squeeze=False)
     for col, layer in enumerate(layers):
@@ -875,6 +847,27 @@ def plot_input_distances(
     ax.legend(fontsize="small")
     canvas.suptitle(f"Pairwise distances between inputs ({min(store.n_samples, max_samples)} samples)")
     return fig
+
+
+def _check_layers(
+    store: Run, layers: Sequence[str], kind: str, *, widths: Sequence[int] = (), what: str = ""
+) -> None:
+    """Refuse a layer the run lacks, or (with ``widths``) one of another number of units."""
+    for layer in layers:
+        if layer not in store.layers:
+            msg = f"no layer {layer!r} in run {store.path} (layers: {', '.join(store.layers)})"
+            raise ParameterError(msg)
+        units = int(store.layer_attrs(layer)["units"])
+        if widths and units not in widths:
+            msg = f"plot {kind!r} draws layers of {what}; {layer!r} has {units}"
+            raise ParameterError(msg)
+
+
+def _drawn_epochs(results: xr.Dataset | None, store: Run) -> np.ndarray:
+    """The epochs a figure of the run store chooses from: the results', else the run's."""
+    if results is not None and "epoch" in results.coords:
+        return np.asarray(results["epoch"].values)
+    return np.asarray(store.epochs)
 
 
 def _run_store(
