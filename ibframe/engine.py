@@ -857,9 +857,9 @@ def _assemble(
     if not merged:
         return None
     result = _merge_estimators(merged).reindex(epoch=epoch_values, layer=layer_names)
-    metrics = run.metrics()
+    metrics = run.metrics(epochs=epoch_values)
     if metrics.data_vars:
-        result = result.merge(metrics.sel(epoch=epoch_values))
+        result = result.merge(metrics)
     result = result.assign_coords(layer=np.asarray(layer_names, dtype=object))
     result = result.transpose("epoch", "layer", ...)
     from ibframe import __version__

@@ -1,4 +1,4 @@
-"""Exact pruning: the neighbour path equals the dense float64 kernel within the clamp tolerance
+"""Exact pruning: the neighbour path equals the dense float64 kernel within float32 rounding
 on saturated, clustered and spread centres, for MC points, groups and the pairwise bounds."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ibframe.kernels.mixture import (
     mixture_log_density,
 )
 
-TOLERANCE = 1e-6  # nats, on an estimate: clamped terms are < 1e-34 of the own term
+TOLERANCE = 1e-6  # nats, on an estimate: pruned terms are < 2e-16 of a point's density
 
 
 def saturated(rng: np.random.Generator, n: int, d: int, clusters: int) -> np.ndarray:
@@ -194,3 +194,22 @@ def test_a_rare_dense_cluster_among_spread_centres_is_exact() -> None:
                                     strategy="dense")
     assert pruned.strategy == "neighbours"
     assert float((pruned.log_density - reference.log_density).abs().max()) < 1e-7
+
+
+def test_prune_floor_bounds_the_left_out_share() -> None:
+    """F = -(36 + ln n + ln(w_max / w_min)): n terms below e^F, against a sum of at least the
+    own term (w_own / w_max), leave out at most e^-36 of a density."""
+    n = 1000
+    weights = np.r_[np.full(n // 2, 1.0), np.full(n // 2, 1e-3)]
+    problem = _engine.Problem(
+        centers=torch.zeros(1, n, 2, dtype=torch.float64),
+        log_weights=torch.from_numpy(np.log(weights / weights.sum()))[None],
+        atoms=torch.zeros(n, dtype=torch.int64), n_atoms=1,
+        own=torch.zeros(1, 4, dtype=torch.int64), noise=None, beta=0.1, scale=50.0,
+        exp_dtype=torch.float32,
+    )
+    floor = _engine.prune_floor(problem)
+    assert floor == pytest.approx(-(36.0 + math.log(n) + math.log(1e3)))
+    # the worst case the bound allows: every other term just below the floor, own weight least
+    left_out = (n - 1) * math.exp(floor)
+    assert left_out / 1e-3 <= math.exp(-36.0)

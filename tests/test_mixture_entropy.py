@@ -161,9 +161,11 @@ def test_bounds_sandwich_the_mc_estimate(d: int, beta: float) -> None:
     h, se = gaussian_mixture_entropy(centers, beta, n_mc=64, seed=0, return_stderr=True)
     assert lower < upper
     assert lower - 4 * se <= h <= upper + 4 * se
-    # float32 exp: ~1e-7 relative per term; the float64 mode matches to rounding
-    assert lower == pytest.approx(reference_bound(centers, beta, 8.0), abs=1e-6)
-    assert upper == pytest.approx(reference_bound(centers, beta, 2.0), abs=1e-6)
+    # float32: the exponents' GEMM rounding (~1e-7 relative, of terms up to s * ||mu||^2) moves
+    # the bounds by up to ~1.6e-6 here (measured on other centre sets, before and after the
+    # exp2 kernels alike); the float64 mode matches to rounding
+    assert lower == pytest.approx(reference_bound(centers, beta, 8.0), abs=3e-6)
+    assert upper == pytest.approx(reference_bound(centers, beta, 2.0), abs=3e-6)
     upper64 = gaussian_mixture_entropy(centers, beta, method="kl-upper", dtype="float64")
     assert upper64 == pytest.approx(reference_bound(centers, beta, 2.0), abs=1e-11)
 

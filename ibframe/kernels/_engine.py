@@ -7,21 +7,26 @@ For points :math:`p_k = \mu_{o(k)} + \beta z_k`, each drawn from a known centre 
 
 for every *atom* :math:`a` of a partition of the centres (the intersections of the groups a
 caller asks for). The exponent is relative to the point's own centre, where it is 0, so a sum
-that includes the own centre cannot underflow. Exponents below :data:`EXP_FLOOR` are clamped
-(such terms are :math:`< 10^{-34}` of the own term) or, where pruning skips them, left out.
+that includes the own centre cannot underflow. Terms are evaluated as powers of two (float32
+``exp2`` runs twice as fast as ``exp`` here) on workers that flush subnormal results to zero:
+a term below :math:`10^{-37}` of the own term counts as 0 (or :math:`2^{-126}` in the fused
+loop). Pruning leaves out terms below :func:`prune_floor`, at most :math:`2\cdot10^{-16}` of
+a point's density.
 
 Two exact ways to evaluate it, chosen per call by an estimate of their cost:
 
 ``dense``
     every point against every centre, in blocks of :data:`CPU_BLOCK` exponents: one GEMM of the
     augmented operands :math:`[2sp,\ s(o - \|p\|^2),\ 1] \cdot [\mu,\ 1,\ -s\|\mu\|^2 + \log w]`,
-    then clamp, ``exp`` and one row sum per atom. The centres are first centred on their mean;
+    then ``exp2`` and one row sum per atom. The centres are first centred on their mean;
     the GEMM runs in float32 while its estimated rounding error stays below
-    :data:`FLOAT32_EXPONENT_TOL`, else in float64.
+    :data:`FLOAT32_EXPONENT_TOL`, else in float64. With Numba (:mod:`._fused`) the three
+    steps are one compiled loop, and where float32 would round too much it forms exact
+    differences :math:`p - \mu` in float64 instead of a float64 GEMM.
 ``neighbours``
-    only the centres within reach. A term is below the floor once
-    :math:`\|p_k - \mu_j\|^2 > \beta^2\|z_k\|^2 - \text{floor}/s`, so by the triangle
-    inequality only centres within :math:`R_k = \sqrt{\beta^2\|z_k\|^2 - \text{floor}/s} +
+    only the centres within reach. A term is below the floor :math:`F` (:func:`prune_floor`) once
+    :math:`\|p_k - \mu_j\|^2 > \beta^2\|z_k\|^2 - F/s`, so by the triangle
+    inequality only centres within :math:`R_k = \sqrt{\beta^2\|z_k\|^2 - F/s} +
     \beta\|z_k\|` of the own centre can matter. A k-d tree with sliding-midpoint splits (which
     keep clusters apart) cuts the points' own centres into chunks, its largest subtrees with at
     most :data:`_CHUNK_SOURCES` own centres and :data:`_CHUNK_CENTRES` centres; a chunk's
@@ -38,14 +43,14 @@ Two exact ways to evaluate it, chosen per call by an estimate of their cost:
 
     Where that is cheaper (priced from a sample of 64 points, then from an exact count of the
     pairs, at most :data:`_MAX_PAIRS`), no chunks are planned: a k-d tree ball query about each point
-    (radius :math:`\sqrt{\beta^2\|z_k\|^2 - \text{floor}/s}`) lists its centres in reach,
+    (radius :math:`\sqrt{\beta^2\|z_k\|^2 - F/s}`) lists its centres in reach,
     and each pair is evaluated once in float64.
 
 The choice (:func:`log_sums`) samples 64 own centres for their pairs in reach, plans the chunks
 when that is not most of the centres, and prices each path in units of one dense exponent with
 costs measured on this project's 2-core machine (:data:`_COST_PLAN` and the rest). The estimate
 errs by up to ~2x either way, so pruning is chosen below :data:`_PRUNE_BELOW` of the dense cost.
-Both paths equal the dense float64 kernel within the clamp tolerance.
+Both paths equal the dense float64 kernel within float32's rounding.
 
 Identical centres (same coordinates and atom) are merged first, their weights added: exact, and
 a mixture of :math:`4\cdot10^6` samples of 4 distinct values becomes one of 4 centres.
@@ -68,13 +73,18 @@ import torch
 from scipy.spatial import cKDTree
 
 from ibframe.errors import ParameterError
+from ibframe.kernels import _fused as fused
 from ibframe.kernels._threads import kernel_threads, run_parallel
 
 Strategy = Literal["auto", "dense", "neighbours"]
 STRATEGIES: tuple[str, ...] = ("auto", "dense", "neighbours")
 
-EXP_FLOOR = -80.0
-"""Exponents are clamped here before ``exp``: below ~-87 float32 ``exp`` underflows (slowly)."""
+PRUNE_TOLERANCE = 36.0
+r"""Pruning leaves out at most :math:`e^{-36} \approx 2\cdot10^{-16}` of each point's density
+(float64's rounding of it): see :func:`prune_floor`."""
+
+LOG2E = 1.0 / math.log(2.0)
+"""Exponents are evaluated in base 2: float32 ``exp2`` runs twice as fast as ``exp`` here."""
 
 FLOAT32_EXPONENT_TOL = 1e-3
 """Largest estimated rounding error (in the exponent) that a float32 GEMM may introduce."""
@@ -87,6 +97,7 @@ CUDA_BLOCK = 2**25
 _U32 = 2.0**-24
 _MAX_COLS = 512  # columns per block: 512 x 512 blocks run the GEMM ~30% faster than 64 x 4096
 _ITEM_BLOCKS = 16  # blocks per work item of the dense path
+_FUSED_MIN_COLS = 256  # centres per mixture from which the dense path runs the fused loop
 _DENSE_ONLY_EVALS = 2**22  # below this a dense pass is too cheap to plan around
 _LEAF = 64  # centres per leaf of the k-d tree that orders the neighbour search
 _CHUNK_SOURCES = 256  # own centres per chunk of the neighbour search
@@ -186,14 +197,31 @@ def _buffer(dtype: torch.dtype, count: int, device: torch.device, slot: int = 0)
     return buf[:count]
 
 
-def _reach(problem: Problem, own_sq: torch.Tensor) -> torch.Tensor:
-    """Per point, the distance from the point beyond which every term is below the floor."""
-    return (own_sq - EXP_FLOOR / problem.scale).sqrt()
+def prune_floor(problem: Problem) -> float:
+    r"""The exponent (relative to the largest weight's own term) below which pruning leaves a
+    term out, for one mixture.
+
+    A left-out term is below :math:`e^{F}` and there are fewer than :math:`n` of them, while
+    the point's sum is at least its own term, :math:`w_{own}/w_{max}`. So with
+    :math:`F = -(\text{tol} + \ln n + \ln(w_{max}/w_{min}))` the left-out share of every
+    point's density is below :math:`e^{-\text{tol}}` (:data:`PRUNE_TOLERANCE`). A fixed floor
+    would have to assume the worst :math:`n`; this one reaches no further than it must, which
+    in :math:`d` dimensions saves a power :math:`d/2` of the reach.
+    """
+    lw = problem.log_weights[0]
+    finite = lw[torch.isfinite(lw)]
+    spread = float(finite.max() - finite.min()) if finite.numel() else 0.0
+    return -(PRUNE_TOLERANCE + math.log(max(2, lw.numel())) + spread)
 
 
-def _point_radii(problem: Problem, own_sq: torch.Tensor) -> torch.Tensor:
-    """Per point, the distance from its own centre beyond which every term is below the floor."""
-    return _reach(problem, own_sq) + own_sq.sqrt()
+def _reach(problem: Problem, own_sq: torch.Tensor, floor: float) -> torch.Tensor:
+    """Per point, the distance from the point beyond which every term is below ``floor``."""
+    return (own_sq - floor / problem.scale).sqrt()
+
+
+def _point_radii(problem: Problem, own_sq: torch.Tensor, floor: float) -> torch.Tensor:
+    """Per point, the distance from its own centre beyond which every term is below ``floor``."""
+    return _reach(problem, own_sq, floor) + own_sq.sqrt()
 
 
 def _own_sq(problem: Problem) -> torch.Tensor:
@@ -285,8 +313,19 @@ class _Dense:
         operand = torch.cat([self.centers, ones, const[..., None]], dim=-1)
         self.own_sq = _own_sq(problem)
         self.gemm_dtype = self._gemm_dtype(c_sq)
-        self.operand = operand.transpose(1, 2).contiguous().to(self.gemm_dtype)
         self.operand64 = operand.transpose(1, 2).contiguous()
+        # base 2 (module notes): the constant row scaled here, the points' first d + 1 columns
+        # in _item; each "1" stays exact, so log2(e) is never rounded to float32 as a factor
+        self.operand = self.operand64.clone()
+        self.operand[:, -1] *= LOG2E
+        self.operand = self.operand.to(self.gemm_dtype)
+        # the fused loop where each mixture's rows are long enough to be worth a call; where a
+        # float32 inner product would round too much, it forms exact differences instead
+        self.fused = (device.type == "cpu" and problem.exp_dtype == torch.float32
+                      and problem.centers.shape[1] >= _FUSED_MIN_COLS and fused.enabled())
+        if self.fused and self.gemm_dtype == torch.float64:
+            self.centers_t = self.centers.transpose(1, 2).contiguous()
+            self.col_terms = (LOG2E * (lw - self.lw_ref[:, None])).to(torch.float32)
 
     def _gemm_dtype(self, c_sq: torch.Tensor) -> torch.dtype:
         problem = self.problem
@@ -319,18 +358,22 @@ class _Dense:
 
         _run(self.centers.device, work, items)
 
-    def _point_operand(self, m0: int, m1: int, r0: int, r1: int) -> torch.Tensor:
-        r""":math:`[2sp,\ s(o - \|p\|^2),\ 1]`, ``(m, rows, d + 2)`` float64."""
+    def _points(self, m0: int, m1: int, r0: int, r1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Points ``r0:r1`` of mixtures ``m0:m1`` (centred coordinates) and their :math:`o_k`."""
         problem = self.problem
-        scale = problem.scale
         own = self.own[m0:m1, r0:r1]
         points = torch.gather(
             self.centers[m0:m1], 1, own[..., None].expand(-1, -1, self.centers.shape[2])
         )
         if problem.noise is not None:
             points = points + problem.beta * problem.noise[m0:m1, r0:r1].to(torch.float64)
+        return points, self.own_sq[m0:m1, r0:r1]
+
+    def _point_operand(self, m0: int, m1: int, r0: int, r1: int) -> torch.Tensor:
+        r""":math:`[2sp,\ s(o - \|p\|^2),\ 1]`, ``(m, rows, d + 2)`` float64."""
+        scale = self.problem.scale
+        points, o = self._points(m0, m1, r0, r1)
         p_sq = (points * points).sum(-1)
-        o = self.own_sq[m0:m1, r0:r1]
         return torch.cat(
             [2.0 * scale * points, (scale * (o - p_sq))[..., None], torch.ones_like(o)[..., None]],
             dim=-1,
@@ -340,11 +383,14 @@ class _Dense:
         """Log sums ``(m1 - m0, r1 - r0, A)`` of points ``r0:r1`` of mixtures ``m0:m1``."""
         exp_dtype = self.problem.exp_dtype
         p_aug64 = self._point_operand(m0, m1, r0, r1)
-        p_aug = p_aug64.to(self.gemm_dtype)
+        p_aug = _base2(p_aug64).to(self.gemm_dtype)
         mixtures, rows = p_aug.shape[:2]
         sums = torch.zeros(mixtures, rows, self.problem.n_atoms, dtype=torch.float64,
                            device=p_aug.device)
         operand = self.operand[m0:m1]
+        if self.fused:
+            self._fused_sums(sums, p_aug, m0, m1, r0, r1)
+            return self._logs(sums, p_aug64, m0, m1)
         # blocks of about self.block exponents: wide where the item has few rows
         width = max(_MAX_COLS, self.block // (mixtures * rows))
         for atom in range(self.problem.n_atoms):
@@ -362,8 +408,30 @@ class _Dense:
                     )
                     if self.gemm_dtype != exp_dtype:
                         block = _buffer(exp_dtype, count, p_aug.device, 1).view(shape).copy_(block)
-                    block.clamp_(min=EXP_FLOOR).exp_()
+                    block.exp2_()
                     sums[:, i0:i1, atom] += block.sum(-1)
+        return self._logs(sums, p_aug64, m0, m1)
+
+    def _fused_sums(self, sums: torch.Tensor, p_aug: torch.Tensor, m0: int, m1: int, r0: int,
+                    r1: int) -> None:
+        """The item's sums by the fused loop (:mod:`._fused`), per mixture and atom."""
+        atoms = [(atom, self.bounds[atom], self.bounds[atom + 1])
+                 for atom in range(self.problem.n_atoms)]
+        if self.gemm_dtype != torch.float64:
+            for m in range(m1 - m0):
+                for atom, a0, a1 in atoms:
+                    fused.exp2_row_sums(p_aug[m], self.operand[m0 + m], a0, a1, sums[m, :, atom])
+            return
+        points, o = self._points(m0, m1, r0, r1)
+        sigma = LOG2E * self.problem.scale
+        row_terms = (sigma * o).to(torch.float32)
+        for m in range(m1 - m0):
+            for atom, a0, a1 in atoms:
+                fused.exp2_row_sums_diff(points[m].contiguous(), row_terms[m],
+                                         self.centers_t[m0 + m], self.col_terms[m0 + m], sigma,
+                                         a0, a1, sums[m, :, atom])
+
+    def _logs(self, sums: torch.Tensor, p_aug64: torch.Tensor, m0: int, m1: int) -> torch.Tensor:
         logs = sums.log_() + self.lw_ref[m0:m1, None, None]
         overflow = torch.isposinf(logs).any(-1)
         if bool(overflow.any()):
@@ -404,7 +472,8 @@ class _Neighbours:
         self.lw_ref = float(lw.max())
         self.lw = lw - self.lw_ref
         self.own_sq = _own_sq(problem)[0]
-        radii = _point_radii(problem, self.own_sq)
+        self.floor = prune_floor(problem)
+        radii = _point_radii(problem, self.own_sq, self.floor)
         own = problem.own[0]
         # the points grouped by own centre: sources, their point ranges and reach
         self.point_order = torch.argsort(own, stable=True)
@@ -544,12 +613,12 @@ class _Neighbours:
     def _ball(self) -> tuple[cKDTree, torch.Tensor, dict[str, Any]]:
         r"""A k-d tree of the centres, the points (float64) and the ball query about each point
         that finds the centres with a term above the floor, :math:`\|p_k - \mu_j\|^2 \le
-        \beta^2\|z_k\|^2 - \text{floor}/s` (:func:`_reach`)."""
+        \beta^2\|z_k\|^2 - F/s` (:func:`_reach`, :func:`prune_floor`)."""
         problem = self.problem
         points = torch.index_select(self.centers, 0, problem.own[0])
         if problem.noise is not None:
             points = points + problem.beta * problem.noise[0].to(torch.float64)
-        radii = _reach(problem, self.own_sq) * (1 + 1e-9) + 1e-12
+        radii = _reach(problem, self.own_sq, self.floor) * (1 + 1e-9) + 1e-12
         tree = cKDTree(self.centers.cpu().numpy(), leafsize=16, copy_data=False)
         query = {"x": points.cpu().numpy(), "r": radii.cpu().numpy(), "workers": kernel_threads()}
         return tree, points, query
@@ -588,7 +657,7 @@ class _Neighbours:
             delta = torch.index_select(points, 0, rows) - torch.index_select(self.centers, 0, ids)
             exponent = (torch.index_select(self.own_sq, 0, rows) - (delta * delta).sum(-1))
             exponent.mul_(problem.scale).add_(torch.index_select(self.lw, 0, ids))
-            terms = exponent.clamp_(min=EXP_FLOOR).exp_()
+            terms = exponent.exp_()
             slot = rows * problem.n_atoms + torch.index_select(problem.atoms, 0, ids)
             sums.view(-1).index_add_(0, slot, terms)
 
@@ -693,7 +762,7 @@ class _Neighbours:
         nb = _take(neighbours, pair)
         own_xyz = torch.index_select(self.centers, 0, torch.index_select(self.sources, 0, sources))
         delta = own_xyz[:, None, :] - _take(self.centers, nb)
-        # padding gets a far exponent: clamped to the floor like any far centre
+        # padding gets an exponent of -inf: a term of 0
         cterm = torch.where(valid, -problem.scale * (delta * delta).sum(-1) + _take(self.lw, nb),
                             -math.inf)
         pslots = torch.arange(pts_max, device=self.device)
@@ -705,13 +774,15 @@ class _Neighbours:
         # no exponent exceeds s o_k (the own term is 0): float32 exp overflows above ~88
         largest = problem.scale * float(_take(self.own_sq, point_ids).max())
         dtype = problem.exp_dtype if largest < 80.0 else torch.float64
+        cterm = cterm * LOG2E  # exponents in base 2
         if problem.noise is None:
             exponent = cterm[:, None, :].expand(-1, pts_max, -1).to(dtype)
         else:
             z = _take(problem.noise[0], point_ids).to(dtype)
             exponent = torch.bmm(z, delta.transpose(1, 2).to(dtype))
-            exponent.mul_(-2.0 * problem.scale * problem.beta).add_(cterm[:, None, :].to(dtype))
-        exponent = exponent.clamp_(min=EXP_FLOOR).exp_()
+            exponent.mul_(-2.0 * problem.scale * problem.beta * LOG2E).add_(
+                cterm[:, None, :].to(dtype))
+        exponent = exponent.exp2_()
         if problem.n_atoms == 1:
             part = exponent.sum(-1, keepdim=True, dtype=torch.float64)
         else:
@@ -773,14 +844,18 @@ class _LocalDense:
         p_aug = torch.cat([2.0 * scale * points, (scale * (o - p_sq))[:, None],
                            torch.ones_like(o)[:, None]], dim=1)
         c_sq = (cand * cand).sum(-1)
+        # base 2, each "1" exact (as for the dense pass)
         self.c_aug = torch.cat([cand, torch.ones_like(c_sq)[:, None],
-                                (-scale * c_sq + owner.lw[candidates])[:, None]], dim=1)
+                                LOG2E * (-scale * c_sq + owner.lw[candidates])[:, None]], dim=1)
         reach = (math.sqrt(float(c_sq.max())) + math.sqrt(float(p_sq.max()))) ** 2 + float(
             o.max())
         # a stricter bar than the dense pass, as it is cheap to meet: float64 otherwise
         exact = math.sqrt(cand.shape[1] + 2) * _U32 * scale * reach <= 0.1 * FLOAT32_EXPONENT_TOL
         self.gemm_dtype = problem.exp_dtype if exact else torch.float64
-        self.p_aug = p_aug.to(self.gemm_dtype)
+        self.p_aug = _base2(p_aug).to(self.gemm_dtype)
+        self.fused = (owner.device.type == "cpu" and problem.exp_dtype == torch.float32
+                      and fused.enabled())
+        self._c_fused: torch.Tensor | None = None
 
     def add(self, j0: int, j1: int, atom: int, own_pos: torch.Tensor, sums: torch.Tensor) -> None:
         """Add the terms of candidates ``j0:j1`` (all in ``atom``) to the chunk's points, but
@@ -790,6 +865,13 @@ class _LocalDense:
         own_col = torch.index_select(own_pos, 0, self.member_of_point)
         rows = self.point_ids.numel()
         total = torch.zeros(rows, dtype=torch.float64, device=owner.device)
+        if self.fused:
+            if self._c_fused is None:
+                self._c_fused = self.c_aug.T.to(self.gemm_dtype).contiguous()
+            fused.exp2_row_sums(self.p_aug, self._c_fused, j0, j1, total, own_col)
+            sums.index_put_((self.point_ids, torch.full_like(self.point_ids, atom)), total,
+                            accumulate=True)
+            return
         # wide blocks where the chunk has few points: a block costs ~10 torch calls
         cols = min(j1 - j0, max(_MAX_COLS, owner.block // max(1, rows)))
         row_step = max(1, owner.block // cols)
@@ -808,10 +890,18 @@ class _LocalDense:
                 col = own_col[i0:i1] - c0
                 hit = torch.nonzero((col >= 0) & (col < c1 - c0)).squeeze(1)
                 block[hit, col[hit]] = -math.inf
-                block.clamp_(min=EXP_FLOOR).exp_()
+                block.exp2_()
                 total[i0:i1] += block.sum(-1)
         sums.index_put_((self.point_ids, torch.full_like(self.point_ids, atom)), total,
                         accumulate=True)
+
+
+def _base2(p_aug: torch.Tensor) -> torch.Tensor:
+    r"""The points' operand :math:`[2sp,\ s(o - \|p\|^2),\ 1]` for exponents in base 2: all
+    but the last column times :math:`\log_2 e`, in float64."""
+    scaled = p_aug * LOG2E
+    scaled[..., -1] = p_aug[..., -1]
+    return scaled
 
 
 def _take(source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -64,8 +64,8 @@ import torch
 from ibframe._validation import positive, positive_int
 from ibframe.errors import ParameterError
 from ibframe.kernels._engine import (
-    EXP_FLOOR,
     FLOAT32_EXPONENT_TOL,
+    PRUNE_TOLERANCE,
     STRATEGIES,
     Problem,
     Strategy,
@@ -92,9 +92,9 @@ from ibframe.kernels.mc_points import (
 __all__ = [
     "DEFAULT_N_MC",
     "DEFAULT_N_MC_BATCH",
-    "EXP_FLOOR",
     "FLOAT32_EXPONENT_TOL",
     "METHODS",
+    "PRUNE_TOLERANCE",
     "STRATEGIES",
     "Method",
     "MixtureDensity",

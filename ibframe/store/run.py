@@ -7,7 +7,7 @@ import itertools
 import math
 import typing
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -520,14 +520,21 @@ class Run:
     def _cond_index(self, layer: str) -> npt.NDArray[np.int64]:
         return self._data(f"layers/{layer}/cond_sample").astype(np.int64)
 
-    def metrics(self) -> xr.Dataset:
-        """The recorded metrics over the committed epochs (loss_train, accuracy_test, ...)."""
-        n = len(self._attrs["epochs"])
+    def metrics(self, epochs: Sequence[int] | None = None) -> xr.Dataset:
+        """The recorded metrics (loss_train, accuracy_test, ...) over the committed epochs, or
+        over ``epochs`` only (each must be recorded): a metric is stored one chunk per epoch,
+        so a few epochs read a few chunks."""
+        if epochs is None:
+            positions: slice | npt.NDArray[np.int64] = slice(0, len(self._attrs["epochs"]))
+            labels = self.epochs
+        else:
+            positions = np.asarray([self._epoch_position(int(e)) for e in epochs], dtype=np.int64)
+            labels = self.epochs[positions]
         variables = {
-            name: ("epoch", self._reader(self._series("metrics", name), f"metrics/{name}")[:n])
+            name: ("epoch", self._reader(self._series("metrics", name), f"metrics/{name}")[positions])
             for name in self._committed("metrics")
         }
-        return xr.Dataset(variables, coords={"epoch": self.epochs})
+        return xr.Dataset(variables, coords={"epoch": labels})
 
     def params(self, epoch: int) -> dict[str, npt.NDArray[Any]]:
         """The model's parameters recorded at ``epoch``."""
