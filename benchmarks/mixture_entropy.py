@@ -11,7 +11,8 @@ sides alike (timings are the best of a few repetitions):
   chose, and the largest difference from the float64 peer.
 * ``dense``: the unpruned path (``strategy="dense"``) at d = 3, 10, 16: mixture-component
   evaluations per second over the machine's ``exp`` throughput, measured in the same run on the
-  same worker pool (each worker ``torch.exp`` in place on its own L2-sized block).
+  same worker pool (each worker ``torch.exp`` in place on its own L2-sized block); with Numba,
+  the fused loop's figure and the torch path's (``IBFRAME_FUSED=0``) beside it.
 * ``szt_kernel_epoch``: an SZT-sized epoch at the kernel level, every recorded draw pooled, as
   the sp-mi rewrite will need it: for each layer (widths 10-7-5-4-3) of a synthetic noisy tanh
   network on all 4096 12-bit inputs with 16 conditional draws each, h(T) of the pooled mixture
@@ -60,6 +61,7 @@ from scipy.spatial.distance import cdist
 from scipy.special import logsumexp
 
 from ibframe.errors import QualityWarning
+from ibframe.kernels import _fused as fused
 from ibframe.kernels._threads import kernel_threads, run_parallel
 from ibframe.kernels.mixture import (
     draw_points,
@@ -206,23 +208,48 @@ def _strategy(centers: np.ndarray, beta: float, noise: np.ndarray) -> str:
     return mixture_log_density(centers, beta, points).strategy
 
 
+@contextmanager
+def torch_path() -> Iterator[None]:
+    """The dense passes on torch (``IBFRAME_FUSED=0``), the fused loop's fallback."""
+    saved = os.environ.get(fused.ENV_FUSED)
+    os.environ[fused.ENV_FUSED] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[fused.ENV_FUSED]
+        else:
+            os.environ[fused.ENV_FUSED] = saved
+
+
 def dense_case(n: int, d: int) -> dict[str, Any]:
     """The unpruned path: evaluations per second against the exp throughput, both measured
-    in turn three times (the fastest of each), so that both see the same load."""
+    in turn three times (the fastest of each), so that both see the same load; with the fused
+    loop, the torch path's figure beside it."""
     rng = np.random.default_rng(d)
     centers = tanh_centres(rng, n, d)
     evals = n * N_MC * n
-    seconds, exp_rate = math.inf, 0.0
+
+    def run() -> float:
+        return gaussian_mixture_entropy(centers, 0.1, n_mc=N_MC, seed=0, strategy="dense")
+
+    seconds, torch_seconds, exp_rate = math.inf, math.inf, 0.0
     for _ in range(3):
         exp_rate = max(exp_rate, *exp_throughput().values())
-        seconds = min(seconds, best_time(lambda: gaussian_mixture_entropy(
-            centers, 0.1, n_mc=N_MC, seed=0, strategy="dense"), 2))
-    return {
-        "n": n, "d": d, "beta": 0.1, "seconds": round(seconds, 4),
+        seconds = min(seconds, best_time(run, 2))
+        if fused.enabled():
+            with torch_path():
+                torch_seconds = min(torch_seconds, best_time(run, 2))
+    row = {
+        "n": n, "d": d, "beta": 0.1, "fused": fused.enabled(), "seconds": round(seconds, 4),
         "evals_per_s": float(f"{evals / seconds:.3g}"),
         "exp_per_s": float(f"{exp_rate:.3g}"),
         "evals_per_exp": round(evals / seconds / exp_rate, 3),
     }
+    if math.isfinite(torch_seconds):
+        row["torch_path_seconds"] = round(torch_seconds, 4)
+        row["torch_path_evals_per_exp"] = round(evals / torch_seconds / exp_rate, 3)
+    return row
 
 
 # --------------------------------------------------------------------------------------------
@@ -493,6 +520,7 @@ def main() -> None:
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "fused_loop": fused.enabled(),
             "load_average_1min_at_start": started,
         },
         "exp": rates,
