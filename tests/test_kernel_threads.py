@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -103,3 +105,28 @@ def test_a_forked_child_gets_a_pool_of_its_own() -> None:
         print(value == parent)
     """
     assert run_python(code) == "True"
+
+
+def test_overlapping_callers_keep_blocks_single_threaded_and_restore_the_setting() -> None:
+    """torch's thread count is one process-wide setting: two callers whose blocks overlap
+    (the engine's threads) must not put it back under each other's blocks."""
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    started = threading.Barrier(2)
+
+    def block(item: int) -> None:
+        time.sleep(0.02)
+        seen.append(torch.get_num_threads())
+
+    def caller(delay: float) -> None:
+        started.wait()
+        time.sleep(delay)
+        run_parallel(block, range(6))
+
+    threads = [threading.Thread(target=caller, args=(delay,)) for delay in (0.0, 0.03)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == [1] * 12
+    assert torch.get_num_threads() == before

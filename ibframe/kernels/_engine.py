@@ -64,6 +64,7 @@ import functools
 import itertools
 import math
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -122,6 +123,12 @@ _COST_QUERY = 40.0  # per point queried, per centre in the tree (its build), in 
 _PAIR_BLOCK = 2**16  # pairs per work item of the few-pairs route
 # prune only below this share of the dense cost: the estimate errs by up to ~2x either way
 _PRUNE_BELOW = 0.6
+# an exponent of the fused dense loop in the model's unit (a torch-path exponent): measured
+# 0.42-0.61 on the SZT runs and 0.5-0.8 on benchmarks/mixture_entropy.py's dense cases
+_FUSED_UNIT = 1.0
+_QUERY_REPEAT = 2.5  # the route's query lists what counting the pairs only counted
+_QUERY_SAMPLE = 256  # points whose pair count prices the query before all are counted
+_NO_PLAN_BELOW = 0.05  # few pairs below this share of the dense cost: no chunks are planned
 
 
 @dataclass(frozen=True)
@@ -162,7 +169,8 @@ def log_sums(problem: Problem, strategy: str = "auto") -> tuple[torch.Tensor, st
     ):
         pruned = _Neighbours(problem)
         cost = pruned.estimated_cost()  # also chooses between the chunks and few pairs
-        if strategy == "neighbours" or cost < _PRUNE_BELOW * dense_evals:
+        dense_cost = dense_evals * (_FUSED_UNIT if _Dense.fuses(problem) else 1.0)
+        if strategy == "neighbours" or cost < _PRUNE_BELOW * dense_cost:
             pruned.run(out)
             return out, "neighbours"
     _Dense(problem).run(out)
@@ -321,11 +329,16 @@ class _Dense:
         self.operand = self.operand.to(self.gemm_dtype)
         # the fused loop where each mixture's rows are long enough to be worth a call; where a
         # float32 inner product would round too much, it forms exact differences instead
-        self.fused = (device.type == "cpu" and problem.exp_dtype == torch.float32
-                      and problem.centers.shape[1] >= _FUSED_MIN_COLS and fused.enabled())
+        self.fused = self.fuses(problem)
         if self.fused and self.gemm_dtype == torch.float64:
             self.centers_t = self.centers.transpose(1, 2).contiguous()
             self.col_terms = (LOG2E * (lw - self.lw_ref[:, None])).to(torch.float32)
+
+    @staticmethod
+    def fuses(problem: Problem) -> bool:
+        """Whether the dense pass of ``problem`` runs the fused loop (:mod:`._fused`)."""
+        return (problem.centers.device.type == "cpu" and problem.exp_dtype == torch.float32
+                and problem.centers.shape[1] >= _FUSED_MIN_COLS and fused.enabled())
 
     def _gemm_dtype(self, c_sq: torch.Tensor) -> torch.dtype:
         problem = self.problem
@@ -568,6 +581,13 @@ class _Neighbours:
         per_point = float((degree * weight).sum() / weight.sum())
         if per_point > _DENSE_SHARE * n:
             return math.inf
+        query = _COST_QUERY * (n + n_points)
+        few = query + _COST_PAIR * per_point * n_points
+        if per_point * n_points <= _MAX_PAIRS and few < _NO_PLAN_BELOW * n * n_points:
+            # so cheap that the chunks could not gain much: not even planned
+            cost = self._few_pairs_cost(query, math.inf)
+            if cost < math.inf:
+                return cost
         plan = self.plan()
         picked = rng.choice(len(plan), size=min(_PLAN_SAMPLE, len(plan)), replace=False)
         tested = local = 0.0
@@ -580,14 +600,26 @@ class _Neighbours:
         evaluation = min(_COST_LOCAL * local * share, _COST_PAIR * per_point * n_points)
         chunks = len(plan) * (_COST_SCAN * n + _COST_CHUNK)
         chunked = _COST_PLAN * n + chunks + _COST_TEST * tested * share + evaluation
-        query = _COST_QUERY * (n + n_points)
-        if per_point * n_points <= _MAX_PAIRS and query + _COST_PAIR * per_point * n_points < chunked:
-            # the sample may miss a rare cluster: the pairs are counted exactly (cheap here)
-            pairs = self._pair_count()
-            if pairs <= _MAX_PAIRS and query + _COST_PAIR * pairs < chunked:
-                self.few_pairs = True
-                return query + _COST_PAIR * pairs
+        if per_point * n_points <= _MAX_PAIRS and few < chunked:
+            return min(chunked, self._few_pairs_cost(query, chunked))
         return chunked
+
+    def _few_pairs_cost(self, query: float, other: float) -> float:
+        """The few-pairs route's cost, where it is below ``other`` (and then chosen), else inf.
+
+        A k-d tree query visits far more than the pairs it finds where the reach is wide in
+        many dimensions (0.3 s for 8 pairs per point at d = 10, beta = 0.1, where the dense pass
+        takes 0.09 s): a sample of the query, timed, vetoes such cases. The pairs of the 64
+        sampled own centres may miss a rare cluster: they are counted exactly (cheap here).
+        """
+        if self._query_seconds(_QUERY_SAMPLE) > _PRUNE_BELOW * self._dense_seconds():
+            return math.inf
+        pairs = self._pair_count()
+        cost = query + _COST_PAIR * pairs
+        if pairs <= _MAX_PAIRS and cost < other:
+            self.few_pairs = True
+            return cost
+        return math.inf
 
     # evaluation ----------------------------------------------------------------------------
 
@@ -623,10 +655,30 @@ class _Neighbours:
         query = {"x": points.cpu().numpy(), "r": radii.cpu().numpy(), "workers": kernel_threads()}
         return tree, points, query
 
-    def _pair_count(self) -> int:
-        """The (point, centre) pairs with a term above the floor, counted by :attr:`_ball`."""
+    def _pair_count(self, rows: np.ndarray | None = None) -> int:
+        """The (point, centre) pairs with a term above the floor, counted by :attr:`_ball`
+        (for the points ``rows`` only, if given)."""
         tree, _, query = self._ball
+        if rows is not None:
+            query = {**query, "x": query["x"][rows], "r": query["r"][rows]}
         return int(tree.query_ball_point(**query, return_length=True).sum())
+
+    def _query_seconds(self, sample: int) -> float:
+        """Seconds the few-pairs route's query would take, from the timed pair count of
+        ``sample`` random points (the tree built beforehand)."""
+        n_points = self.problem.own.shape[1]
+        self._ball  # noqa: B018 - build the tree outside the timing
+        rows = np.random.default_rng(1).choice(n_points, size=min(sample, n_points), replace=False)
+        started = time.perf_counter()
+        self._pair_count(rows)
+        return _QUERY_REPEAT * (time.perf_counter() - started) * n_points / rows.size
+
+    def _dense_seconds(self) -> float:
+        """Seconds the dense pass would take (measured speed of the torch path, or the fused
+        loop's share of it)."""
+        unit = _FUSED_UNIT if _Dense.fuses(self.problem) else 1.0
+        evals = self.problem.own.shape[1] * self.centers.shape[0]
+        return unit * evals * _dense_seconds_per_exponent()
 
     def _run_pairs(self, out: torch.Tensor) -> None:
         """The few-pairs route: every pair from :attr:`_ball`'s query, evaluated on its own with
@@ -902,6 +954,31 @@ def _base2(p_aug: torch.Tensor) -> torch.Tensor:
     scaled = p_aug * LOG2E
     scaled[..., -1] = p_aug[..., -1]
     return scaled
+
+
+@functools.cache
+def _dense_seconds_per_exponent() -> float:
+    """Seconds of one exponent of the torch dense pass on the CPU (the cost model's unit),
+    measured once per process on 1024 points x 16384 centres at d = 8 (~17 M exponents)."""
+    rng = np.random.default_rng(0)
+    n, n_points, d = 16384, 1024, 8
+    problem = Problem(
+        centers=torch.from_numpy(np.tanh(rng.normal(size=(1, n, d)))),
+        log_weights=torch.full((1, n), -math.log(n), dtype=torch.float64),
+        atoms=torch.zeros(n, dtype=torch.int64), n_atoms=1,
+        own=torch.from_numpy(rng.integers(0, n, (1, n_points))),
+        noise=torch.from_numpy(rng.normal(size=(1, n_points, d))).float(),
+        beta=0.1, scale=50.0, exp_dtype=torch.float32,
+    )
+    out = torch.empty(1, n_points, 1, dtype=torch.float64)
+    dense = _Dense(problem)
+    dense.fused = False  # the unit is the torch path's exponent
+    best = math.inf
+    for _ in range(2):
+        started = time.perf_counter()
+        dense.run(out)
+        best = min(best, time.perf_counter() - started)
+    return best / (n * n_points)
 
 
 def _take(source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -12,11 +12,12 @@ The number of workers is ``IBFRAME_NUM_THREADS`` if set, else the CPUs this proc
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 import torch
@@ -33,6 +34,9 @@ ENV_NUM_THREADS = "IBFRAME_NUM_THREADS"
 _lock = threading.Lock()
 _pool: _Pool | None = None
 _worker = threading.local()
+_section = threading.Lock()
+_depth = 0
+_saved_threads = 1
 
 
 def kernel_threads() -> int:
@@ -53,24 +57,45 @@ def kernel_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+@contextlib.contextmanager
+def _single_threaded() -> Iterator[None]:
+    """torch ops run on one thread while any caller is inside (reference-counted).
+
+    torch's thread count is one setting for the whole process (a worker's own
+    ``set_num_threads(1)`` is undone by the next caller that sets it), so the section lowers it
+    to 1 on the first entry and puts back what it was on the last exit: two callers that
+    overlap (the engine's threads) cannot restore it under each other's blocks.
+    """
+    global _depth, _saved_threads
+    with _section:
+        if _depth == 0:
+            _saved_threads = torch.get_num_threads()
+            if _saved_threads != 1:
+                torch.set_num_threads(1)
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _section:
+            _depth -= 1
+            if _depth == 0 and _saved_threads != 1:
+                torch.set_num_threads(_saved_threads)
+
+
 def single_threaded_caller(func: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Run ``func``'s own torch ops (set-up, reductions) on one thread of the caller.
+    """Run ``func``'s own torch ops (set-up, reductions) and its blocks on one thread each.
 
     The blocks go to the pool; the ops around them are small, and parallel ones would stall
-    under load like any other. The caller's setting is restored on return (torch keeps it per
-    thread; only threads started meanwhile would see 1 as their default).
+    under load like any other. The caller's setting is restored when the last overlapping
+    caller returns.
     """
 
     @functools.wraps(func)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        saved = torch.get_num_threads()
-        if saved == 1 or getattr(_worker, "active", False):
+        if getattr(_worker, "active", False):
             return func(*args, **kwargs)
-        torch.set_num_threads(1)
-        try:
+        with _single_threaded():
             return func(*args, **kwargs)
-        finally:
-            torch.set_num_threads(saved)
 
     return wrapper
 
@@ -84,7 +109,8 @@ def run_parallel(work: Callable[[Any], None], items: Iterable[Any]) -> None:
         for item in jobs:
             work(item)
         return
-    _current_pool().run(work, jobs)
+    with _single_threaded():
+        _current_pool().run(work, jobs)
 
 
 class _Pool:
@@ -94,9 +120,7 @@ class _Pool:
         self.size = size
         self.pid = os.getpid()
         self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        # torch.set_num_threads(1) in a worker also lowers the process default that threads
-        # created later start from; put it back once every worker has set its own
-        saved = torch.get_num_threads()
+        # one thread per op comes from _single_threaded(), around every use of the pool
         ready = threading.Barrier(size + 1)
         for index in range(size):
             thread = threading.Thread(
@@ -104,10 +128,8 @@ class _Pool:
             )
             thread.start()
         ready.wait()
-        torch.set_num_threads(saved)
 
     def _serve(self, ready: threading.Barrier) -> None:
-        torch.set_num_threads(1)
         # subnormal results (terms below ~1e-38 of a point's own term) become 0: without this
         # float32 exp2 of far terms runs 2-3x slower; MXCSR is per thread, the caller's stays
         torch.set_flush_denormal(True)
