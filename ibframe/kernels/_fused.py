@@ -8,11 +8,13 @@ separate call. Here one compiled loop computes, per row :math:`i`,
 
 tile by tile (256 columns, in L1), with :math:`2^t` from a degree-6 polynomial on
 :math:`[-\tfrac12, \tfrac12]` (Cephes ``exp2f``, relative error below :math:`2\cdot10^{-7}`,
-float32's own rounding) and the power of two written into the float's exponent bits, so that
-the whole loop vectorises. Exponents are clamped to :math:`[-126, 127.99]`: a term below
-:math:`2^{-126}` of the largest weight counts as :math:`2^{-126}` (as the torch path's
-flush-to-zero counts it as 0, a difference below :math:`10^{-37}` per term), and one above
-overflows to ``inf``, which the caller redoes in float64 like any overflowed row.
+float32's own rounding) times the power of two written straight into a float's exponent bits
+(an LLVM bitcast), so that the exponential and the sum are one vectorised loop (1.3-1.6x faster
+than storing the powers to a buffer first). Exponents are clamped to :math:`[-126, 127.99]`: a
+term below :math:`2^{-126}` of the largest weight, or a skipped one, counts as
+:math:`2^{-126}` (the torch path's flush-to-zero counts it as 0, a difference below
+:math:`10^{-37}` per term), and one above overflows to ``inf``, which the caller redoes in
+float64 like any overflowed row.
 
 The dot products run in the operands' dtype (float32, or float64 where the caller's rounding
 estimate asks for it), the exponentials in float32, the row sums of a tile in float32 and across
@@ -36,7 +38,7 @@ import torch
 
 ENV_FUSED = "IBFRAME_FUSED"
 
-_TILE = 256  # columns per tile: three float32/int32 buffers of a tile stay in L1
+_TILE = 256  # columns per tile: the tile's exponents stay in L1
 _FASTMATH = {"reassoc", "contract", "nsz"}  # vectorised sums; no assumption about inf or NaN
 
 
@@ -52,19 +54,40 @@ def _kernel() -> tuple[Callable[..., None], Callable[..., None]] | None:
     """The compiled kernels (inner-product and difference forms), or ``None`` without Numba."""
     try:
         import numba
+        from llvmlite import ir
+        from numba.extending import intrinsic
     except ImportError:
         return None
+
+    @intrinsic
+    def as_float32(typingctx: Any, bits: Any) -> Any:  # pragma: no cover - JIT
+        """The float32 whose bits are the int32 ``bits`` (so the loop vectorises)."""
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            return builder.bitcast(args[0], ir.FloatType())
+
+        return numba.types.float32(numba.types.int32), codegen
+
+    @numba.njit(nogil=True, cache=True, fastmath=_FASTMATH, boundscheck=False, inline="always")
+    def pow2(t: Any) -> Any:  # pragma: no cover - JIT
+        """2**t for float32 t, clamped to [-126, 127.99] (module notes)."""
+        t = min(max(t, np.float32(-126.0)), np.float32(127.99))
+        n = np.floor(t + np.float32(0.5))
+        f = t - n
+        x = np.float32(1.535336188319500e-4)
+        x = x * f + np.float32(1.339887440266574e-3)
+        x = x * f + np.float32(9.618437357674640e-3)
+        x = x * f + np.float32(5.550332471162809e-2)
+        x = x * f + np.float32(2.402264791363012e-1)
+        x = x * f + np.float32(6.931472028550421e-1)
+        x = x * f + np.float32(1.0)
+        return x * as_float32((np.int32(n) + np.int32(127)) << np.int32(23))
 
     @numba.njit(nogil=True, cache=True, fastmath=_FASTMATH, boundscheck=False)
     def exp2_row_sums(p: Any, c: Any, start: int, stop: int, skip: Any,
                       out: Any) -> None:  # pragma: no cover - JIT
         rows, k = p.shape
         dot = np.empty(_TILE, p.dtype)
-        frac = np.empty(_TILE, np.float32)
-        power = np.empty(_TILE, np.int32)
-        scale = power.view(np.float32)
-        lo = np.float32(-126.0)
-        hi = np.float32(127.99)
         for j0 in range(start, stop, _TILE):  # a tile of columns stays in L1 for every row
             w = min(_TILE, stop - j0)
             for i in range(rows):
@@ -77,24 +100,12 @@ def _kernel() -> tuple[Callable[..., None], Callable[..., None]] | None:
                     ck = c[kk, j0:j0 + w]
                     for j in range(w):
                         dot[j] += pk * ck[j]
-                for j in range(w):
-                    t = min(max(np.float32(dot[j]), lo), hi)
-                    n = np.floor(t + np.float32(0.5))
-                    f = t - n
-                    x = np.float32(1.535336188319500e-4)
-                    x = x * f + np.float32(1.339887440266574e-3)
-                    x = x * f + np.float32(9.618437357674640e-3)
-                    x = x * f + np.float32(5.550332471162809e-2)
-                    x = x * f + np.float32(2.402264791363012e-1)
-                    x = x * f + np.float32(6.931472028550421e-1)
-                    frac[j] = x * f + np.float32(1.0)
-                    power[j] = (np.int32(n) + np.int32(127)) << np.int32(23)
                 skipped = skip[i] - j0
                 if 0 <= skipped < w:
-                    frac[skipped] = np.float32(0.0)
+                    dot[skipped] = -np.inf
                 part = np.float32(0.0)
                 for j in range(w):
-                    part += frac[j] * scale[j]
+                    part += pow2(np.float32(dot[j]))
                 out[i] += part
 
     @numba.njit(nogil=True, cache=True, fastmath=_FASTMATH, boundscheck=False)
@@ -102,16 +113,12 @@ def _kernel() -> tuple[Callable[..., None], Callable[..., None]] | None:
                            skip: Any, out: Any) -> None:  # pragma: no cover - JIT
         rows, d = p.shape
         dist = np.empty(_TILE, np.float32)
-        frac = np.empty(_TILE, np.float32)
-        power = np.empty(_TILE, np.int32)
-        scale = power.view(np.float32)
-        lo = np.float32(-126.0)
-        hi = np.float32(127.99)
         # sigma in two float32 parts: one rounded factor would scale every exponent alike
         sg = np.float32(sigma)
         sg_lo = np.float32(sigma - np.float64(sg))
         for j0 in range(start, stop, _TILE):  # a tile of columns stays in L1 for every row
             w = min(_TILE, stop - j0)
+            bj = b[j0:j0 + w]
             for i in range(rows):
                 ai = np.float32(a[i])
                 for j in range(w):
@@ -122,25 +129,12 @@ def _kernel() -> tuple[Callable[..., None], Callable[..., None]] | None:
                     for j in range(w):
                         diff = np.float32(pk - ck[j])
                         dist[j] += diff * diff
-                bj = b[j0:j0 + w]
-                for j in range(w):
-                    t = min(max(ai + bj[j] - sg * dist[j] - sg_lo * dist[j], lo), hi)
-                    n = np.floor(t + np.float32(0.5))
-                    f = t - n
-                    x = np.float32(1.535336188319500e-4)
-                    x = x * f + np.float32(1.339887440266574e-3)
-                    x = x * f + np.float32(9.618437357674640e-3)
-                    x = x * f + np.float32(5.550332471162809e-2)
-                    x = x * f + np.float32(2.402264791363012e-1)
-                    x = x * f + np.float32(6.931472028550421e-1)
-                    frac[j] = x * f + np.float32(1.0)
-                    power[j] = (np.int32(n) + np.int32(127)) << np.int32(23)
                 skipped = skip[i] - j0
                 if 0 <= skipped < w:
-                    frac[skipped] = np.float32(0.0)
+                    dist[skipped] = np.float32(1e30)  # far: clamped to 2**-126 (inf: NaN)
                 part = np.float32(0.0)
                 for j in range(w):
-                    part += frac[j] * scale[j]
+                    part += pow2(ai + bj[j] - sg * dist[j] - sg_lo * dist[j])
                 out[i] += part
 
     return exp2_row_sums, exp2_row_sums_diff
