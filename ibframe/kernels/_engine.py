@@ -47,9 +47,12 @@ Two exact ways to evaluate it, chosen per call by an estimate of their cost:
     and each pair is evaluated once in float64.
 
 The choice (:func:`log_sums`) samples 64 own centres for their pairs in reach, plans the chunks
-when that is not most of the centres, and prices each path in units of one dense exponent with
-costs measured on this project's 2-core machine (:data:`_COST_PLAN` and the rest). The estimate
-errs by up to ~2x either way, so pruning is chosen below :data:`_PRUNE_BELOW` of the dense cost.
+when that is not most of the centres (nor so few pairs that the few-pairs route is plainly
+cheap), and prices each path in units of one dense exponent with costs measured on this
+project's 2-core machine (:data:`_COST_PLAN` and the rest). The few-pairs route's k-d tree
+query is also timed on 256 points: where it would take longer than the dense pass (a wide reach
+in many dimensions), the route is not taken. The estimate errs by up to ~2x either way, so
+pruning is chosen below :data:`_PRUNE_BELOW` of the dense cost.
 Both paths equal the dense float64 kernel within float32's rounding.
 
 Identical centres (same coordinates and atom) are merged first, their weights added: exact, and
