@@ -129,7 +129,7 @@ _PRUNE_BELOW = 0.6
 # an exponent of the fused dense loop in the model's unit (a torch-path exponent): measured
 # 0.42-0.61 on the SZT runs and 0.5-0.8 on benchmarks/mixture_entropy.py's dense cases
 _FUSED_UNIT = 1.0
-_QUERY_REPEAT = 2.5  # the route's query lists what counting the pairs only counted
+_QUERY_REPEAT = 1.5  # the route's query lists what counting the pairs only counted
 _QUERY_SAMPLE = 256  # points whose pair count prices the query before all are counted
 _NO_PLAN_BELOW = 0.05  # few pairs below this share of the dense cost: no chunks are planned
 
@@ -615,7 +615,7 @@ class _Neighbours:
         takes 0.09 s): a sample of the query, timed, vetoes such cases. The pairs of the 64
         sampled own centres may miss a rare cluster: they are counted exactly (cheap here).
         """
-        if self._query_seconds(_QUERY_SAMPLE) > _PRUNE_BELOW * self._dense_seconds():
+        if self._query_seconds(_QUERY_SAMPLE) > self._dense_seconds():
             return math.inf
         pairs = self._pair_count()
         cost = query + _COST_PAIR * pairs
@@ -670,10 +670,11 @@ class _Neighbours:
         """Seconds the few-pairs route's query would take, from the timed pair count of
         ``sample`` random points (the tree built beforehand)."""
         n_points = self.problem.own.shape[1]
-        self._ball  # noqa: B018 - build the tree outside the timing
+        tree, _, query = self._ball  # the tree built outside the timing
         rows = np.random.default_rng(1).choice(n_points, size=min(sample, n_points), replace=False)
         started = time.perf_counter()
-        self._pair_count(rows)
+        # one worker: starting threads would cost more than a sample's query
+        tree.query_ball_point(x=query["x"][rows], r=query["r"][rows], return_length=True)
         return _QUERY_REPEAT * (time.perf_counter() - started) * n_points / rows.size
 
     def _dense_seconds(self) -> float:
