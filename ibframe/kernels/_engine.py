@@ -124,11 +124,11 @@ _DENSE_SHARE = 0.3  # sampled pairs in reach above this share of the centres: no
 _MAX_PAIRS = 2**23
 _COST_QUERY = 40.0  # per point queried, per centre in the tree (its build), in the same units
 _PAIR_BLOCK = 2**16  # pairs per work item of the few-pairs route
-# prune only below this share of the dense cost: the estimate errs by up to ~2x either way
+# prune only below this share of the dense cost: the estimate errs by up to ~2x either way.
+# The unit is the torch path's exponent; the fused loop's costs 0.4-0.7 of it, but pricing the
+# dense pass so made the chooser take it for SZT h3 at epoch 10,000 (1.17 s) where the pruned
+# path takes 0.52 s, so the dense cost stays in the torch path's units
 _PRUNE_BELOW = 0.6
-# an exponent of the fused dense loop in the model's unit (a torch-path exponent): measured
-# 0.42-0.61 on the SZT runs and 0.5-0.8 on benchmarks/mixture_entropy.py's dense cases
-_FUSED_UNIT = 1.0
 _QUERY_REPEAT = 1.5  # the route's query lists what counting the pairs only counted
 _QUERY_SAMPLE = 256  # points whose pair count prices the query before all are counted
 _NO_PLAN_BELOW = 0.05  # few pairs below this share of the dense cost: no chunks are planned
@@ -172,8 +172,7 @@ def log_sums(problem: Problem, strategy: str = "auto") -> tuple[torch.Tensor, st
     ):
         pruned = _Neighbours(problem)
         cost = pruned.estimated_cost()  # also chooses between the chunks and few pairs
-        dense_cost = dense_evals * (_FUSED_UNIT if _Dense.fuses(problem) else 1.0)
-        if strategy == "neighbours" or cost < _PRUNE_BELOW * dense_cost:
+        if strategy == "neighbours" or cost < _PRUNE_BELOW * dense_evals:
             pruned.run(out)
             return out, "neighbours"
     _Dense(problem).run(out)
@@ -678,11 +677,10 @@ class _Neighbours:
         return _QUERY_REPEAT * (time.perf_counter() - started) * n_points / rows.size
 
     def _dense_seconds(self) -> float:
-        """Seconds the dense pass would take (measured speed of the torch path, or the fused
-        loop's share of it)."""
-        unit = _FUSED_UNIT if _Dense.fuses(self.problem) else 1.0
+        """Seconds the dense pass would take on the torch path (measured speed; the fused
+        loop is faster, so the veto errs towards the few-pairs route)."""
         evals = self.problem.own.shape[1] * self.centers.shape[0]
-        return unit * evals * _dense_seconds_per_exponent()
+        return evals * _dense_seconds_per_exponent()
 
     def _run_pairs(self, out: torch.Tensor) -> None:
         """The few-pairs route: every pair from :attr:`_ball`'s query, evaluated on its own with
