@@ -26,7 +26,7 @@ PANELS = {
           "saturation and clustering, but compression very mild"),
     "b": ("ReLU, beta = 0.01", {"beta": 0.01, "activation": "relu"}, "96%", "almost no compression"),
     "c": ("ReLU, beta = 0.01, orthonormal", {"beta": 0.01, "activation": "relu", "orthonormal": 5e-5},
-          "97%", "almost no compression; layers 4-5 rise, then flatten"),
+          "97%", "almost no compression, similar to (b)"),
 }
 
 
