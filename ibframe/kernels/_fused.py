@@ -22,14 +22,16 @@ tiles in float64, as on the torch path.
 
 Numba is optional (``pip install ibframe[fast]``). Without it, or with
 ``IBFRAME_FUSED=0`` in the environment, the torch path runs; both give the same sums to float32
-rounding (tests/test_fused.py). The first call in a process compiles the loop (about 2 s; cached
-on disk afterwards).
+rounding (tests/test_fused.py). The first use in a process compiles the loops (a few seconds
+the first time, then loaded from Numba's on-disk cache); if that fails for any reason, a
+warning says so and the torch path runs.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -137,6 +139,17 @@ def _kernel() -> tuple[Callable[..., None], Callable[..., None]] | None:
                     part += pow2(ai + bj[j] - sg * dist[j] - sg_lo * dist[j])
                 out[i] += part
 
+    try:  # compile the signatures the engine uses now: a failure means the torch path
+        skip = np.full(2, -1, dtype=np.int64)
+        for dtype in (np.float32, np.float64):
+            exp2_row_sums(np.zeros((2, 3), dtype), np.zeros((3, 4), dtype), 0, 4, skip,
+                          np.zeros((2, 2))[:, 0])
+        exp2_row_sums_diff(np.zeros((2, 3)), np.zeros(2, np.float32), np.zeros((3, 4)),
+                           np.zeros(4, np.float32), 1.0, 0, 4, skip, np.zeros((2, 2))[:, 0])
+    except Exception as err:  # noqa: BLE001 - whatever Numba raises, the torch path remains
+        warnings.warn(f"ibframe: the fused kernel did not compile ({err!r}); the dense passes "
+                      "run on torch", RuntimeWarning, stacklevel=2)
+        return None
     return exp2_row_sums, exp2_row_sums_diff
 
 
