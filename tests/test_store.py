@@ -65,6 +65,20 @@ def test_round_trip(tmp_path):
     assert run.attrs["model"] == {"arch": "test"}
 
 
+def test_metrics_of_chosen_epochs(tmp_path):
+    """Run.metrics(epochs=) gives those epochs, in the order asked, and names a missing one."""
+    rng = np.random.default_rng(2)
+    with _run(tmp_path) as run:
+        for epoch in (0, 2, 7):
+            run.append_epoch(epoch, _epoch(rng), metrics={"loss_train": epoch / 10})
+    run = ibframe.open_run(tmp_path / "r.zarr")
+    picked = run.metrics(epochs=[7, 0])
+    assert picked["epoch"].values.tolist() == [7, 0]
+    assert picked["loss_train"].values.tolist() == [0.7, 0.0]
+    with pytest.raises(StoreError, match="no epoch 3"):
+        run.metrics(epochs=[3])
+
+
 def test_conditional_subset_is_indexed(tmp_path):
     rng = np.random.default_rng(2)
     with _run(tmp_path, conditional_samples=[3, 11]) as run:

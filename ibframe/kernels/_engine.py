@@ -331,16 +331,10 @@ class _Dense:
         self.operand = self.operand.to(self.gemm_dtype)
         # the fused loop where each mixture's rows are long enough to be worth a call; where a
         # float32 inner product would round too much, it forms exact differences instead
-        self.fused = self.fuses(problem)
+        self.fused = problem.centers.shape[1] >= _FUSED_MIN_COLS and _fusable(problem)
         if self.fused and self.gemm_dtype == torch.float64:
             self.centers_t = self.centers.transpose(1, 2).contiguous()
             self.col_terms = (LOG2E * (lw - self.lw_ref[:, None])).to(torch.float32)
-
-    @staticmethod
-    def fuses(problem: Problem) -> bool:
-        """Whether the dense pass of ``problem`` runs the fused loop (:mod:`._fused`)."""
-        return (problem.centers.device.type == "cpu" and problem.exp_dtype == torch.float32
-                and problem.centers.shape[1] >= _FUSED_MIN_COLS and fused.enabled())
 
     def _gemm_dtype(self, c_sq: torch.Tensor) -> torch.dtype:
         problem = self.problem
@@ -384,10 +378,9 @@ class _Dense:
             points = points + problem.beta * problem.noise[m0:m1, r0:r1].to(torch.float64)
         return points, self.own_sq[m0:m1, r0:r1]
 
-    def _point_operand(self, m0: int, m1: int, r0: int, r1: int) -> torch.Tensor:
+    def _point_operand(self, points: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         r""":math:`[2sp,\ s(o - \|p\|^2),\ 1]`, ``(m, rows, d + 2)`` float64."""
         scale = self.problem.scale
-        points, o = self._points(m0, m1, r0, r1)
         p_sq = (points * points).sum(-1)
         return torch.cat(
             [2.0 * scale * points, (scale * (o - p_sq))[..., None], torch.ones_like(o)[..., None]],
@@ -397,15 +390,16 @@ class _Dense:
     def _item(self, m0: int, m1: int, r0: int, r1: int) -> torch.Tensor:
         """Log sums ``(m1 - m0, r1 - r0, A)`` of points ``r0:r1`` of mixtures ``m0:m1``."""
         exp_dtype = self.problem.exp_dtype
-        p_aug64 = self._point_operand(m0, m1, r0, r1)
+        points, o = self._points(m0, m1, r0, r1)
+        p_aug64 = self._point_operand(points, o)
         p_aug = _base2(p_aug64).to(self.gemm_dtype)
         mixtures, rows = p_aug.shape[:2]
         sums = torch.zeros(mixtures, rows, self.problem.n_atoms, dtype=torch.float64,
                            device=p_aug.device)
-        operand = self.operand[m0:m1]
         if self.fused:
-            self._fused_sums(sums, p_aug, m0, m1, r0, r1)
+            self._fused_sums(sums, p_aug, points, o, m0)
             return self._logs(sums, p_aug64, m0, m1)
+        operand = self.operand[m0:m1]
         # blocks of about self.block exponents: wide where the item has few rows
         width = max(_MAX_COLS, self.block // (mixtures * rows))
         for atom in range(self.problem.n_atoms):
@@ -427,20 +421,20 @@ class _Dense:
                     sums[:, i0:i1, atom] += block.sum(-1)
         return self._logs(sums, p_aug64, m0, m1)
 
-    def _fused_sums(self, sums: torch.Tensor, p_aug: torch.Tensor, m0: int, m1: int, r0: int,
-                    r1: int) -> None:
-        """The item's sums by the fused loop (:mod:`._fused`), per mixture and atom."""
+    def _fused_sums(self, sums: torch.Tensor, p_aug: torch.Tensor, points: torch.Tensor,
+                    o: torch.Tensor, m0: int) -> None:
+        """The item's sums (mixtures from ``m0``) by the fused loop (:mod:`._fused`), per
+        mixture and atom: inner products, or exact differences where float32 would round."""
         atoms = [(atom, self.bounds[atom], self.bounds[atom + 1])
                  for atom in range(self.problem.n_atoms)]
         if self.gemm_dtype != torch.float64:
-            for m in range(m1 - m0):
+            for m in range(p_aug.shape[0]):
                 for atom, a0, a1 in atoms:
                     fused.exp2_row_sums(p_aug[m], self.operand[m0 + m], a0, a1, sums[m, :, atom])
             return
-        points, o = self._points(m0, m1, r0, r1)
         sigma = LOG2E * self.problem.scale
         row_terms = (sigma * o).to(torch.float32)
-        for m in range(m1 - m0):
+        for m in range(points.shape[0]):
             for atom, a0, a1 in atoms:
                 fused.exp2_row_sums_diff(points[m].contiguous(), row_terms[m],
                                          self.centers_t[m0 + m], self.col_terms[m0 + m], sigma,
@@ -657,12 +651,9 @@ class _Neighbours:
         query = {"x": points.cpu().numpy(), "r": radii.cpu().numpy(), "workers": kernel_threads()}
         return tree, points, query
 
-    def _pair_count(self, rows: np.ndarray | None = None) -> int:
-        """The (point, centre) pairs with a term above the floor, counted by :attr:`_ball`
-        (for the points ``rows`` only, if given)."""
+    def _pair_count(self) -> int:
+        """The (point, centre) pairs with a term above the floor, counted by :attr:`_ball`."""
         tree, _, query = self._ball
-        if rows is not None:
-            query = {**query, "x": query["x"][rows], "r": query["r"][rows]}
         return int(tree.query_ball_point(**query, return_length=True).sum())
 
     def _query_seconds(self, sample: int) -> float:
@@ -907,25 +898,29 @@ class _LocalDense:
         exact = math.sqrt(cand.shape[1] + 2) * _U32 * scale * reach <= 0.1 * FLOAT32_EXPONENT_TOL
         self.gemm_dtype = problem.exp_dtype if exact else torch.float64
         self.p_aug = _base2(p_aug).to(self.gemm_dtype)
-        self.fused = (owner.device.type == "cpu" and problem.exp_dtype == torch.float32
-                      and fused.enabled())
+        self.fused = _fusable(problem)
         self._c_fused: torch.Tensor | None = None
 
     def add(self, j0: int, j1: int, atom: int, own_pos: torch.Tensor, sums: torch.Tensor) -> None:
         """Add the terms of candidates ``j0:j1`` (all in ``atom``) to the chunk's points, but
         each point's own centre (added exactly beforehand)."""
-        owner = self.owner
-        exp_dtype = owner.problem.exp_dtype
         own_col = torch.index_select(own_pos, 0, self.member_of_point)
-        rows = self.point_ids.numel()
-        total = torch.zeros(rows, dtype=torch.float64, device=owner.device)
+        total = torch.zeros(self.point_ids.numel(), dtype=torch.float64,
+                            device=self.owner.device)
         if self.fused:
             if self._c_fused is None:
                 self._c_fused = self.c_aug.T.to(self.gemm_dtype).contiguous()
             fused.exp2_row_sums(self.p_aug, self._c_fused, j0, j1, total, own_col)
-            sums.index_put_((self.point_ids, torch.full_like(self.point_ids, atom)), total,
-                            accumulate=True)
-            return
+        else:
+            self._torch_sums(j0, j1, own_col, total)
+        sums.index_put_((self.point_ids, torch.full_like(self.point_ids, atom)), total,
+                        accumulate=True)
+
+    def _torch_sums(self, j0: int, j1: int, own_col: torch.Tensor, total: torch.Tensor) -> None:
+        """:meth:`add`'s sums on torch, in blocks, each point's own column left out."""
+        owner = self.owner
+        exp_dtype = owner.problem.exp_dtype
+        rows = self.point_ids.numel()
         # wide blocks where the chunk has few points: a block costs ~10 torch calls
         cols = min(j1 - j0, max(_MAX_COLS, owner.block // max(1, rows)))
         row_step = max(1, owner.block // cols)
@@ -946,8 +941,13 @@ class _LocalDense:
                 block[hit, col[hit]] = -math.inf
                 block.exp2_()
                 total[i0:i1] += block.sum(-1)
-        sums.index_put_((self.point_ids, torch.full_like(self.point_ids, atom)), total,
-                        accumulate=True)
+
+
+def _fusable(problem: Problem) -> bool:
+    """Whether dense blocks of ``problem`` may run the fused loop (:mod:`._fused`): on the CPU,
+    float32 exponentials, Numba there."""
+    return (problem.centers.device.type == "cpu" and problem.exp_dtype == torch.float32
+            and fused.enabled())
 
 
 def _base2(p_aug: torch.Tensor) -> torch.Tensor:
