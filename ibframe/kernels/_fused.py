@@ -144,8 +144,9 @@ def _kernel() -> tuple[Callable[..., None], Callable[..., None]] | None:
         for dtype in (np.float32, np.float64):
             exp2_row_sums(np.zeros((2, 3), dtype), np.zeros((3, 4), dtype), 0, 4, skip,
                           np.zeros((2, 2))[:, 0])
-        exp2_row_sums_diff(np.zeros((2, 3)), np.zeros(2, np.float32), np.zeros((3, 4)),
-                           np.zeros(4, np.float32), 1.0, 0, 4, skip, np.zeros((2, 2))[:, 0])
+            exp2_row_sums_diff(np.zeros((2, 3), dtype), np.zeros(2, np.float32),
+                               np.zeros((3, 4), dtype), np.zeros(4, np.float32), 1.0, 0, 4,
+                               skip, np.zeros((2, 2))[:, 0])
     except Exception as err:  # noqa: BLE001 - whatever Numba raises, the torch path remains
         warnings.warn(f"ibframe: the fused kernel did not compile ({err!r}); the dense passes "
                       "run on torch", RuntimeWarning, stacklevel=2)
@@ -174,11 +175,13 @@ def exp2_row_sums_diff(p: torch.Tensor, a: torch.Tensor, c: torch.Tensor, b: tor
     r"""``out[i] += sum_j 2 ** (a[i] + b[j] - sigma * ||p[i] - c[:, j]||^2)``, as
     :func:`exp2_row_sums`, from exact differences.
 
-    ``p`` ``(rows, d)`` and ``c`` ``(d, cols)`` are contiguous float64: each difference is
-    formed in float64 and only then rounded to float32, so the squared distance has float32's
-    *relative* error, however far the points are from the origin and however small
-    :math:`1/\sqrt{\sigma}` is (no large terms cancel, unlike the inner-product form).
-    ``a`` ``(rows,)`` and ``b`` ``(cols,)`` are float32.
+    ``p`` ``(rows, d)`` and ``c`` ``(d, cols)`` are contiguous, both float64 or both float32.
+    From float64 each difference is formed exactly and only then rounded to float32, so the
+    squared distance has float32's *relative* error, however far the points are from the
+    origin and however small :math:`1/\sqrt{\sigma}` is (no large terms cancel, unlike the
+    inner-product form). From float32 (half the memory traffic, 1.7x faster) the coordinates'
+    own rounding adds an error that grows with their distance from the origin; the caller
+    decides where that is small enough. ``a`` ``(rows,)`` and ``b`` ``(cols,)`` are float32.
     """
     kernels = _kernel()
     assert kernels is not None

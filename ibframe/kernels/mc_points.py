@@ -268,24 +268,27 @@ def _cell_stderr(x: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
     b, n_points = x.shape
     valid = torch.isfinite(x)
     count = valid.sum(dim=1)
-    # group keys: cells with >= 2 valid points keep their cell; the rest are singletons
-    span = int(cell.max()) + 1 if cell.numel() else 1
-    span = max(span, 1)
+    # group keys: cells with >= 2 valid points keep their cell; the rest are singletons. Cell
+    # ids run to the number of centres, so groups are numbered by the keys that occur (a sort
+    # of the points), never by the whole range
+    span = max(int(cell.max()) + 1 if cell.numel() else 1, 1)
     row = torch.arange(b, device=x.device)[:, None].expand(b, n_points)
     cell_key = row * span + cell.clamp(min=0)
     in_cell = valid & (cell >= 0)
-    members = torch.zeros(b * span, dtype=torch.int64, device=x.device)
-    members.index_add_(0, cell_key[in_cell], torch.ones_like(cell_key[in_cell]))
-    grouped = in_cell & (members[cell_key] >= 2)
+    _, where, members = torch.unique(cell_key[in_cell], return_inverse=True,
+                                     return_counts=True)
+    grouped = torch.zeros_like(valid)
+    grouped[in_cell] = members[where] >= 2
     single = valid & ~grouped
     # singletons pair with their neighbours in slot order; an odd last one joins the pair before
     rank = torch.cumsum(single.to(torch.int64), dim=1) - 1
     n_single = single.sum(dim=1, keepdim=True)
     pair = torch.minimum(rank // 2, (n_single // 2 - 1).clamp(min=0))
-    key = torch.where(grouped, cell_key, b * span + row * n_points + pair)
-    key = key[valid]
+    key = torch.where(grouped, cell_key, b * span + row * n_points + pair)[valid]
+    keys, key = torch.unique(key, return_inverse=True)
+    owner = torch.where(keys < b * span, keys // span, (keys - b * span) // n_points)
     vals = x[valid]
-    size = b * span + b * n_points
+    size = keys.numel()
     sums = torch.zeros(size, dtype=torch.float64, device=x.device).index_add_(0, key, vals)
     counts = torch.zeros(size, dtype=torch.float64, device=x.device).index_add_(
         0, key, torch.ones_like(vals)
@@ -295,8 +298,6 @@ def _cell_stderr(x: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
     ss = torch.zeros(size, dtype=torch.float64, device=x.device).index_add_(0, key, dev * dev)
     # n_g s_g^2 = ss_g n_g / (n_g - 1); one lone point (a single singleton) borrows the mean
     # per-point variance of the rest of its mixture
-    owner = torch.cat([torch.arange(b, device=x.device).repeat_interleave(span),
-                       torch.arange(b, device=x.device).repeat_interleave(n_points)])
     has_spread = counts >= 2
     contribution = torch.where(has_spread, ss * counts / (counts - 1).clamp(min=1), 0.0)
     total = torch.zeros(b, dtype=torch.float64, device=x.device).index_add_(

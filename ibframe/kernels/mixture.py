@@ -246,19 +246,16 @@ def mc_entropy_estimate(
     """
     single = log_density.ndim == 2
     ell = -(log_density[None] if single else log_density)
-    quad = points.quad().to(ell.device) - 0.5 * points.dim
-    terms = torch.empty_like(ell)
-    b, _, columns = ell.shape
-    entropy = torch.empty(b, columns, dtype=torch.float64, device=ell.device)
-    stderr = torch.empty_like(entropy)
-    for c in range(columns):
-        column = ell[..., c]
-        valid = torch.isfinite(column)
-        coefficient = _control_coefficient(column, quad, valid)
-        corrected = torch.where(valid, column - coefficient * quad, math.nan)
-        terms[..., c] = corrected
-        entropy[:, c] = torch.nanmean(corrected, dim=1)
-        stderr[:, c] = _cell_stderr(corrected, points.cell.to(ell.device))
+    b, n_points, columns = ell.shape
+    quad = (points.quad().to(ell.device) - 0.5 * points.dim)[..., None]
+    valid = torch.isfinite(ell)
+    coefficient = _control_coefficient(ell, quad, valid)
+    terms = torch.where(valid, ell - coefficient * quad, math.nan)
+    entropy = torch.nanmean(terms, dim=1)
+    # every column's standard error in one call: the columns as more mixtures, same cells
+    cell = points.cell.to(ell.device).repeat_interleave(columns, dim=0)
+    stderr = _cell_stderr(terms.transpose(1, 2).reshape(b * columns, n_points), cell)
+    stderr = stderr.reshape(b, columns)
     if single:
         return entropy[0], stderr[0], terms[0]
     return entropy, stderr, terms
@@ -472,21 +469,19 @@ def _mc_entropy(
 
 def _control_coefficient(ell: torch.Tensor, quad: torch.Tensor,
                          valid: torch.Tensor) -> torch.Tensor:
-    """Least-squares slope of ``ell`` on ``quad`` (mean-zero) within mixtures, pooled over the
-    batch, on the valid points. Fewer than 16 points: the plain average is used."""
+    """Per column ``(C,)``, the least-squares slope of ``ell`` ``(b, N, C)`` on ``quad``
+    ``(b, N, 1)`` (mean-zero) within mixtures, pooled over the batch, on the valid points.
+    A column with fewer than 16 valid points keeps the plain average (slope 0)."""
     count = valid.sum(dim=1, keepdim=True)
-    if int(count.sum()) < 16:
-        return torch.zeros((), dtype=ell.dtype, device=ell.device)
     weight = valid.to(ell.dtype)
     safe = count.clamp(min=1)
     e = torch.where(valid, ell, 0.0)
     q = torch.where(valid, quad, 0.0)
     q = (q - q.sum(dim=1, keepdim=True) / safe) * weight
     e = (e - e.sum(dim=1, keepdim=True) / safe) * weight
-    denominator = (q * q).sum()
-    if denominator <= 0:
-        return torch.zeros((), dtype=ell.dtype, device=ell.device)
-    return (q * e).sum() / denominator
+    denominator = (q * q).sum(dim=(0, 1))
+    usable = (count.sum(dim=(0, 1)) >= 16) & (denominator > 0)
+    return torch.where(usable, (q * e).sum(dim=(0, 1)) / denominator.clamp(min=1e-300), 0.0)
 
 
 def _bound_entropy(
