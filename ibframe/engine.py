@@ -327,12 +327,10 @@ def estimate(
     if not isinstance(run, Run | Location) and (
         not isinstance(run, str | os.PathLike) or is_glob(run)
     ):
-        if storage_options and not isinstance(run, str):  # URLs among several runs
-            run = [open_run(r, storage_options=storage_options)
-                   if isinstance(r, str) and "://" in r else r for r in run]
         return estimate_runs(
             run, estimators, layers=layers, epochs=epochs, params=params, scheduler=scheduler,
             device=device, cache=cache, progress=progress, errors=errors, split=split,
+            storage_options=storage_options,
         )
     report = progress or None
     run = run if isinstance(run, Run) else open_run(run, storage_options=storage_options)
@@ -375,6 +373,7 @@ def estimate_runs(
     *,
     progress: Callable[[int, int], None] | Literal[False] | None = None,
     errors: Literal["raise", "warn"] = "raise",
+    storage_options: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> xr.Dataset:
     """:func:`ibframe.estimate` on several runs, one after the other, stacked along ``run``.
@@ -411,7 +410,7 @@ def estimate_runs(
             for warning in caught:  # said again, naming the run
                 warnings.warn(f"{where}: {warning.message}", warning.category, stacklevel=4)
 
-    result = each_run(runs, compute)
+    result = each_run(runs, compute, storage_options)
     if report is not None and counted[1] == 0:
         report(0, 0)
     if failures and errors == "raise":

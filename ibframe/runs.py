@@ -25,7 +25,7 @@ import json
 import os
 import typing
 import warnings
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,8 +36,10 @@ from ibframe.errors import IbframeWarning, ParameterError
 from ibframe.results import index_runs
 from ibframe.store import Run, open_run
 
-#: One run (a :class:`Run` or a path), a list of them, or a glob string.
+#: One run (a :class:`Run`, a path or a URL), a list of them, or a glob string.
 RunsLike = Run | str | os.PathLike[str] | Sequence[Run | str | os.PathLike[str]]
+#: A run as resolved: open, a local path, or a URL (kept as given: ``Path`` would fold ``//``).
+Resolved = Run | Path | str
 
 #: Coordinates every multi-run result has along ``run`` (those indexed: results.RUN_INDEXES).
 RUN_COORDS: typing.Final = ("seed", "beta", "experiment", "dataset")
@@ -50,42 +52,65 @@ class RunsDifferWarning(IbframeWarning):
 
 
 def is_glob(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a glob pattern (has ``*``, ``?`` or ``[``) rather than a store's path."""
+    """Whether ``path`` is a glob pattern (has ``*``, ``?`` or ``[``) rather than a store's path
+    (a local path that exists is a path, whatever its name)."""
     text = os.fspath(path)
-    return bool(_GLOB_CHARS & set(text)) and not Path(text).exists()
+    return bool(_GLOB_CHARS & set(text)) and (_is_url(text) or not Path(text).exists())
 
 
-def resolve_runs(runs: RunsLike) -> tuple[list[Run | Path], bool]:
+def _is_url(text: str) -> bool:
+    return "://" in text and not text.startswith("file://")
+
+
+def _one(where: str | os.PathLike[str]) -> Path | str:
+    text = os.fspath(where)
+    return text if isinstance(where, str) and _is_url(text) else Path(text)
+
+
+def _matches(pattern: str, storage_options: Mapping[str, Any] | None) -> list[Path | str]:
+    """The stores a glob names, sorted: local files, or objects through fsspec for a URL."""
+    if not _is_url(pattern):
+        return [Path(m) for m in sorted(glob.glob(pattern))]
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(pattern, **dict(storage_options or {}))
+    return [fs.unstrip_protocol(m) for m in sorted(fs.glob(path))]
+
+
+def resolve_runs(
+    runs: RunsLike, storage_options: Mapping[str, Any] | None = None
+) -> tuple[list[Resolved], bool]:
     """The runs named by ``runs``, and whether they are "several" (a list or a glob).
 
     A list, or a glob string, gives several runs even when it holds or matches one, so that the
     shape of a result depends on how runs were asked for, never on how many there happen to be.
-    A glob matches in sorted order; one that matches nothing, or an empty list, is a
-    :class:`~ibframe.errors.ParameterError`.
+    A glob matches in sorted order, on object storage too (``s3://bucket/runs/seed-*.zarr``,
+    through fsspec with ``storage_options``); one that matches nothing, or an empty list, is a
+    :class:`~ibframe.errors.ParameterError`. URLs stay strings.
     """
     if isinstance(runs, Run):
         return [runs], False
     if isinstance(runs, str | os.PathLike):
         if not is_glob(runs):
-            return [Path(runs)], False
+            return [_one(runs)], False
         pattern = os.fspath(runs)
-        matches = sorted(glob.glob(pattern))
+        matches = _matches(pattern, storage_options)
         if not matches:
             msg = f"no run store matches {pattern!r}"
             raise ParameterError(msg)
-        return [Path(m) for m in matches], True
+        return matches, True
     items = list(runs)
     if not items:
         msg = "no run given: pass a run store's path, a list of them, or a glob such as 'runs/*.zarr'"
         raise ParameterError(msg)
-    resolved: list[Run | Path] = []
+    resolved: list[Resolved] = []
     for item in items:
         if isinstance(item, Run):
             resolved.append(item)
         elif isinstance(item, str | os.PathLike) and is_glob(item):
-            resolved.extend(resolve_runs(item)[0])
+            resolved.extend(resolve_runs(item, storage_options)[0])
         elif isinstance(item, str | os.PathLike):
-            resolved.append(Path(item))
+            resolved.append(_one(item))
         else:
             msg = f"a run is a Run or a path, got {type(item).__name__}"
             raise ParameterError(msg)
@@ -97,13 +122,16 @@ def resolve_runs(runs: RunsLike) -> tuple[list[Run | Path], bool]:
     return resolved, True
 
 
-def run_name(run: Run | Path) -> str:
-    """The value of the ``run`` coordinate: the store's path as given."""
-    return (run.path if isinstance(run, Run) else run).as_posix()
+def run_name(run: Resolved) -> str:
+    """The value of the ``run`` coordinate: the store's path or URL as given."""
+    where = run.path if isinstance(run, Run) else run
+    return where if isinstance(where, str) else where.as_posix()
 
 
-def _open(run: Run | Path) -> Run:
-    return run if isinstance(run, Run) else open_run(run)
+def _open(run: Resolved, storage_options: Mapping[str, Any] | None) -> Run:
+    if isinstance(run, Run):
+        return run
+    return open_run(run, storage_options=storage_options if isinstance(run, str) else None)
 
 
 def run_coords(runs: Sequence[Run]) -> dict[str, tuple[str, Any]]:
@@ -148,7 +176,7 @@ def _column(values: list[Any]) -> np.ndarray:
 
 
 def stack_runs(
-    results: Sequence[xr.Dataset], runs: Sequence[Run | Path], stores: Sequence[Run]
+    results: Sequence[xr.Dataset], runs: Sequence[Resolved], stores: Sequence[Run]
 ) -> xr.Dataset:
     """One Dataset with a ``run`` dimension from per-run results, with :func:`run_coords`.
 
@@ -187,23 +215,28 @@ def stack_runs(
     stacked.attrs.pop("source", None)
     stacked.attrs.pop("beta", None)
     stacked.attrs["title"] = f"ibframe results of {len(names)} runs"
-    stacked.attrs["sources"] = "\n".join(str(s.path.absolute()) for s in stores)
+    stacked.attrs["sources"] = "\n".join(
+        s.path if isinstance(s.path, str) else str(s.path.absolute()) for s in stores
+    )
     return stacked
 
 
 def each_run(
-    runs: RunsLike, compute: Callable[[Run], xr.Dataset]
+    runs: RunsLike,
+    compute: Callable[[Run], xr.Dataset],
+    storage_options: Mapping[str, Any] | None = None,
 ) -> xr.Dataset:
-    """``compute`` on each run; the single result as it is, or several stacked along ``run``."""
-    resolved, several = resolve_runs(runs)
-    stores = [_open(r) for r in resolved]
+    """``compute`` on each run; the single result as it is, or several stacked along ``run``.
+    ``storage_options`` open (and glob) the runs given by URL."""
+    resolved, several = resolve_runs(runs, storage_options)
+    stores = [_open(r, storage_options) for r in resolved]
     results = [compute(store) for store in stores]
     if not several:
         return results[0]
     return stack_runs(results, resolved, stores)
 
 
-def run_metrics(runs: RunsLike) -> xr.Dataset:
+def run_metrics(runs: RunsLike, storage_options: Mapping[str, Any] | None = None) -> xr.Dataset:
     """The recorded metrics (``loss_train``, ``accuracy_test``, ...) of one run or of several.
 
     One run gives :meth:`Run.metrics` (dim ``epoch``); several (a list or a glob) give dims
@@ -213,7 +246,7 @@ def run_metrics(runs: RunsLike) -> xr.Dataset:
         error = 1 - m["accuracy_test"].isel(epoch=-1)      # per run
         float(error.mean()), float(error.std(ddof=1))
     """
-    return each_run(runs, lambda run: run.metrics())
+    return each_run(runs, lambda run: run.metrics(), storage_options)
 
 
 # -- aggregation ----------------------------------------------------------------------------------

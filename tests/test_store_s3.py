@@ -33,6 +33,7 @@ from ibframe.cache import CacheWarning
 from ibframe.errors import (
     EstimationFailed,
     IbframeError,
+    ParameterError,
     SampleSizeWarning,
     StoreAccessError,
     StoreError,
@@ -276,6 +277,29 @@ def test_estimates_are_cached_on_s3_and_equal_local_ones(bucket, options, tmp_pa
         [var.attrs for var in ds.data_vars.values()])
     assert SECRET not in text and KEY not in text
     assert any("/results/binned-entropy/" in name for name in _objects(options, url))
+
+
+def test_several_runs_on_s3_by_list_and_by_glob(bucket, options, tmp_path):
+    """URLs stay URLs among several runs (a Path would fold s3:// to s3:/), and a glob of a
+    bucket's prefix matches its stores through fsspec."""
+    for seed in (0, 1):
+        make_test_run(Location.of(f"{bucket}/runs/seed-{seed}.zarr", options), widths=(4, 2),
+                      epochs=2, seed=seed).close()
+        make_test_run(tmp_path / f"seed-{seed}.zarr", widths=(4, 2), epochs=2, seed=seed).close()
+    reference, _ = _estimate(str(tmp_path / "seed-*.zarr"), cache=False)
+    urls = [f"{bucket}/runs/seed-{seed}.zarr" for seed in (0, 1)]
+    listed, _ = _estimate(urls, storage_options=options, cache=False)
+    globbed, _ = _estimate(f"{bucket}/runs/seed-*.zarr", storage_options=options, cache=False)
+    for ds in (listed, globbed):
+        assert ds["run"].values.tolist() == urls
+        assert ds["seed"].values.tolist() == [0, 1]
+        for name, var in reference.data_vars.items():
+            np.testing.assert_array_equal(ds[name].values, var.values, err_msg=name)
+        assert ds.attrs["sources"].split("\n") == urls
+    metrics = ibframe.run_metrics(f"{bucket}/runs/seed-*.zarr", storage_options=options)
+    assert metrics.sizes["run"] == 2
+    with pytest.raises(ParameterError, match="no run store matches"):
+        _estimate(f"{bucket}/other/*.zarr", storage_options=options)
 
 
 KILLED_ESTIMATE = textwrap.dedent(
