@@ -12,7 +12,8 @@ sides alike (timings are the best of a few repetitions):
 * ``dense``: the unpruned path (``strategy="dense"``) at d = 3, 10, 16: mixture-component
   evaluations per second over the machine's ``exp`` throughput, measured in the same run on the
   same worker pool (each worker ``torch.exp`` in place on its own L2-sized block); with Numba,
-  the fused loop's figure and the torch path's (``IBFRAME_FUSED=0``) beside it.
+  ibframe's figure (the fused loop where it measured faster on this CPU, ``fused_chosen``) and
+  the torch path's (``IBFRAME_FUSED=0``) beside it.
 * ``szt_kernel_epoch``: an SZT-sized epoch at the kernel level, every recorded draw pooled, as
   the sp-mi rewrite will need it: for each layer (widths 10-7-5-4-3) of a synthetic noisy tanh
   network on all 4096 12-bit inputs with 16 conditional draws each, h(T) of the pooled mixture
@@ -62,6 +63,7 @@ from scipy.special import logsumexp
 
 from ibframe.errors import QualityWarning
 from ibframe.kernels import _fused as fused
+from ibframe.kernels._engine import _fused_pays
 from ibframe.kernels._threads import kernel_threads, run_parallel
 from ibframe.kernels.mixture import (
     draw_points,
@@ -241,7 +243,10 @@ def dense_case(n: int, d: int) -> dict[str, Any]:
             with torch_path():
                 torch_seconds = min(torch_seconds, best_time(run, 2))
     row = {
-        "n": n, "d": d, "beta": 0.1, "fused": fused.enabled(), "seconds": round(seconds, 4),
+        "n": n, "d": d, "beta": 0.1, "fused": fused.enabled(),
+        # the dense pass takes the fused loop where it measured faster than torch's blocks
+        "fused_chosen": fused.enabled() and _fused_pays(d + 2, torch.float32),
+        "seconds": round(seconds, 4),
         "evals_per_s": float(f"{evals / seconds:.3g}"),
         "exp_per_s": float(f"{exp_rate:.3g}"),
         "evals_per_exp": round(evals / seconds / exp_rate, 3),

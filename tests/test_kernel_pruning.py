@@ -216,3 +216,40 @@ def test_prune_floor_bounds_the_left_out_share() -> None:
     # the worst case the bound allows: every other term just below the floor, own weight least
     left_out = (n - 1) * math.exp(floor)
     assert left_out / 1e-3 <= math.exp(-36.0)
+
+
+def _pair_problem(n: int, n_points: int, beta: float) -> _engine.Problem:
+    rng = np.random.default_rng(7)
+    return _engine.Problem(
+        centers=torch.from_numpy(np.tanh(2.0 * rng.normal(size=(1, n, 3)))),
+        log_weights=torch.full((1, n), -math.log(n), dtype=torch.float64),
+        atoms=torch.zeros(n, dtype=torch.int64), n_atoms=1,
+        own=torch.from_numpy(rng.integers(0, n, (1, n_points))),
+        noise=torch.from_numpy(rng.normal(size=(1, n_points, 3))).float(),
+        beta=beta, scale=0.5 / beta**2, exp_dtype=torch.float32,
+    )
+
+
+def test_listed_pairs_are_every_pair_in_reach_in_point_order() -> None:
+    """The few-pairs route lists its pairs once, in blocks of points in random order: put back
+    in point order they are exactly the centres within each point's reach."""
+    problem = _pair_problem(3000, 5000, 0.02)
+    route = _engine._Neighbours(problem)
+    listed = route._listed_pairs(budget=math.inf)
+    assert listed is not None
+    degree, centres = listed
+    _, points, query = route._ball
+    dist = torch.cdist(points, route.centers).numpy()
+    inside = dist <= query["r"][:, None]
+    np.testing.assert_array_equal(degree, inside.sum(axis=1))
+    start = np.concatenate([[0], np.cumsum(degree)])
+    for k in range(0, 5000, 97):
+        assert sorted(centres[start[k]:start[k + 1]]) == np.flatnonzero(inside[k]).tolist()
+
+
+def test_a_listing_past_its_budget_or_pair_limit_is_given_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    problem = _pair_problem(3000, 5000, 0.02)
+    assert _engine._Neighbours(problem)._listed_pairs(budget=0.0) is None
+    monkeypatch.setattr(_engine, "_MAX_PAIRS", 100)
+    assert _engine._Neighbours(problem)._listed_pairs(budget=math.inf) is None

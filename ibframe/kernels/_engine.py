@@ -138,8 +138,7 @@ _PAIR_BLOCK = 2**16  # pairs per work item of the few-pairs route
 # dense pass so made the chooser take it for SZT h3 at epoch 10,000 (1.17 s) where the pruned
 # path takes 0.52 s, so the dense cost stays in the torch path's units
 _PRUNE_BELOW = 0.6
-_QUERY_REPEAT = 1.5  # the route's query lists what counting the pairs only counted
-_QUERY_SAMPLE = 256  # points whose pair count prices the query before all are counted
+_QUERY_SAMPLE = 256  # points listed first (one worker): their time prices the whole query
 _NO_PLAN_BELOW = 0.05  # few pairs below this share of the dense cost: no chunks are planned
 
 
@@ -343,7 +342,9 @@ class _Dense:
         self.operand = self.operand.to(self.gemm_dtype)
         # the fused loop where each mixture's rows are long enough to be worth a call; where a
         # float32 inner product would round too much, it forms exact differences instead
-        self.fused = problem.centers.shape[1] >= _FUSED_MIN_COLS and _fusable(problem)
+        self.fused = (problem.centers.shape[1] >= _FUSED_MIN_COLS and _fusable(problem)
+                      and (self.gemm_dtype == torch.float64
+                           or _fused_pays(operand.shape[-1], self.gemm_dtype)))
         if self.fused and self.gemm_dtype == torch.float64:
             self.diff_dtype = self._difference_dtype()
             self.centers_t = self.centers.transpose(1, 2).to(self.diff_dtype).contiguous()
@@ -531,6 +532,8 @@ class _Neighbours:
         self._plan: list[tuple[torch.Tensor, torch.Tensor, float]] | None = None
         self.few_pairs = False
         """Whether :meth:`run` takes the few-pairs route (set by :meth:`estimated_cost`)."""
+        self._pairs: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        """The route's pairs (:meth:`_listed_pairs`), once it is chosen."""
 
     # planning ------------------------------------------------------------------------------
 
@@ -631,32 +634,72 @@ class _Neighbours:
 
     def _degrees(self, sample: torch.Tensor) -> torch.Tensor:
         """Centres within reach of each sampled own centre (indices into :attr:`sources`),
-        float64, a few sources per GEMM (what :meth:`_within` tests, for many at once)."""
-        own = torch.index_select(self.centers, 0, torch.index_select(self.sources, 0, sample))
-        reach = self.reach[sample] * (1 + 1e-9)
-        limit = reach * reach - (own * own).sum(-1)
-        step = max(1, 2**20 // self.centers.shape[0])
-        return torch.cat([
-            ((self.c_sq - 2.0 * own[i:i + step] @ self.centers.T) <= limit[i:i + step, None])
-            .sum(-1) for i in range(0, own.shape[0], step)
-        ]).to(torch.float64)
+        float64, by :meth:`_within`."""
+        return torch.tensor([
+            float(self._within(self.centers[self.sources[k]], float(self.reach[k]) * (1 + 1e-9))
+                  .sum())
+            for k in sample.tolist()
+        ], dtype=torch.float64, device=self.device)
 
     def _few_pairs_cost(self, query: float, other: float) -> float:
         """The few-pairs route's cost, where it is below ``other`` (and then chosen), else inf.
 
-        A k-d tree query visits far more than the pairs it finds where the reach is wide in
-        many dimensions (0.3 s for 8 pairs per point at d = 10, beta = 0.1, where the dense pass
-        takes 0.09 s): a sample of the query, timed, vetoes such cases. The pairs of the 64
-        sampled own centres may miss a rare cluster: they are counted exactly (cheap here).
+        The pairs are listed here, once (:meth:`_listed_pairs`), and kept for :meth:`run`: the
+        pairs of the 64 sampled own centres may miss a rare cluster, so the cost is priced on
+        the pairs themselves, and a listing that would outlast the dense pass or pass
+        :data:`_MAX_PAIRS` is given up part-way.
         """
-        if self._query_seconds(_QUERY_SAMPLE) > self._dense_seconds():
+        listed = self._listed_pairs(self._dense_seconds())
+        if listed is None:
             return math.inf
-        pairs = self._pair_count()
-        cost = query + _COST_PAIR * pairs
-        if pairs <= _MAX_PAIRS and cost < other:
+        cost = query + _COST_PAIR * int(listed[0].sum())
+        if cost < other:
             self.few_pairs = True
+            self._pairs = listed
             return cost
         return math.inf
+
+    def _listed_pairs(self, budget: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """Every (point, centre) pair with a term above the floor, by :attr:`_ball`'s query:
+        each point's number of pairs and their centres, point by point; None where the
+        listing is given up.
+
+        The points are listed in random order, in blocks that grow from
+        :data:`_QUERY_SAMPLE` (one worker: starting threads would cost more than its query),
+        and the listing stops as soon as the pairs so far, or the time so far, extrapolated to
+        every point, pass :data:`_MAX_PAIRS` or ``budget`` seconds. A k-d tree query visits
+        far more than the pairs it finds where the reach is wide in many dimensions (0.3 s
+        for 8 pairs per point at d = 10, beta = 0.1, where the dense pass takes 0.09 s).
+        """
+        tree, _, query = self._ball
+        n_points = self.problem.own.shape[1]
+        order = np.random.default_rng(1).permutation(n_points)
+        degree = np.zeros(n_points, dtype=np.int64)
+        found: list[np.ndarray] = []
+        done, size, started = 0, _QUERY_SAMPLE, time.perf_counter()
+        while done < n_points:
+            rows = order[done:done + size]
+            lists = tree.query_ball_point(x=query["x"][rows], r=query["r"][rows],
+                                          return_sorted=False,
+                                          workers=query["workers"] if done else 1)
+            counts = np.fromiter(map(len, lists), dtype=np.int64, count=rows.size)
+            degree[rows] = counts
+            found.append(np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64,
+                                     count=int(counts.sum())))
+            done += rows.size
+            share = n_points / done
+            if int(degree.sum()) * share > _MAX_PAIRS or (
+                    done < n_points and (time.perf_counter() - started) * share > budget):
+                return None
+            size *= 8
+        # the centres of the pairs in point order (they were listed in ``order``)
+        listed = np.concatenate(found)
+        first = np.zeros(n_points + 1, dtype=np.int64)
+        np.cumsum(degree[order], out=first[1:])
+        where = np.empty(n_points, dtype=np.int64)
+        where[order] = first[:-1]
+        take = _expand_ranges(torch.from_numpy(where), torch.from_numpy(degree)).numpy()
+        return degree, listed[take]
 
     # evaluation ----------------------------------------------------------------------------
 
@@ -692,22 +735,6 @@ class _Neighbours:
         query = {"x": points.cpu().numpy(), "r": radii.cpu().numpy(), "workers": kernel_threads()}
         return tree, points, query
 
-    def _pair_count(self) -> int:
-        """The (point, centre) pairs with a term above the floor, counted by :attr:`_ball`."""
-        tree, _, query = self._ball
-        return int(tree.query_ball_point(**query, return_length=True).sum())
-
-    def _query_seconds(self, sample: int) -> float:
-        """Seconds the few-pairs route's query would take, from the timed pair count of
-        ``sample`` random points (the tree built beforehand)."""
-        n_points = self.problem.own.shape[1]
-        tree, _, query = self._ball  # the tree built outside the timing
-        rows = np.random.default_rng(1).choice(n_points, size=min(sample, n_points), replace=False)
-        started = time.perf_counter()
-        # one worker: starting threads would cost more than a sample's query
-        tree.query_ball_point(x=query["x"][rows], r=query["r"][rows], return_length=True)
-        return _QUERY_REPEAT * (time.perf_counter() - started) * n_points / rows.size
-
     def _dense_seconds(self) -> float:
         """Seconds the dense pass would take on the torch path (measured speed; the fused
         loop is faster, so the veto errs towards the few-pairs route)."""
@@ -715,16 +742,13 @@ class _Neighbours:
         return evals * _dense_seconds_per_exponent()
 
     def _run_pairs(self, out: torch.Tensor) -> None:
-        """The few-pairs route: every pair from :attr:`_ball`'s query, evaluated on its own with
-        exact differences in float64, with no chunk planning."""
+        """The few-pairs route: every pair listed by :meth:`_listed_pairs`, evaluated on its own
+        with exact differences in float64, with no chunk planning."""
         problem = self.problem
         n_points = problem.own.shape[1]
-        tree, points, query = self._ball
-        found = tree.query_ball_point(**query, return_sorted=False)
-        degree = np.fromiter(map(len, found), dtype=np.int64, count=n_points)
-        neighbours = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(found),
-                                                  dtype=np.int64, count=int(degree.sum())))
-        neighbours = neighbours.to(self.device)
+        _, points, _ = self._ball
+        degree, listed = self._pairs
+        neighbours = torch.from_numpy(listed).to(self.device)
         degree_t = torch.from_numpy(degree).to(self.device)
         start = np.concatenate([[0], np.cumsum(degree)])  # point k's pairs: start[k]:start[k+1]
         # items of whole points, about _PAIR_BLOCK pairs each
@@ -989,6 +1013,44 @@ def _fusable(problem: Problem) -> bool:
     float32 exponentials, Numba there."""
     return (problem.centers.device.type == "cpu" and problem.exp_dtype == torch.float32
             and fused.enabled())
+
+
+@functools.cache
+def _fused_pays(k: int, dtype: torch.dtype) -> bool:
+    """Whether the fused loop's inner-product form outruns the torch path's blocks (GEMM,
+    ``exp2``, sum) on one worker, for ``k`` terms per inner product; measured once per process
+    and ``k``, on a worker of the pool. Which wins depends on the CPU: on AVX2 the fused loop
+    won at every d measured; on AVX-512, where torch's GEMM and ``exp2`` use 512-bit vectors,
+    from about d = 10 on the torch path is faster (0.07 s against 0.06 s per dense case at
+    d = 16). The difference form has no torch rival (a float64 GEMM)."""
+    rng = np.random.default_rng(0)
+    rows, cols = 256, 8192
+    p = torch.from_numpy(rng.normal(size=(rows, k)) * 0.3).to(dtype)
+    c = torch.from_numpy(rng.normal(size=(k, cols)) * 0.3).to(dtype)
+    out = torch.zeros(rows, dtype=torch.float64)
+    buf = torch.empty(rows, cols, dtype=dtype)
+
+    def fused_pass() -> None:
+        fused.exp2_row_sums(p, c, 0, cols, out)
+
+    def torch_pass() -> None:
+        torch.mm(p, c, out=buf).exp2_()
+        out.add_(buf.sum(-1))
+
+    seconds: list[float] = []
+
+    def measure(_: object) -> None:
+        for run in (fused_pass, torch_pass):
+            run()  # warm
+            best = math.inf
+            for _ in range(3):
+                started = time.perf_counter()
+                run()
+                best = min(best, time.perf_counter() - started)
+            seconds.append(best)
+
+    run_parallel(measure, [None])
+    return seconds[0] <= seconds[1]
 
 
 def _base2(p_aug: torch.Tensor) -> torch.Tensor:
