@@ -331,9 +331,10 @@ class _Dense:
         const = -problem.scale * c_sq + (lw - self.lw_ref[:, None])
         operand = torch.cat([self.centers, ones, const[..., None]], dim=-1)
         self.own_sq = _own_sq(problem)
-        # how far the points and centres lie from the origin, which bounds the rounding
-        self.extent = math.sqrt(float(c_sq.max())) + math.sqrt(float(self.own_sq.max()))
-        self.gemm_dtype = self._gemm_dtype(c_sq)
+        # how far the centres, and the points from their centres, lie: bounds on the rounding
+        self.radius = math.sqrt(float(c_sq.max()))
+        self.z_max = math.sqrt(float(self.own_sq.max()))
+        self.gemm_dtype = self._gemm_dtype()
         self.operand64 = operand.transpose(1, 2).contiguous()
         # base 2 (module notes): the constant row scaled here, the points' first d + 1 columns
         # in _item; each "1" stays exact, so log2(e) is never rounded to float32 as a factor
@@ -350,12 +351,10 @@ class _Dense:
             self.centers_t = self.centers.transpose(1, 2).to(self.diff_dtype).contiguous()
             self.col_terms = (LOG2E * (lw - self.lw_ref[:, None])).to(torch.float32)
 
-    def _gemm_dtype(self, c_sq: torch.Tensor) -> torch.dtype:
+    def _gemm_dtype(self) -> torch.dtype:
         problem = self.problem
         d = self.centers.shape[2]
-        radius = math.sqrt(float(c_sq.max()))
-        z_max = math.sqrt(float(self.own_sq.max()))
-        reach = (2.0 * radius + z_max) ** 2 + z_max**2
+        reach = (2.0 * self.radius + self.z_max) ** 2 + self.z_max**2
         if math.sqrt(d + 2) * _U32 * problem.scale * reach > FLOAT32_EXPONENT_TOL:
             return torch.float64
         return problem.exp_dtype
@@ -375,7 +374,7 @@ class _Dense:
         """
         scale, d = self.problem.scale, self.centers.shape[2]
         near = math.sqrt(_NEAR_EXPONENT / scale)
-        error = (2 * _U32 * scale * near * (2 * self.extent + near)
+        error = (2 * _U32 * scale * near * (2 * (self.radius + self.z_max) + near)
                  + d * _U32 * _NEAR_EXPONENT)
         return torch.float32 if error <= FLOAT32_EXPONENT_TOL else torch.float64
 
@@ -604,7 +603,11 @@ class _Neighbours:
         n_src = self.sources.numel()
         sample = torch.from_numpy(rng.choice(n_src, size=min(64, n_src), replace=False)).to(
             self.device)
-        degree = self._degrees(sample)
+        degree = torch.tensor([
+            float(self._within(self.centers[self.sources[k]], float(self.reach[k]) * (1 + 1e-9))
+                  .sum())
+            for k in sample.tolist()
+        ], dtype=torch.float64, device=self.device)
         weight = self.counts[sample].to(torch.float64)
         per_point = float((degree * weight).sum() / weight.sum())
         if per_point > _DENSE_SHARE * n:
@@ -631,15 +634,6 @@ class _Neighbours:
         if per_point * n_points <= _MAX_PAIRS and few < chunked:
             return min(chunked, self._few_pairs_cost(query, chunked))
         return chunked
-
-    def _degrees(self, sample: torch.Tensor) -> torch.Tensor:
-        """Centres within reach of each sampled own centre (indices into :attr:`sources`),
-        float64, by :meth:`_within`."""
-        return torch.tensor([
-            float(self._within(self.centers[self.sources[k]], float(self.reach[k]) * (1 + 1e-9))
-                  .sum())
-            for k in sample.tolist()
-        ], dtype=torch.float64, device=self.device)
 
     def _few_pairs_cost(self, query: float, other: float) -> float:
         """The few-pairs route's cost, where it is below ``other`` (and then chosen), else inf.
