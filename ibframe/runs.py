@@ -35,6 +35,7 @@ import xarray as xr
 from ibframe.errors import IbframeWarning, ParameterError
 from ibframe.results import index_runs
 from ibframe.store import Run, open_run
+from ibframe.store.location import Location
 
 #: One run (a :class:`Run`, a path or a URL), a list of them, or a glob string.
 RunsLike = Run | str | os.PathLike[str] | Sequence[Run | str | os.PathLike[str]]
@@ -59,7 +60,8 @@ def is_glob(path: str | os.PathLike[str]) -> bool:
 
 
 def _is_url(text: str) -> bool:
-    return "://" in text and not text.startswith("file://")
+    """Whether ``text`` names object storage, by the stores' own rule (:meth:`Location.of`)."""
+    return Location.of(text).local is None
 
 
 def _one(where: str | os.PathLike[str]) -> Path | str:
