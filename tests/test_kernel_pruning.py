@@ -253,3 +253,13 @@ def test_a_listing_past_its_budget_or_pair_limit_is_given_up(
     assert _engine._Neighbours(problem)._listed_pairs(budget=0.0) is None
     monkeypatch.setattr(_engine, "_MAX_PAIRS", 100)
     assert _engine._Neighbours(problem)._listed_pairs(budget=math.inf) is None
+
+
+def test_few_points_are_evaluated_densely_without_planning() -> None:
+    """Below _PLAN_POINTS points the chooser's own work on the centres would cost more than
+    pruning saves: the same spread centres prune for many points and run densely for few."""
+    centers = spread(np.random.default_rng(8), 50_000, 3)
+    many = draw_points(np.ones(50_000), 4096, 3, seed=0)
+    few = draw_points(np.ones(50_000), _engine._PLAN_POINTS - 1, 3, seed=0)
+    assert mixture_log_density(centers, 0.005, many).strategy == "neighbours"
+    assert mixture_log_density(centers, 0.005, few).strategy == "dense"
