@@ -87,7 +87,8 @@ def pairwise_distance_histogram(
         (n,) class labels; a pair is within-class when its labels are equal.
     bins, max_distance
         ``bins`` equal-width bins over [0, max_distance], half-open [e_k, e_{k+1}) except the
-        last, which is closed, as in :func:`numpy.histogram`.
+        last, which is closed, as in :func:`numpy.histogram`. A distance within rounding of
+        an edge (the identity's, ~1e-8 * max ||a_i||) may land in either neighbour.
     metric
         ``"euclidean"`` ||a - b||, ``"sqeuclidean"`` ||a - b||^2, or ``"cosine"``
         1 - <a, b> / (||a|| ||b||) (a zero row counts as orthogonal to everything: distance 1).
