@@ -552,7 +552,8 @@ def plot(
         target = out / source.stem if len(results) > 1 else out
         paths = plot_results(ds, kinds=kind or None, out_dir=target, formats=tuple(format),
                              run=opened, epochs=parse_epochs(epochs), layers=layer or None,
-                             layer_names=names, arrows=parse_epochs(arrows))
+                             layer_names=names, arrows=parse_epochs(arrows),
+                             storage_options=storage_options)
         for path in paths:
             say(f"figure: {path}")
 

@@ -42,6 +42,7 @@ from ibframe.engine import EpochSelection, select_epochs
 from ibframe.errors import IbframeWarning, ParameterError, ResultConventionError
 from ibframe.kernels.distances import pairwise_distance_histogram
 from ibframe.store import Run, open_run
+from ibframe.store.location import Location
 
 
 class PlotWarning(IbframeWarning):
@@ -439,8 +440,8 @@ def plot_binned_entropy(
         if extra
         else [("", entropy)]
     )
-    if n_inputs is None and _lost_source(results) is None and results.attrs.get("source"):
-        n_inputs = open_run(results.attrs["source"]).n_samples
+    if n_inputs is None and (named := _named_run(results)) is not None:
+        n_inputs = named.n_samples
     units = entropy.attrs.get("units", "nat")
     ceiling = None if n_inputs is None else np.log(n_inputs) / (np.log(2) if units == "bit" else 1)
     fig, axes = _grid(len(panels), sharey=True)
@@ -878,12 +879,13 @@ def _run_store(
         return run
     if run is not None:
         return open_run(run)
-    source = None if results is None else results.attrs.get("source")
-    if not source or not Path(source).exists():
+    named = _named_run(results)
+    if named is None:
+        source = None if results is None else results.attrs.get("source")
         where = f"the run store {source} they name was not found" if source else "they name no run"
         msg = f"plot {kind!r} needs the run store: pass run=PATH (--run on the command line; {where})"
         raise ResultConventionError(msg)
-    return open_run(source)
+    return named
 
 
 def _reason(err: ResultConventionError, kind: str) -> str:
@@ -895,10 +897,27 @@ def _reason(err: ResultConventionError, kind: str) -> str:
     return text
 
 
-def _lost_source(results: xr.Dataset) -> str | None:
-    """The run store the results name in ``source``, when it cannot be found."""
-    source = results.attrs.get("source")
-    return source if source and not Path(source).exists() else None
+def _for_url(
+    where: str | os.PathLike[str], storage_options: typing.Mapping[str, typing.Any] | None
+) -> typing.Mapping[str, typing.Any] | None:
+    """``storage_options`` where ``where`` is a URL; None for a local path."""
+    return storage_options if Location.of(str(where)).local is None else None
+
+
+def _named_run(
+    results: xr.Dataset | None, storage_options: typing.Mapping[str, typing.Any] | None = None
+) -> Run | None:
+    """The run store the results name in ``source`` (a path or a URL, opened with
+    ``storage_options``); None where they name none or it is not found."""
+    source = None if results is None else results.attrs.get("source")
+    if not isinstance(source, str) or not source:
+        return None
+    if Location.of(source).local is not None and not Path(source).exists():
+        return None
+    try:
+        return open_run(source, storage_options=_for_url(source, storage_options))
+    except OSError:  # no store there (StoreNotFoundError), or no access to it
+        return None
 
 
 #: Figure kinds: name -> (function, description). Each function takes the results Dataset first.
@@ -948,6 +967,7 @@ def plot_results(
     layers: Sequence[str] | None = None,
     layer_names: str | Sequence[str] | None = None,
     arrows: EpochSelection | None = None,
+    storage_options: typing.Mapping[str, typing.Any] | None = None,
 ) -> list[Path]:
     """Draw figure kinds and write each as ``OUT_DIR/KIND.FORMAT``.
 
@@ -971,7 +991,8 @@ def plot_results(
         Any of ``"png"``, ``"svg"``, ``"pdf"``.
     run
         The run store, for the kinds drawn from it (``scatter``, ``density-epochs``,
-        ``activation-histograms``, ``input-distances``); default the results' ``source``.
+        ``activation-histograms``, ``input-distances``); default the results' ``source``,
+        a path or a URL (opened with ``storage_options``: ``endpoint_url``, ``key``, ...).
     epochs
         Epoch numbers and ``slice(start, stop)`` ranges of the results' epochs
         (:func:`ibframe.engine.select_epochs`): figures over epochs draw only these, and figures
@@ -985,6 +1006,8 @@ def plot_results(
         ``"T"`` gives T1...TL as in the paper.
     arrows
         Epochs that ``mi-epochs`` marks with arrows (to match ``scatter`` panels at them).
+    storage_options
+        fsspec options for the results, the run and the results' ``source`` where they are URLs.
 
     Returns
     -------
@@ -994,7 +1017,7 @@ def plot_results(
     if not isinstance(results, xr.Dataset):
         from ibframe.results import load_results
 
-        results = load_results(results)
+        results = load_results(results, storage_options=_for_url(results, storage_options))
     unknown = [k for k in (kinds or []) if k not in PLOT_KINDS]
     if unknown:
         msg = f"unknown plot kind {unknown[0]!r}; known kinds: {', '.join(PLOT_KINDS)}"
@@ -1018,6 +1041,9 @@ def plot_results(
         from ibframe.runs import aggregate
 
         mean = aggregate(results, over="run")
+    if run is not None and not isinstance(run, Run):
+        run = open_run(run, storage_options=_for_url(run, storage_options))
+    named = _named_run(results, storage_options) if run is None else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -1026,19 +1052,21 @@ def plot_results(
         function = PLOT_KINDS[kind][0]
         accepted = inspect.signature(function).parameters
         takes_run = "run" in accepted
-        options: dict[str, typing.Any] = {"run": run} if takes_run else {}
+        options: dict[str, typing.Any] = {"run": run or named} if takes_run else {}
         if chosen is not None and "epochs" in accepted:
             options["epochs"] = chosen
         if layers is not None and "layers" in accepted:
             options["layers"] = list(layers)
         if arrows is not None and "arrows" in accepted:
             options["arrows"] = arrows
-        lost = _lost_source(results) if takes_run and run is None and kinds is None else None
+        if "n_inputs" in accepted and named is not None:
+            options["n_inputs"] = named.n_samples
+        lost = takes_run and run is None and named is None and kinds is None
         try:
-            if lost is not None:
+            if lost and results.attrs.get("source"):
                 msg = (
-                    f"the run store {lost} named by the results was not found; pass the run "
-                    "(run=PATH, or ibframe plot --run PATH)"
+                    f"the run store {results.attrs['source']} named by the results was not "
+                    "found; pass the run (run=PATH, or ibframe plot --run PATH)"
                 )
                 raise ResultConventionError(msg)
             fig = function(results if function in _DRAWS_RUNS else mean, **options)

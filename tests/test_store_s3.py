@@ -458,6 +458,11 @@ def test_the_command_line_reads_and_writes_s3(bucket, options, capsys, tmp_path)
                            "-o", str(tmp_path / "figures"), *opts], capsys)
     assert code == 0, err
     assert list((tmp_path / "figures").glob("*.png"))
+    # a figure drawn from the run finds it at the results' source URL, with the same options
+    code, _, err = _cli(["plot", f"{bucket}/out/results.nc", "-k", "scatter",
+                         "-o", str(tmp_path / "figures"), *opts], capsys)
+    assert code == 0, err
+    assert (tmp_path / "figures" / "scatter.png").is_file()
     code, _, err = _cli([*command, "-o", f"{url}/results.nc", *opts], capsys)
     assert code == 1 and "is inside the run store" in err
     code, _, err = _cli(["info", "s3://no-such-bucket-x1/r.zarr", *opts], capsys)
