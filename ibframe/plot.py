@@ -202,10 +202,19 @@ def _settings(results: xr.Dataset) -> list[tuple[str, xr.Dataset, float | None]]
     coordinates along ``run`` that differ between them, other than ``seed`` (a beta sweep,
     tanh against orthonormal); each group of several runs (seeds) becomes their aggregate
     (:func:`ibframe.aggregate`: mean and sd), a group of one run that run. The label names the
-    group's settings ("beta = 0.1"), empty when all runs share them.
+    group's settings ("beta = 0.1"), empty when all runs share them. Results already grouped
+    (``ibframe.aggregate(ds, by="beta")``) are split along their ``grouped_by`` dimension.
     """
     from ibframe.runs import aggregate
 
+    by = results.attrs.get("grouped_by")
+    if "run" not in results.dims and by in results.dims:
+        return [
+            (f"{by} = {_format_setting(value)}",
+             results.sel({by: value}).drop_vars(by),
+             float(value) if by == "beta" else results.attrs.get("beta"))
+            for value in results[by].values
+        ]
     if "run" not in results.dims:
         beta = results.attrs.get("beta")
         return [("", results, None if beta is None else float(beta))]

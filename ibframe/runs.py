@@ -281,7 +281,8 @@ def aggregate(
     run; other flags (``saturated``) are true where they are true in any.
     Coordinates along ``over`` (``seed``, ``beta``, ...) are dropped, except ``by``: with
     ``by="beta"`` the runs are grouped by their beta and aggregated per group, giving a
-    ``beta`` dimension.
+    ``beta`` dimension, named in the attribute ``grouped_by`` (the figures draw one line per
+    group).
     """
     if over not in ds.dims:
         msg = f"cannot aggregate over {over!r}: the dataset's dims are {', '.join(map(str, ds.dims))}"
@@ -298,9 +299,15 @@ def aggregate(
             msg = f"cannot group by {by!r}: it is not a coordinate along {over!r}"
             raise ParameterError(msg)
         plain = ds.drop_indexes([n for n in ds.xindexes if n != over and ds[n].dims == (over,)])
-        return plain.groupby(by).map(
+        grouped = plain.groupby(by).map(
             lambda group: aggregate(group, over, kind, quantiles=quantiles)
         )
+        sizes = sorted({group.sizes[over] for _, group in plain.groupby(by)})
+        count_text = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+        how = "mean ± sd" if kind == "sd" else f"median, {low:g}-{high:g} quantiles"
+        grouped.attrs["aggregate"] = f"{how} over {count_text} {over}s per {by}"
+        grouped.attrs["grouped_by"] = by
+        return grouped
     out = xr.Dataset(attrs=dict(ds.attrs))
     count = ds.sizes[over]
     for name, var in ds.data_vars.items():

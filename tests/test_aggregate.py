@@ -134,3 +134,16 @@ def test_summary_shows_mean_and_sd_across_runs(several, capsys):
     sd = float(agg["mi_x_t_sd"].sel(layer="h1").isel(epoch=-1))
     assert f"{mean:.4g} ± {sd:.2g}" in out
     assert "mean ± sd over 4 runs" in out
+
+
+def test_mi_epochs_of_runs_grouped_by_beta_draws_one_line_per_beta(several):
+    """aggregate(by="beta") keeps its groups apart in the figure, labelled by beta."""
+    agg = ibframe.aggregate(several, by="beta")
+    assert agg.attrs["grouped_by"] == "beta"
+    assert agg.attrs["aggregate"] == "mean ± sd over 1-3 runs per beta"
+    ax = plot_mi_epochs(agg, layers=["h2"]).axes[0]
+    lines = [line for line in ax.get_lines() if line.get_label().startswith("beta")]
+    assert [line.get_label() for line in lines] == ["beta = 0.1", "beta = 0.2"]
+    for line, beta in zip(lines, (0.1, 0.2), strict=True):
+        np.testing.assert_allclose(line.get_ydata(), agg["mi_x_t"].sel(beta=beta, layer="h2").values)
+    assert "per beta" in ax.get_legend().get_title().get_text()
