@@ -384,11 +384,14 @@ def plot_mi_epochs(
 
 
 def _mark_epochs(ax: Axes, curve: xr.DataArray, arrows: EpochSelection) -> None:
-    """Arrows down onto ``curve`` (over epochs) at the epochs ``arrows`` picks, labelled."""
-    for epoch in select_epochs(curve["epoch"].values, arrows, "the results"):
+    """Arrows down onto ``curve`` (over epochs) at the epochs ``arrows`` picks, labelled; the
+    labels of neighbouring arrows alternate between two heights, so that epochs close on the
+    axis (9261 and 10000 on a log axis) do not print over each other."""
+    for i, epoch in enumerate(select_epochs(curve["epoch"].values, arrows, "the results")):
         value = float(curve.sel(epoch=epoch))
         ax.annotate(
-            str(epoch), xy=(epoch, value), xytext=(0, 22), textcoords="offset points",
+            str(epoch), xy=(epoch, value), xytext=(0, 22 + 14 * (i % 2)),
+            textcoords="offset points",
             ha="center", fontsize="small", color="0.2",
             arrowprops={"arrowstyle": "->", "color": "0.2", "lw": 0.9},
         )

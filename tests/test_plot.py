@@ -367,6 +367,7 @@ def test_mi_epochs_arrows_and_the_binned_entropy_at_ten_beta(results):
     mi = results["mi_x_t"].sel(layer="h3")  # the last layer drawn
     assert [a.xy for a in arrows] == [(1, pytest.approx(float(mi.sel(epoch=1)))),
                                       (3, pytest.approx(float(mi.sel(epoch=3))))]
+    assert arrows[0].xyann != arrows[1].xyann  # neighbouring labels at two heights
     # beta = 0.1: 10 beta = 1, and the bin sizes are 0.1 and 0.5: the nearest is 0.5
     assert "B = 0.5" in ax_bin.get_title()
     for line, layer in zip(ax_bin.lines, ("h1", "h2", "h3"), strict=True):
