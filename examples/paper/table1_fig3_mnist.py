@@ -95,7 +95,8 @@ def main() -> None:
         for ax, layer in zip(axes, layers, strict=True):
             density = np.mean([ds["cosine_density"].sel(layer=layer).values[0] for ds in cosine[name]], axis=0)
             ax.stairs(density, np.append(edges[:, 0], edges[-1, 1]), label=name)
-            ax.set(title=f"layer {layer}", xlabel="cosine similarity to the deterministic model", xlim=(-0.2, 1))
+            ax.set(title=f"layer {layer}", xlim=(-0.2, 1))
+    fig.supxlabel("cosine similarity to the deterministic model")
     axes[0].set_ylabel("density")
     axes[0].legend(fontsize="x-small")
     fig.suptitle(f"Fig. 3: cosine similarity to the deterministic CNN, epoch {train['epochs']}, {seeds} seed(s)")
