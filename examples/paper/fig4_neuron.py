@@ -32,13 +32,11 @@ def merge_epoch(mi: np.ndarray, epochs: np.ndarray, clusters: float) -> int | No
 def main() -> None:
     args = _common.parser(__doc__.splitlines()[0]).parse_args()
     started = time.perf_counter()
-    epochs = 3000 if args.quick else 100_000
-    record = "log:40" if args.quick else "log:200"
+    train = _common.settings(args, {"epochs": 3000, "record": "log:40"},
+                             {"epochs": 100_000, "record": "log:200"})
+    epochs = train["epochs"]
     betas = (0.01, 0.1) if args.quick else (0.01, 0.02, 0.05, 0.1)
-    runs = {
-        beta: _common.run_store(args.out, "neuron", epochs=epochs, beta=beta, record=record)
-        for beta in betas
-    }
+    runs = {beta: _common.run_store(args.out, "neuron", beta=beta, **train) for beta in betas}
     results = {beta: _common.estimate(path, ["sp-mi"]) for beta, path in runs.items()}
 
     run = ibframe.open_run(runs[0.01])
