@@ -1015,7 +1015,9 @@ def plot_results(
         layers of 2 or 3 units).
     layer_names
         Names for the results' layers in every figure drawn from them (:func:`rename_layers`):
-        ``"T"`` gives T1...TL as in the paper.
+        ``"T"`` gives T1...TL as in the paper. ``layers`` may then use either name; figures
+        drawn from the run store (``scatter``, ``density-epochs``, ``activation-histograms``,
+        ``input-distances``) keep the run's layer names in their titles.
     arrows
         Epochs that ``mi-epochs`` marks with arrows (to match ``scatter`` panels at them).
     storage_options
@@ -1038,8 +1040,11 @@ def plot_results(
     if bad or not formats:
         msg = f"plot formats must be among {', '.join(FORMATS)}; got {list(formats)}"
         raise ParameterError(msg)
+    run_names: dict[str, str] = {}  # a figure's layer name -> the run store's
     if layer_names is not None:
+        original = [str(v) for v in results["layer"].values] if "layer" in results.coords else []
         results = rename_layers(results, layer_names)
+        run_names = dict(zip(map(str, results["layer"].values), original, strict=True))
     chosen = None
     if epochs is not None:
         if "epoch" not in results.coords:
@@ -1068,7 +1073,13 @@ def plot_results(
         if chosen is not None and "epochs" in accepted:
             options["epochs"] = chosen
         if layers is not None and "layers" in accepted:
-            options["layers"] = list(layers)
+            # figures drawn from the run store select its own layer names; the others, the
+            # results' (renamed) ones; either name is accepted for either kind
+            if takes_run:
+                options["layers"] = [run_names.get(name, name) for name in layers]
+            else:
+                shown = {old: new for new, old in run_names.items()}
+                options["layers"] = [shown.get(name, name) for name in layers]
         if arrows is not None and "arrows" in accepted:
             options["arrows"] = arrows
         if "n_inputs" in accepted and named is not None:

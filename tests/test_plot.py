@@ -76,6 +76,15 @@ def test_from_a_results_file(results, tmp_path):
         _assert_png(png)
 
 
+@pytest.mark.parametrize("layer", ["T3", "h3"])
+def test_renamed_layers_select_in_figures_from_the_results_and_from_the_run(results, tmp_path, layer):
+    """With layer_names, a layer may be named either way; scatter reads the run store, whose
+    names did not change, and mi-epochs the renamed results."""
+    written = plot_results(results, ["scatter", "mi-epochs"], tmp_path, layers=[layer],
+                           layer_names="T")
+    assert [p.name for p in written] == ["scatter.png", "mi-epochs.png"]
+
+
 def test_missing_variable_names_it(results, tmp_path):
     with pytest.raises(ResultConventionError, match=r"'mi_x_t'.*sp-mi"):
         plot_results(results.drop_vars("mi_x_t"), ["mi-epochs"], tmp_path)
