@@ -230,21 +230,30 @@ def _pair_problem(n: int, n_points: int, beta: float) -> _engine.Problem:
     )
 
 
-def test_listed_pairs_are_every_pair_in_reach_in_point_order() -> None:
-    """The few-pairs route lists its pairs once, in blocks of points in random order: put back
-    in point order they are exactly the centres within each point's reach."""
-    problem = _pair_problem(3000, 5000, 0.02)
+@pytest.mark.parametrize("n_points", [1500, 12000])
+def test_listed_pairs_hold_every_pair_in_reach_in_point_order(n_points: int) -> None:
+    """The few-pairs route lists its pairs once, in blocks of balls in random order (one about
+    each point where the own centres have about one point each, else one about each own
+    centre): put back in point order, each point's pairs are the centres in its ball, and
+    they hold every centre within the point's own reach."""
+    problem = _pair_problem(3000, n_points, 0.02)
     route = _engine._Neighbours(problem)
     listed = route._listed_pairs(budget=math.inf)
     assert listed is not None
     degree, centres = listed
     _, points, query = route._ball
-    dist = torch.cdist(points, route.centers).numpy()
-    inside = dist <= query["r"][:, None]
-    np.testing.assert_array_equal(degree, inside.sum(axis=1))
+    owner = query["owner"]
+    assert (owner.max() + 1 < n_points) == (n_points > 3000)  # shared balls for many points
+    ball = (torch.cdist(torch.from_numpy(query["x"][owner]), route.centers).numpy()
+            <= query["r"][owner, None])
+    reach = _engine._reach(problem, route.own_sq, route.floor).numpy()
+    in_reach = torch.cdist(points, route.centers).numpy() <= reach[:, None]
+    assert not (in_reach & ~ball).any()
+    assert in_reach.sum() > n_points  # not only the own terms
+    np.testing.assert_array_equal(degree, ball.sum(axis=1))
     start = np.concatenate([[0], np.cumsum(degree)])
-    for k in range(0, 5000, 97):
-        assert sorted(centres[start[k]:start[k + 1]]) == np.flatnonzero(inside[k]).tolist()
+    for k in range(0, n_points, 97):
+        assert sorted(centres[start[k]:start[k + 1]]) == np.flatnonzero(ball[k]).tolist()
 
 
 def test_a_listing_past_its_budget_or_pair_limit_is_given_up(

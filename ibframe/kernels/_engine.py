@@ -654,11 +654,11 @@ class _Neighbours:
         return math.inf
 
     def _listed_pairs(self, budget: float) -> tuple[np.ndarray, np.ndarray] | None:
-        """Every (point, centre) pair with a term above the floor, by :attr:`_ball`'s query:
-        each point's number of pairs and their centres, point by point; None where the
-        listing is given up.
+        """Every (point, centre) pair with a term above the floor (and, from a ball shared by
+        several points, some below it): each point's number of pairs and their centres, point
+        by point; None where the listing is given up.
 
-        The points are listed in random order, in blocks that grow from
+        The balls of :attr:`_ball` are queried in random order, in blocks that grow from
         :data:`_QUERY_SAMPLE` (one worker: starting threads would cost more than its query),
         and the listing stops as soon as the pairs so far, or the time so far, extrapolated to
         every point, pass :data:`_MAX_PAIRS` or ``budget`` seconds. A k-d tree query visits
@@ -667,33 +667,46 @@ class _Neighbours:
         """
         tree, _, query = self._ball
         n_points = self.problem.own.shape[1]
-        order = np.random.default_rng(1).permutation(n_points)
-        degree = np.zeros(n_points, dtype=np.int64)
+        shared = query["shared"]
+        n_balls = shared.size
+        order = np.random.default_rng(1).permutation(n_balls)
+        ball_degree = np.zeros(n_balls, dtype=np.int64)
         found: list[np.ndarray] = []
-        done, size, started = 0, _QUERY_SAMPLE, time.perf_counter()
-        while done < n_points:
+        done = covered = pairs = 0
+        size, started = _QUERY_SAMPLE, time.perf_counter()
+        while done < n_balls:
             rows = order[done:done + size]
             lists = tree.query_ball_point(x=query["x"][rows], r=query["r"][rows],
                                           return_sorted=False,
                                           workers=query["workers"] if done else 1)
-            counts = np.fromiter(map(len, lists), dtype=np.int64, count=rows.size)
-            degree[rows] = counts
+            degree = np.fromiter(map(len, lists), dtype=np.int64, count=rows.size)
+            ball_degree[rows] = degree
             found.append(np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64,
-                                     count=int(counts.sum())))
+                                     count=int(degree.sum())))
             done += rows.size
-            share = n_points / done
-            if int(degree.sum()) * share > _MAX_PAIRS or (
-                    done < n_points and (time.perf_counter() - started) * share > budget):
+            covered += int(shared[rows].sum())
+            pairs += int(degree @ shared[rows])
+            if pairs * n_points / covered > _MAX_PAIRS or (
+                    done < n_balls and (time.perf_counter() - started) * n_balls / done > budget):
                 return None
             size *= 8
-        # the centres of the pairs in point order (they were listed in ``order``)
+        # each ball's centres (they were listed in ``order``), then each point's
         listed = np.concatenate(found)
-        first = np.zeros(n_points + 1, dtype=np.int64)
-        np.cumsum(degree[order], out=first[1:])
-        where = np.empty(n_points, dtype=np.int64)
+        first = np.zeros(n_balls + 1, dtype=np.int64)
+        np.cumsum(ball_degree[order], out=first[1:])
+        where = np.empty(n_balls, dtype=np.int64)
         where[order] = first[:-1]
-        take = _expand_ranges(torch.from_numpy(where), torch.from_numpy(degree)).numpy()
+        owner = query["owner"]
+        degree = ball_degree[owner]
+        take = _expand_ranges(torch.from_numpy(where[owner]), torch.from_numpy(degree)).numpy()
         return degree, listed[take]
+
+    @functools.cached_property
+    def _point_source(self) -> torch.Tensor:
+        """Per point, the index of its own centre in :attr:`sources`."""
+        slot = torch.repeat_interleave(
+            torch.arange(self.sources.numel(), device=self.device), self.counts)
+        return torch.empty_like(slot).index_put_((self.point_order,), slot)
 
     # evaluation ----------------------------------------------------------------------------
 
@@ -717,16 +730,34 @@ class _Neighbours:
 
     @functools.cached_property
     def _ball(self) -> tuple[cKDTree, torch.Tensor, dict[str, Any]]:
-        r"""A k-d tree of the centres, the points (float64) and the ball query about each point
-        that finds the centres with a term above the floor, :math:`\|p_k - \mu_j\|^2 \le
-        \beta^2\|z_k\|^2 - F/s` (:func:`_reach`, :func:`prune_floor`)."""
+        r"""A k-d tree of the centres, the points (float64) and the ball queries that find
+        every centre with a term above the floor, :math:`\|p_k - \mu_j\|^2 \le
+        \beta^2\|z_k\|^2 - F/s` (:func:`_reach`, :func:`prune_floor`).
+
+        Where the own centres have two or more points each on average, one ball about each own
+        centre serves all its points (its radius, :attr:`reach`, holds every centre in reach of
+        any of them): at 4 points per centre 4x faster than a ball about each point (6 ms
+        against 25 ms for 16,384 points on 4,096 centres at d = 10, beta = 0.01), for 2% more
+        pairs there (40% at d = 3), whose terms are evaluated exactly like the others. With
+        about one point per centre (sp-mi's pooled mixtures) the wider balls cost more than
+        they share, so each point gets its own. ``query["owner"]`` is each point's ball,
+        ``query["shared"]`` the number of points of each ball.
+        """
         problem = self.problem
         points = torch.index_select(self.centers, 0, problem.own[0])
         if problem.noise is not None:
             points = points + problem.beta * problem.noise[0].to(torch.float64)
-        radii = _reach(problem, self.own_sq, self.floor) * (1 + 1e-9) + 1e-12
         tree = cKDTree(self.centers.cpu().numpy(), leafsize=16, copy_data=False)
-        query = {"x": points.cpu().numpy(), "r": radii.cpu().numpy(), "workers": kernel_threads()}
+        if 2 * self.sources.numel() <= points.shape[0]:
+            centre, radius = torch.index_select(self.centers, 0, self.sources), self.reach
+            owner, shared = self._point_source, self.counts
+        else:
+            centre, radius = points, _reach(problem, self.own_sq, self.floor)
+            owner = torch.arange(points.shape[0], device=self.device)
+            shared = torch.ones_like(owner)
+        query = {"x": centre.cpu().numpy(), "r": (radius * (1 + 1e-9) + 1e-12).cpu().numpy(),
+                 "owner": owner.cpu().numpy(), "shared": shared.cpu().numpy(),
+                 "workers": kernel_threads()}
         return tree, points, query
 
     def _dense_seconds(self) -> float:
