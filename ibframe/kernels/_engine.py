@@ -528,6 +528,8 @@ class _Neighbours:
         slot = torch.repeat_interleave(torch.arange(n_src, device=device), counts)
         self.reach = reach.scatter_reduce(0, slot, radii[self.point_order], "amax",
                                           include_self=False)
+        self.point_source = torch.empty_like(slot).index_put_((self.point_order,), slot)
+        """Per point, the index of its own centre in :attr:`sources`."""
         self._plan: list[tuple[torch.Tensor, torch.Tensor, float]] | None = None
         self.few_pairs = False
         """Whether :meth:`run` takes the few-pairs route (set by :meth:`estimated_cost`)."""
@@ -701,13 +703,6 @@ class _Neighbours:
         take = _expand_ranges(torch.from_numpy(where[owner]), torch.from_numpy(degree)).numpy()
         return degree, listed[take]
 
-    @functools.cached_property
-    def _point_source(self) -> torch.Tensor:
-        """Per point, the index of its own centre in :attr:`sources`."""
-        slot = torch.repeat_interleave(
-            torch.arange(self.sources.numel(), device=self.device), self.counts)
-        return torch.empty_like(slot).index_put_((self.point_order,), slot)
-
     # evaluation ----------------------------------------------------------------------------
 
     def run(self, out: torch.Tensor) -> None:
@@ -750,7 +745,7 @@ class _Neighbours:
         tree = cKDTree(self.centers.cpu().numpy(), leafsize=16, copy_data=False)
         if 2 * self.sources.numel() <= points.shape[0]:
             centre, radius = torch.index_select(self.centers, 0, self.sources), self.reach
-            owner, shared = self._point_source, self.counts
+            owner, shared = self.point_source, self.counts
         else:
             centre, radius = points, _reach(problem, self.own_sq, self.floor)
             owner = torch.arange(points.shape[0], device=self.device)
