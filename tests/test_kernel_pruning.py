@@ -8,9 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.distance import cdist
 from scipy.special import logsumexp
 
 from ibframe.kernels import _engine
+from ibframe.kernels import _fused as fused
 from ibframe.kernels.mixture import (
     draw_points,
     gaussian_mixture_entropy,
@@ -49,13 +51,24 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("route", ["chosen", "chunks", "few-pairs"])
+def use_route(route: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The leaf route runs wherever the fused loops do (Numba); the chunks and few-pairs routes
+    where they do not (``IBFRAME_FUSED=0``, as without Numba, or on CUDA)."""
+    if route == "leaves":
+        if not fused.enabled():
+            pytest.skip("the leaf route needs Numba")
+    else:
+        monkeypatch.setenv(fused.ENV_FUSED, "0")
+
+
+@pytest.mark.parametrize("route", ["leaves", "chosen", "chunks", "few-pairs"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_neighbours_equal_dense_float64_on_the_same_points(
     case: str, route: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Either route of the neighbour path (chunks, or a ball query per point where the pairs
-    are few) and the one the cost model picks."""
+    """Every route of the neighbour path: the leaf route (Numba), and without it chunks, a
+    ball query per point where the pairs are few, and the one the cost model picks."""
+    use_route(route, monkeypatch)
     if route == "chunks":
         monkeypatch.setattr(_engine, "_MAX_PAIRS", 0)
     elif route == "few-pairs":  # free pairs: the few-pairs route wins wherever it may run
@@ -155,6 +168,28 @@ def test_repeated_centres_merge_into_weighted_ones() -> None:
                 pytest.approx(gaussian_mixture_entropy(values[:, None], 0.01, weights=counts,
                                                        method=method, dtype=dtype),
                               abs=tolerance))
+
+
+@pytest.mark.parametrize("route", ["leaves", "chosen"])
+def test_a_centre_on_a_point_far_from_its_own_overflows_float32_and_is_redone(
+    route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At d = 300 a point lies ~17 beta from its own centre; a centre placed on it has a term
+    e^150 times its own (2^216, past float32), even at a weight of 1e-10 (2^-33)."""
+    use_route(route, monkeypatch)
+    d, beta, n = 300, 1.0, 400
+    weights = np.concatenate([np.ones(n), np.full(8, 1e-10)])
+    points = draw_points(weights, 2 * n, d, seed=0)
+    rng = np.random.default_rng(0)
+    centers = np.concatenate([rng.normal(size=(n, d)) * 3.0, np.zeros((8, d))])
+    on = points.centre.reshape(-1)[:8].numpy()
+    centers[n:] = centers[on] + beta * points.noise.reshape(-1, d)[:8].numpy().astype(np.float64)
+    dense = mixture_log_density(centers, beta, points, weights=weights, dtype="float64",
+                                strategy="dense")
+    pruned = mixture_log_density(centers, beta, points, weights=weights, strategy="neighbours")
+    assert float(dense.log_density[:8].min() - dense.log_density[8:].max()) > 60
+    assert torch.isfinite(pruned.log_density).all()
+    assert float((dense.log_density - pruned.log_density).abs().max()) < 1e-5
 
 
 def test_neighbours_recompute_exponents_that_would_overflow_float32() -> None:
@@ -272,3 +307,32 @@ def test_few_points_are_evaluated_densely_without_planning() -> None:
     few = draw_points(np.ones(50_000), _engine._PLAN_POINTS - 1, 3, seed=0)
     assert mixture_log_density(centers, 0.005, many).strategy == "neighbours"
     assert mixture_log_density(centers, 0.005, few).strategy == "dense"
+
+
+@pytest.mark.skipif(not fused.enabled(), reason="the leaf route needs Numba")
+@pytest.mark.parametrize("case", ["clustered-d3", "clustered-d10", "saturated-d2"])
+def test_leaf_route_visits_every_centre_in_reach_and_counts_its_pairs(case: str) -> None:
+    """Each point's visited leaves (boxes within its reach, found by walking the tree) hold
+    every centre within its reach (cdist), and the route's pair count is their sizes' sum."""
+    make, beta = CASES[case]
+    rng = np.random.default_rng(3)
+    centers = make(rng)
+    n, d = centers.shape
+    points = draw_points(np.ones(n), 2 * n, d, seed=5)
+    problem = _engine.Problem(
+        centers=torch.from_numpy(centers)[None], log_weights=torch.full((1, n), -math.log(n),
+        dtype=torch.float64), atoms=torch.zeros(n, dtype=torch.int64), n_atoms=1,
+        own=points.centre.reshape(1, -1), noise=points.noise.reshape(1, -1, d), beta=beta,
+        scale=0.5 / beta**2, exp_dtype=torch.float32)
+    route = _engine._Leaves(problem)
+    sorted_centres = route.centres_t.T
+    starts = route.leaf_bounds
+    leaf = np.repeat(np.arange(starts.size - 1), np.diff(starts))
+    lo = np.minimum.reduceat(sorted_centres, starts[:-1], axis=0)
+    hi = np.maximum.reduceat(sorted_centres, starts[:-1], axis=0)
+    gap = np.maximum(lo[None] - route.points[:, None], route.points[:, None] - hi[None])
+    visited = (np.maximum(gap, 0.0) ** 2).sum(-1) <= route.reach_sq[:, None]
+    within = cdist(route.points, sorted_centres, "sqeuclidean") <= route.reach_sq[:, None]
+    assert within.sum() > 1.5 * len(route.points)  # more than the own centres
+    assert visited[np.nonzero(within)[0], leaf[np.nonzero(within)[1]]].all()
+    assert route.pairs() == float((visited * np.diff(starts)).sum())

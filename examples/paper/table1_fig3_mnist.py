@@ -9,7 +9,7 @@ deterministic: the errors are counted with the noise and dropout off, on the who
 from the parameters recorded at the last epoch. Fig. 3's cosine similarities compare each
 model's recorded representations with the deterministic model's of the same seed.
 
-    python examples/paper/table1_fig3_mnist.py [--quick] [--out DIR] [--mnist DIR|mnist-5000|sklearn-digits] [--seeds N]
+    python examples/paper/table1_fig3_mnist.py [--quick] [--out DIR] [--mnist DIR|mnist-5000|sklearn-digits] [--seeds N|A-B]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from matplotlib.figure import Figure
 
 import ibframe
-from ibframe.recording import datasets
+from ibframe.recording import datasets, experiments
 from ibframe.recording.nn import mnist_cnn
 
 #: Table 1 of the paper: errors on the 10,000 MNIST validation digits, mean ± sd over 8 seeds.
@@ -36,6 +36,16 @@ MODELS = {
     "dropout p=0.2": ("mnist-cnn-dropout", None, "39 ± 3.9"),
 }
 PAPER_TEST_SIZE = 10_000
+
+
+def seed_list(text: str | None, default: int) -> list[int]:
+    """The seeds of ``--seeds``: a bare count N is seeds 0 to N-1, anything else is read as
+    ``ibframe train --seeds`` reads it."""
+    if text is None:
+        return list(range(default))
+    if text.strip().isdigit():
+        return list(range(int(text)))
+    return experiments.parse_seeds(text)
 
 
 def test_errors(run_path: Path, data: datasets.Dataset) -> tuple[int, int]:
@@ -56,10 +66,15 @@ def test_errors(run_path: Path, data: datasets.Dataset) -> tuple[int, int]:
 def main() -> None:
     parser = _common.parser(__doc__.splitlines()[0])
     parser.add_argument("--mnist", help=_common.MNIST_HELP)
-    parser.add_argument("--seeds", type=int, help="number of seeds (default 8; --quick 1)")
+    parser.add_argument(
+        "--seeds",
+        help="a number of seeds N (seeds 0 to N-1; default 8, --quick 1), or seeds as ibframe "
+        "train takes them (4-7, 0-3,7): runs trained by another process into the same --out "
+        "are reused, so seeds can be trained in parallel and tabulated together",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
-    seeds = args.seeds or (1 if args.quick else 8)
+    seeds = seed_list(args.seeds, default=1 if args.quick else 8)
     train = _common.settings(
         args,
         quick={"epochs": 3, "samples": 300, "draws": 0},
@@ -72,7 +87,7 @@ def main() -> None:
     errors: dict[str, list[int]] = {name: [] for name in MODELS}
     cosine: dict[str, list[np.ndarray]] = {name: [] for name in MODELS}
     test_size = 0
-    for seed in range(seeds):
+    for seed in seeds:
         paths = {}
         for name, (experiment, beta, _) in MODELS.items():
             extra = {} if beta is None else {"beta": beta}
@@ -99,7 +114,7 @@ def main() -> None:
     fig.supxlabel("cosine similarity to the deterministic model")
     axes[0].set_ylabel("density")
     axes[0].legend(fontsize="x-small")
-    fig.suptitle(f"Fig. 3: cosine similarity to the deterministic CNN, epoch {train['epochs']}, {seeds} seed(s)")
+    fig.suptitle(f"Fig. 3: cosine similarity to the deterministic CNN, epoch {train['epochs']}, {len(seeds)} seed(s)")
     _common.save(fig, args.out, "fig3_cosine_mnist")
 
     print(f"Table 1: test errors on {test_size} test inputs of {data.name} (paper: of {PAPER_TEST_SIZE})")

@@ -112,6 +112,10 @@ _DENSE_ONLY_EVALS = 2**22  # below this a dense pass is too cheap to plan around
 #: more than pruning could save (a top-up of 49 points on 135,168 centres: 0.24 s
 #: planned, 0.03 s dense)
 _PLAN_POINTS = 512
+_LEAF_CENTRES = 128  # centres per leaf of the leaf route (at most; k-d tree leaves)
+_LEAF_POINTS = 256  # points per work item of the leaf route
+_LEAF_SAMPLE = 8  # the leaf route counts its pairs on every 8th work item
+_LEAF_PAIR_COST = 1.6  # dense exponents per pair of the leaf route (fused loops, d = 3-5)
 _LEAF = 64  # centres per leaf of the k-d tree that orders the neighbour search
 _CHUNK_SOURCES = 256  # own centres per chunk of the neighbour search
 _CHUNK_CENTRES = 2048  # and centres under it: chunks stay small where the points are few
@@ -175,6 +179,15 @@ def log_sums(problem: Problem, strategy: str = "auto") -> tuple[torch.Tensor, st
     out = torch.empty(b, n_points, problem.n_atoms, dtype=torch.float64,
                       device=problem.centers.device)
     dense_evals = n_points * problem.centers.shape[1]
+    plannable = b == 1 and dense_evals > _DENSE_ONLY_EVALS and n_points >= _PLAN_POINTS
+    if b == 1 and _fusable(problem) and (strategy == "neighbours"
+                                         or (strategy == "auto" and plannable)):
+        leaves = _Leaves(problem)
+        if strategy == "neighbours" or leaves.pays(dense_evals):
+            leaves.run(out)
+            return out, "neighbours"
+        _Dense(problem).run(out)
+        return out, "dense"
     if (strategy == "neighbours" and b == 1) or (
         strategy == "auto" and b == 1 and dense_evals > _DENSE_ONLY_EVALS
         and n_points >= _PLAN_POINTS
@@ -1026,6 +1039,152 @@ class _LocalDense:
                 block[hit, col[hit]] = -math.inf
                 block.exp2_()
                 total[i0:i1] += block.sum(-1)
+
+
+class _Leaves:
+    """Each point against the centres of the k-d tree leaves within its reach, in one Numba
+    loop (module notes, ``leaves``)."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        lw = problem.log_weights[0]
+        self.lw_ref = float(lw.max())
+        centres = problem.centers[0]
+        centres = (centres - centres.mean(dim=0)).numpy()
+        n_atoms = problem.n_atoms
+        # centres in the tree's leaf order, each leaf's centres sorted by atom
+        tree = cKDTree(centres, leafsize=_LEAF_CENTRES, copy_data=False)
+        children, leaf_of, starts = _tree_nodes(tree)
+        leaf = np.repeat(np.arange(starts.size - 1), np.diff(starts))
+        key = leaf * n_atoms + problem.atoms.numpy()[tree.indices]
+        by_atom = np.argsort(key, kind="stable")
+        order = tree.indices[by_atom]
+        grid = np.arange(starts.size - 1)[:, None] * n_atoms + np.arange(n_atoms + 1)
+        self.leaf_bounds = starts
+        self.atom_bounds = np.searchsorted(key[by_atom], grid).astype(np.int64)
+        sorted_centres = centres[order]
+        self.atoms = problem.atoms.numpy()[order]
+        self.centres_t = np.ascontiguousarray(sorted_centres.T)
+        self.col_terms = (LOG2E * (lw.numpy()[order] - self.lw_ref)).astype(np.float32)
+        leaf_lo = np.minimum.reduceat(sorted_centres, starts[:-1], axis=0)
+        leaf_hi = np.maximum.reduceat(sorted_centres, starts[:-1], axis=0)
+        self.lo = np.empty((children.shape[0], centres.shape[1]))
+        self.hi = np.empty_like(self.lo)
+        fused.node_boxes(children, leaf_of, leaf_lo, leaf_hi, self.lo, self.hi)
+        self.tree = (children, leaf_of, self.lo, self.hi)
+        # the points in the order of their own centres
+        position = np.empty_like(order)
+        position[order] = np.arange(order.size)
+        own = position[problem.own[0].numpy()]
+        self.point_order = np.argsort(own, kind="stable")
+        self.own = np.ascontiguousarray(own[self.point_order])
+        own_sq = _own_sq(problem)[0]
+        points = sorted_centres[self.own]
+        if problem.noise is not None:
+            noise = problem.noise[0].numpy()[self.point_order].astype(np.float64)
+            points = points + problem.beta * noise
+        self.points = np.ascontiguousarray(points)
+        reach = _reach(problem, own_sq, prune_floor(problem)).numpy()[self.point_order]
+        self.reach_sq = (reach * (1 + 1e-9) + 1e-12) ** 2
+        self.row_terms = LOG2E * problem.scale * own_sq.numpy()[self.point_order]
+
+    def _items(self, points: int) -> list[tuple[int, int]]:
+        """Ranges of about ``points`` points, and at least 8 per worker."""
+        n = self.own.size
+        step = max(1, min(points, n // (8 * kernel_threads())))
+        return [(i, min(n, i + step)) for i in range(0, n, step)]
+
+    def pairs(self, sample: int = 1) -> float:
+        """The (point, centre) pairs the route evaluates: counted on every ``sample``-th range
+        of points (times ``sample``), at a fraction of the cost of evaluating them."""
+        counts = np.zeros(self.own.size, dtype=np.int64)
+        items = self._items(_LEAF_POINTS)[::sample]
+
+        def work(item: object) -> None:
+            i0, i1 = item  # type: ignore[misc]
+            fused.leaf_pairs(self.points, self.reach_sq, i0, i1, self.leaf_bounds, *self.tree,
+                             counts)
+
+        run_parallel(work, items)
+        covered = sum(i1 - i0 for i0, i1 in items)
+        return float(counts.sum()) * self.own.size / covered
+
+    def pays(self, dense_evals: int) -> bool:
+        """Whether this route beats the dense pass: its pairs, counted on every
+        :data:`_LEAF_SAMPLE`-th range of points, cost :data:`_LEAF_PAIR_COST` dense exponents
+        each, and the walk of the tree (timed on that sample) must stay well below the dense
+        pass's time (a wide reach in many dimensions visits most of the tree)."""
+        started = time.perf_counter()
+        pairs = self.pairs(_LEAF_SAMPLE)
+        walk = (time.perf_counter() - started) * _LEAF_SAMPLE
+        dense = dense_evals * _dense_seconds_per_exponent()
+        return _LEAF_PAIR_COST * pairs < _PRUNE_BELOW * dense_evals and walk < 0.5 * dense
+
+    def run(self, out: torch.Tensor) -> None:
+        problem = self.problem
+        n_points = self.own.size
+        sums = np.zeros((n_points, problem.n_atoms))
+        # the own term of every point is exp(0) w_own, in the own centre's atom
+        own_atom = problem.atoms.numpy()[problem.own[0].numpy()[self.point_order]]
+        sums[np.arange(n_points), own_atom] = np.exp2(self.col_terms[self.own].astype(np.float64))
+        sigma = LOG2E * problem.scale
+
+        def work(item: object) -> None:
+            i0, i1 = item  # type: ignore[misc]
+            fused.leaf_exp2_sums(self.points, self.row_terms, self.reach_sq, self.own, i0, i1,
+                                 self.centres_t, self.col_terms, sigma, self.leaf_bounds,
+                                 self.atom_bounds, *self.tree, sums)
+
+        run_parallel(work, self._items(_LEAF_POINTS))
+        with np.errstate(divide="ignore"):  # an atom with no centre in reach: log 0
+            logs = np.log(sums) + self.lw_ref
+        overflow = np.nonzero(np.isposinf(logs).any(axis=1))[0]
+        for start in range(0, overflow.size, 64):
+            rows = overflow[start:start + 64]
+            logs[rows] = self._float64_rows(rows)
+        out[0, torch.from_numpy(self.point_order)] = torch.from_numpy(logs)
+
+    def _float64_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Log sums of the (sorted) points ``rows`` against every centre in float64, for rows
+        whose float32 terms overflowed (exponents past 2^127: a centre far nearer the point
+        than its own, in many dimensions)."""
+        problem = self.problem
+        points = torch.from_numpy(self.points[rows])
+        centres = torch.from_numpy(self.centres_t.T)
+        delta_sq = torch.cdist(points, centres).square()
+        own_sq = torch.from_numpy(self.row_terms[rows] / (LOG2E * problem.scale))
+        lw = torch.from_numpy(self.col_terms.astype(np.float64) / LOG2E)
+        exponent = problem.scale * (own_sq[:, None] - delta_sq) + lw
+        logs = torch.full((rows.size, problem.n_atoms), -math.inf, dtype=torch.float64)
+        for atom in range(problem.n_atoms):
+            columns = torch.from_numpy(np.nonzero(self.atoms == atom)[0])
+            if columns.numel():
+                logs[:, atom] = torch.logsumexp(exponent[:, columns], dim=1)
+        return (logs + self.lw_ref).numpy()
+
+
+def _tree_nodes(tree: cKDTree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The nodes of ``tree`` in pre-order: each node's two children (``-1`` for a leaf), each
+    node's leaf number (``-1`` for an inner node), and each leaf's first position in
+    ``tree.indices`` (leaves numbered in that order), with the end."""
+    children: list[list[int]] = []
+    leaf_of: list[int] = []
+    starts: list[int] = []
+    stack: list[tuple[Any, int, int]] = [(tree.tree, -1, 0)]
+    while stack:
+        node, parent, side = stack.pop()
+        index = len(children)
+        if parent >= 0:
+            children[parent][side] = index
+        children.append([-1, -1])
+        if node.split_dim == -1:
+            leaf_of.append(len(starts))
+            starts.append(node.start_idx)
+        else:
+            leaf_of.append(-1)
+            stack += [(node.greater, index, 1), (node.lesser, index, 0)]
+    return (np.array(children, dtype=np.int64), np.array(leaf_of, dtype=np.int64),
+            np.array([*starts, tree.n], dtype=np.int64))
 
 
 def _fusable(problem: Problem) -> bool:

@@ -48,15 +48,22 @@ def enabled() -> bool:
 
 
 @functools.cache
-def _kernel() -> tuple[Callable[..., None], Callable[..., None]] | None:
-    """The compiled kernels (inner-product and difference forms), or ``None`` without Numba."""
+def _kernel() -> tuple[Callable[..., None], ...] | None:
+    """The compiled loops (the dense pass's inner-product and difference forms, the leaf
+    route's pair count and sums), or ``None`` without Numba."""
     try:
         import numba  # noqa: F401 - only whether it is there
     except ImportError:
         return None
 
     try:  # compile (or load) the signatures the engine uses now: a failure means the torch path
-        from ibframe.kernels._fused_loops import exp2_row_sums, exp2_row_sums_diff
+        from ibframe.kernels._fused_loops import (
+            exp2_row_sums,
+            exp2_row_sums_diff,
+            leaf_exp2_sums,
+            leaf_pairs,
+            node_boxes,
+        )
 
         skip = np.full(2, -1, dtype=np.int64)
         for dtype in (np.float32, np.float64):
@@ -65,11 +72,38 @@ def _kernel() -> tuple[Callable[..., None], Callable[..., None]] | None:
             exp2_row_sums_diff(np.zeros((2, 3), dtype), np.zeros(2, np.float32),
                                np.zeros((3, 4), dtype), np.zeros(4, np.float32), 1.0, 0, 4,
                                skip, np.zeros((2, 2))[:, 0])
+        leaves = _TinyLeaves()
+        node_boxes(*leaves.box_args())
+        leaf_pairs(*leaves.pair_args(), np.zeros(2, np.int64))
+        leaf_exp2_sums(*leaves.sum_args(), np.zeros((2, 1)))
     except Exception as err:  # noqa: BLE001 - whatever Numba raises, the torch path remains
         warnings.warn(f"ibframe: the fused kernel did not compile ({err!r}); the dense passes "
                       "run on torch", RuntimeWarning, stacklevel=2)
         return None
-    return exp2_row_sums, exp2_row_sums_diff
+    return exp2_row_sums, exp2_row_sums_diff, leaf_pairs, leaf_exp2_sums, node_boxes
+
+
+class _TinyLeaves:
+    """Arguments of the leaf loops for two points and a tree of one leaf of two centres, with
+    the dtypes the engine passes: compiling them once fixes the signatures Numba caches."""
+
+    def __init__(self) -> None:
+        self.points = np.zeros((2, 3))
+        self.reach_sq = np.ones(2)
+        self.bounds = np.array([0, 2], np.int64)
+        self.tree = (np.full((1, 2), -1, np.int64), np.zeros(1, np.int64), np.zeros((1, 3)),
+                     np.zeros((1, 3)))
+
+    def box_args(self) -> tuple[object, ...]:
+        return (*self.tree[:2], np.zeros((1, 3)), np.zeros((1, 3)), *self.tree[2:])
+
+    def pair_args(self) -> tuple[object, ...]:
+        return (self.points, self.reach_sq, 0, 2, self.bounds, *self.tree)
+
+    def sum_args(self) -> tuple[object, ...]:
+        return (self.points, np.zeros(2), self.reach_sq, np.zeros(2, np.int64), 0, 2,
+                np.zeros((3, 2)), np.zeros(2, np.float32), 1.0, self.bounds,
+                np.array([[0, 2]], np.int64), *self.tree)
 
 
 def exp2_row_sums(p: torch.Tensor, c: torch.Tensor, start: int, stop: int, out: torch.Tensor,
@@ -107,6 +141,27 @@ def exp2_row_sums_diff(p: torch.Tensor, a: torch.Tensor, c: torch.Tensor, b: tor
         skip = _NO_SKIP.expand(p.shape[0])
     kernels[1](p.numpy(), a.numpy(), c.numpy(), b.numpy(), sigma, start, stop, skip.numpy(),
                out.numpy())
+
+
+def leaf_pairs(*args: object) -> None:
+    """:func:`._fused_loops.leaf_pairs` (NumPy arguments); call only where :func:`enabled`."""
+    kernels = _kernel()
+    assert kernels is not None
+    kernels[2](*args)
+
+
+def leaf_exp2_sums(*args: object) -> None:
+    """:func:`._fused_loops.leaf_exp2_sums` (NumPy arguments); call only where :func:`enabled`."""
+    kernels = _kernel()
+    assert kernels is not None
+    kernels[3](*args)
+
+
+def node_boxes(*args: object) -> None:
+    """:func:`._fused_loops.node_boxes` (NumPy arguments); call only where :func:`enabled`."""
+    kernels = _kernel()
+    assert kernels is not None
+    kernels[4](*args)
 
 
 _NO_SKIP = torch.full((1,), -1, dtype=torch.int64)

@@ -107,3 +107,124 @@ def exp2_row_sums_diff(p: Any, a: Any, c: Any, b: Any, sigma: float, start: int,
             for j in range(w):
                 part += _pow2(ai + bj[j] - sg * dist[j] - sg_lo * dist[j])
             out[i] += part
+
+
+# -- the leaf route (ibframe.kernels._engine._Leaves) ---------------------------------------------
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FASTMATH, boundscheck=False, inline="always")
+def _gap_sq(point: Any, lo: Any, hi: Any) -> Any:  # pragma: no cover - JIT
+    """Squared distance from ``point`` to the box [lo, hi] (0 inside)."""
+    gap = 0.0
+    for k in range(point.shape[0]):
+        t = max(lo[k] - point[k], point[k] - hi[k], 0.0)
+        gap += t * t
+    return gap
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def node_boxes(children: Any, leaf_of: Any, leaf_lo: Any, leaf_hi: Any, lo: Any,
+               hi: Any) -> None:  # pragma: no cover - JIT
+    """Each tree node's bounding box from its leaves' (nodes in pre-order: children after)."""
+    for node in range(children.shape[0] - 1, -1, -1):
+        leaf = leaf_of[node]
+        if leaf >= 0:
+            lo[node] = leaf_lo[leaf]
+            hi[node] = leaf_hi[leaf]
+        else:
+            left, right = children[node, 0], children[node, 1]
+            for k in range(lo.shape[1]):
+                lo[node, k] = min(lo[left, k], lo[right, k])
+                hi[node, k] = max(hi[left, k], hi[right, k])
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FASTMATH, boundscheck=False)
+def leaf_pairs(points: Any, reach_sq: Any, i0: int, i1: int, leaf_bounds: Any, children: Any,
+               leaf_of: Any, lo: Any, hi: Any, out: Any) -> None:  # pragma: no cover - JIT
+    """``out[i]``: the (point, centre) pairs :func:`leaf_exp2_sums` evaluates for point ``i``
+    (the centres of the leaves whose box is within the point's reach), for ``i0 <= i < i1``."""
+    stack = np.empty(children.shape[0] + 1, np.int64)
+    for i in range(i0, i1):
+        pairs = 0
+        top = 1
+        stack[0] = 0
+        while top:
+            top -= 1
+            node = stack[top]
+            if _gap_sq(points[i], lo[node], hi[node]) > reach_sq[i]:
+                continue
+            leaf = leaf_of[node]
+            if leaf >= 0:
+                pairs += leaf_bounds[leaf + 1] - leaf_bounds[leaf]
+            else:
+                stack[top] = children[node, 1]
+                stack[top + 1] = children[node, 0]
+                top += 2
+        out[i] = pairs
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FASTMATH, boundscheck=False)
+def leaf_exp2_sums(points: Any, row_terms: Any, reach_sq: Any, own: Any, i0: int, i1: int,
+                   centres_t: Any, col_terms: Any, sigma: float, leaf_bounds: Any,
+                   atom_bounds: Any, children: Any, leaf_of: Any, lo: Any, hi: Any,
+                   out: Any) -> None:  # pragma: no cover - JIT
+    """``out[i, a] += sum 2 ** (row_terms[i] + col_terms[j] - sigma * ||p_i - c_j||^2)`` over
+    the centres ``j`` of atom ``a`` within reach of point ``i`` (``reach_sq``), but its own
+    centre ``own[i]``, for ``i0 <= i < i1``.
+
+    Each point walks the k-d tree, pruning nodes whose box lies out of its reach, and runs
+    over the centres of each leaf it reaches as the dense pass's difference form does
+    (differences in float64 rounded to float32, powers of two in float32).
+    """
+    d = points.shape[1]
+    n_atoms = atom_bounds.shape[1] - 1
+    widest = 0
+    for leaf in range(leaf_bounds.shape[0] - 1):
+        widest = max(widest, leaf_bounds[leaf + 1] - leaf_bounds[leaf])
+    dist = np.empty(widest, np.float32)
+    terms = np.empty(widest, np.float32)
+    stack = np.empty(children.shape[0] + 1, np.int64)
+    sg = np.float32(sigma)
+    sg_lo = np.float32(sigma - np.float64(sg))
+    for i in range(i0, i1):
+        ri = np.float32(row_terms[i])
+        ri_sq = reach_sq[i]
+        ri_sq32 = np.float32(ri_sq)
+        top = 1
+        stack[0] = 0
+        while top:
+            top -= 1
+            node = stack[top]
+            if _gap_sq(points[i], lo[node], hi[node]) > ri_sq:
+                continue
+            leaf = leaf_of[node]
+            if leaf < 0:
+                stack[top] = children[node, 1]
+                stack[top + 1] = children[node, 0]
+                top += 2
+                continue
+            # slices, not j0 + j: Numba cannot prove a sum of indices >= 0, and its check
+            # for negative indices keeps the loops from vectorising (3-10x slower)
+            j0, j1 = leaf_bounds[leaf], leaf_bounds[leaf + 1]
+            w = j1 - j0
+            for j in range(w):
+                dist[j] = np.float32(0.0)
+            for k in range(d):
+                pk = points[i, k]
+                ck = centres_t[k, j0:j1]
+                for j in range(w):
+                    diff = np.float32(pk - ck[j])
+                    dist[j] += diff * diff
+            skipped = own[i] - j0
+            if 0 <= skipped < w:
+                dist[skipped] = np.float32(1e30)  # the own term is the caller's
+            cols = col_terms[j0:j1]
+            for j in range(w):  # one vectorised pass over the leaf, then a sum per atom
+                t = _pow2(ri + cols[j] - sg * dist[j] - sg_lo * dist[j])
+                terms[j] = t if dist[j] <= ri_sq32 else np.float32(0.0)
+            for a in range(n_atoms):
+                segment = terms[atom_bounds[leaf, a] - j0:atom_bounds[leaf, a + 1] - j0]
+                part = np.float32(0.0)
+                for j in range(segment.size):
+                    part += segment[j]
+                out[i, a] += part
