@@ -162,7 +162,7 @@ def test_a_second_process_loads_the_loops_from_numbas_cache(tmp_path: Path) -> N
         "from ibframe.kernels import _fused, _fused_loops\n"
         "assert _fused.enabled()\n"
         "loops = (_fused_loops.exp2_row_sums, _fused_loops.exp2_row_sums_diff,\n"
-        "         _fused_loops.leaf_pairs, _fused_loops.leaf_exp2_sums, _fused_loops.node_boxes)\n"
+        "         _fused_loops.leaf_pairs, _fused_loops.leaf_exp2_sums, _fused_loops.build_tree)\n"
         "stats = [f.stats for f in loops]\n"
         "print(sum(sum(s.cache_hits.values()) for s in stats),"
         " sum(sum(s.cache_misses.values()) for s in stats))\n"

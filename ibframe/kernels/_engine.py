@@ -1053,12 +1053,11 @@ class _Leaves:
         centres = (centres - centres.mean(dim=0)).numpy()
         n_atoms = problem.n_atoms
         # centres in the tree's leaf order, each leaf's centres sorted by atom
-        tree = cKDTree(centres, leafsize=_LEAF_CENTRES, copy_data=False)
-        children, leaf_of, starts = _tree_nodes(tree)
+        tree_order, children, leaf_of, lo, hi, starts = fused.build_tree(centres, _LEAF_CENTRES)
         leaf = np.repeat(np.arange(starts.size - 1), np.diff(starts))
-        key = leaf * n_atoms + problem.atoms.numpy()[tree.indices]
+        key = leaf * n_atoms + problem.atoms.numpy()[tree_order]
         by_atom = np.argsort(key, kind="stable")
-        order = tree.indices[by_atom]
+        order = tree_order[by_atom]
         grid = np.arange(starts.size - 1)[:, None] * n_atoms + np.arange(n_atoms + 1)
         self.leaf_bounds = starts
         self.atom_bounds = np.searchsorted(key[by_atom], grid).astype(np.int64)
@@ -1066,12 +1065,7 @@ class _Leaves:
         self.atoms = problem.atoms.numpy()[order]
         self.centres_t = np.ascontiguousarray(sorted_centres.T)
         self.col_terms = (LOG2E * (lw.numpy()[order] - self.lw_ref)).astype(np.float32)
-        leaf_lo = np.minimum.reduceat(sorted_centres, starts[:-1], axis=0)
-        leaf_hi = np.maximum.reduceat(sorted_centres, starts[:-1], axis=0)
-        self.lo = np.empty((children.shape[0], centres.shape[1]))
-        self.hi = np.empty_like(self.lo)
-        fused.node_boxes(children, leaf_of, leaf_lo, leaf_hi, self.lo, self.hi)
-        self.tree = (children, leaf_of, self.lo, self.hi)
+        self.tree = (children, leaf_of, lo, hi)
         # the points in the order of their own centres
         position = np.empty_like(order)
         position[order] = np.arange(order.size)
@@ -1161,30 +1155,6 @@ class _Leaves:
             if columns.numel():
                 logs[:, atom] = torch.logsumexp(exponent[:, columns], dim=1)
         return (logs + self.lw_ref).numpy()
-
-
-def _tree_nodes(tree: cKDTree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The nodes of ``tree`` in pre-order: each node's two children (``-1`` for a leaf), each
-    node's leaf number (``-1`` for an inner node), and each leaf's first position in
-    ``tree.indices`` (leaves numbered in that order), with the end."""
-    children: list[list[int]] = []
-    leaf_of: list[int] = []
-    starts: list[int] = []
-    stack: list[tuple[Any, int, int]] = [(tree.tree, -1, 0)]
-    while stack:
-        node, parent, side = stack.pop()
-        index = len(children)
-        if parent >= 0:
-            children[parent][side] = index
-        children.append([-1, -1])
-        if node.split_dim == -1:
-            leaf_of.append(len(starts))
-            starts.append(node.start_idx)
-        else:
-            leaf_of.append(-1)
-            stack += [(node.greater, index, 1), (node.lesser, index, 0)]
-    return (np.array(children, dtype=np.int64), np.array(leaf_of, dtype=np.int64),
-            np.array([*starts, tree.n], dtype=np.int64))
 
 
 def _fusable(problem: Problem) -> bool:

@@ -58,11 +58,11 @@ def _kernel() -> tuple[Callable[..., None], ...] | None:
 
     try:  # compile (or load) the signatures the engine uses now: a failure means the torch path
         from ibframe.kernels._fused_loops import (
+            build_tree,
             exp2_row_sums,
             exp2_row_sums_diff,
             leaf_exp2_sums,
             leaf_pairs,
-            node_boxes,
         )
 
         skip = np.full(2, -1, dtype=np.int64)
@@ -73,14 +73,14 @@ def _kernel() -> tuple[Callable[..., None], ...] | None:
                                np.zeros((3, 4), dtype), np.zeros(4, np.float32), 1.0, 0, 4,
                                skip, np.zeros((2, 2))[:, 0])
         leaves = _TinyLeaves()
-        node_boxes(*leaves.box_args())
+        build_tree(np.zeros((2, 3)), 128)
         leaf_pairs(*leaves.pair_args(), np.zeros(2, np.int64))
         leaf_exp2_sums(*leaves.sum_args(), np.zeros((2, 1)))
     except Exception as err:  # noqa: BLE001 - whatever Numba raises, the torch path remains
         warnings.warn(f"ibframe: the fused kernel did not compile ({err!r}); the dense passes "
                       "run on torch", RuntimeWarning, stacklevel=2)
         return None
-    return exp2_row_sums, exp2_row_sums_diff, leaf_pairs, leaf_exp2_sums, node_boxes
+    return exp2_row_sums, exp2_row_sums_diff, leaf_pairs, leaf_exp2_sums, build_tree
 
 
 class _TinyLeaves:
@@ -93,9 +93,6 @@ class _TinyLeaves:
         self.bounds = np.array([0, 2], np.int64)
         self.tree = (np.full((1, 2), -1, np.int64), np.zeros(1, np.int64), np.zeros((1, 3)),
                      np.zeros((1, 3)))
-
-    def box_args(self) -> tuple[object, ...]:
-        return (*self.tree[:2], np.zeros((1, 3)), np.zeros((1, 3)), *self.tree[2:])
 
     def pair_args(self) -> tuple[object, ...]:
         return (self.points, self.reach_sq, 0, 2, self.bounds, *self.tree)
@@ -157,11 +154,11 @@ def leaf_exp2_sums(*args: object) -> None:
     kernels[3](*args)
 
 
-def node_boxes(*args: object) -> None:
-    """:func:`._fused_loops.node_boxes` (NumPy arguments); call only where :func:`enabled`."""
+def build_tree(centres: np.ndarray, leaf_size: int) -> tuple[np.ndarray, ...]:
+    """:func:`._fused_loops.build_tree`; call only where :func:`enabled`."""
     kernels = _kernel()
     assert kernels is not None
-    kernels[4](*args)
+    return kernels[4](centres, leaf_size)
 
 
 _NO_SKIP = torch.full((1,), -1, dtype=torch.int64)

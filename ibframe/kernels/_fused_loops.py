@@ -123,19 +123,75 @@ def _gap_sq(point: Any, lo: Any, hi: Any) -> Any:  # pragma: no cover - JIT
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
-def node_boxes(children: Any, leaf_of: Any, leaf_lo: Any, leaf_hi: Any, lo: Any,
-               hi: Any) -> None:  # pragma: no cover - JIT
-    """Each tree node's bounding box from its leaves' (nodes in pre-order: children after)."""
-    for node in range(children.shape[0] - 1, -1, -1):
-        leaf = leaf_of[node]
-        if leaf >= 0:
-            lo[node] = leaf_lo[leaf]
-            hi[node] = leaf_hi[leaf]
-        else:
-            left, right = children[node, 0], children[node, 1]
-            for k in range(lo.shape[1]):
-                lo[node, k] = min(lo[left, k], lo[right, k])
-                hi[node, k] = max(hi[left, k], hi[right, k])
+def build_tree(centres: Any, leaf_size: int) -> Any:  # pragma: no cover - JIT
+    """A k-d tree of ``centres`` ``(n, d)``: the centres' order (each leaf a run of it), each
+    node's children (``-1``: a leaf), leaf number (``-1``: an inner node) and bounding box,
+    and each leaf's first position with the end.
+
+    A node of more than ``leaf_size`` centres splits its widest side at the middle (sliding
+    midpoint splits keep clusters apart), or at the median where the middle would leave
+    fewer than a quarter of ``leaf_size`` on one side; so every leaf but a lone root holds at
+    least that quarter, and the node count is bounded. Nodes are numbered children after
+    parents, leaves in the order of their positions.
+    """
+    n, d = centres.shape
+    order = np.arange(n)
+    quarter = max(1, leaf_size // 4)
+    capacity = 2 * (n // quarter + 1) + 1
+    bounds = np.empty((capacity, 2), np.int64)
+    children = np.full((capacity, 2), -1, np.int64)
+    leaf_of = np.full(capacity, -1, np.int64)
+    lo = np.empty((capacity, d))
+    hi = np.empty((capacity, d))
+    starts = np.empty(capacity + 1, np.int64)
+    stack = np.empty(capacity, np.int64)
+    bounds[0, 0], bounds[0, 1] = 0, n
+    nodes, leaves, top = 1, 0, 1
+    stack[0] = 0
+    values = np.empty(n)
+    while top:
+        top -= 1
+        node = stack[top]
+        s, e = bounds[node, 0], bounds[node, 1]
+        for k in range(d):
+            lo[node, k] = np.inf
+            hi[node, k] = -np.inf
+        for i in range(s, e):
+            for k in range(d):
+                x = centres[order[i], k]
+                lo[node, k] = min(lo[node, k], x)
+                hi[node, k] = max(hi[node, k], x)
+        dim = 0
+        for k in range(1, d):
+            if hi[node, k] - lo[node, k] > hi[node, dim] - lo[node, dim]:
+                dim = k
+        if e - s <= leaf_size or hi[node, dim] <= lo[node, dim]:
+            leaf_of[node] = leaves
+            starts[leaves] = s
+            leaves += 1
+            continue
+        middle = 0.5 * (lo[node, dim] + hi[node, dim])
+        m = s  # partition: centres below the middle first
+        for i in range(s, e):
+            if centres[order[i], dim] < middle:
+                order[i], order[m] = order[m], order[i]
+                m += 1
+        if m - s < quarter or e - m < quarter:
+            for i in range(s, e):
+                values[i] = centres[order[i], dim]
+            by_value = np.argsort(values[s:e], kind="mergesort")
+            order[s:e] = order[s:e][by_value]
+            m = s + (e - s) // 2
+        for side, (a, b) in enumerate(((s, m), (m, e))):
+            bounds[nodes, 0], bounds[nodes, 1] = a, b
+            children[node, side] = nodes
+            nodes += 1
+        stack[top] = children[node, 1]
+        stack[top + 1] = children[node, 0]
+        top += 2
+    starts[leaves] = n
+    return (order, children[:nodes].copy(), leaf_of[:nodes].copy(), lo[:nodes].copy(),
+            hi[:nodes].copy(), starts[:leaves + 1].copy())
 
 
 @numba.njit(nogil=True, cache=True, fastmath=_FASTMATH, boundscheck=False)
