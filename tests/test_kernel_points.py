@@ -151,3 +151,22 @@ def test_points_move_between_devices() -> None:
     moved = points.to(torch.device("cpu"))
     assert isinstance(moved, MixturePoints)
     assert torch.equal(moved.quad(), 0.5 * (points.noise.double() ** 2).sum(-1))
+
+
+def test_stderr_groups_alike_whether_cells_are_counted_in_an_array_or_sorted() -> None:
+    """Cell ids in a small range are grouped by counting into an array, ids spread over a huge
+    range by sorting; the grouping depends only on which ids are equal, so spreading the same
+    cells out changes nothing, and with every cell holding 2+ points it is the textbook
+    stratified standard error sqrt(sum_g n_g s_g^2) / n."""
+    rng = np.random.default_rng(0)
+    cell = torch.from_numpy(rng.integers(-1, 40, size=(3, 600)))  # -1: outside every cell
+    values = torch.from_numpy(rng.normal(size=(3, 600)))
+    values[0, :7] = math.nan
+    spread_out = torch.where(cell >= 0, cell * 10_000_019, cell)
+    counted, sorted_ = stratified_stderr(values, cell), stratified_stderr(values, spread_out)
+    assert torch.equal(counted, sorted_)
+    full = torch.from_numpy(rng.integers(0, 30, size=(1, 900)))
+    x = torch.from_numpy(rng.normal(size=(1, 900)))
+    groups = [x[0, full[0] == g].numpy() for g in range(30)]
+    reference = math.sqrt(sum(len(v) * v.var(ddof=1) for v in groups)) / 900
+    assert float(stratified_stderr(x, full)[0]) == pytest.approx(reference, rel=1e-12)
