@@ -128,10 +128,10 @@ _DENSE_ONLY_EVALS = 2**22  # below this a dense pass is too cheap to plan around
 #: more than pruning could save (a top-up of 49 points on 135,168 centres: 0.24 s
 #: planned, 0.03 s dense)
 _PLAN_POINTS = 512
-_LEAF_CENTRES = 128  # centres per leaf of the leaf route (at most; k-d tree leaves)
+_LEAF_CENTRES = 256  # centres per leaf of the leaf route (at most): 128 and 512 were slower
 _LEAF_POINTS = 256  # points per work item of the leaf route
 _LEAF_SAMPLE = 8  # the leaf route counts its pairs on every 8th work item
-_LEAF_PAIR_COST = 1.6  # dense exponents per pair of the leaf route (fused loops, d = 3-5)
+_LEAF_PAIR_COST = 2.0  # dense exponents per pair of the leaf route (measured 1.6-2.5, d = 3-4)
 _LEAF = 64  # centres per leaf of the k-d tree that orders the neighbour search
 _CHUNK_SOURCES = 256  # own centres per chunk of the neighbour search
 _CHUNK_CENTRES = 2048  # and centres under it: chunks stay small where the points are few
@@ -1121,14 +1121,14 @@ class _Leaves:
 
     def pays(self, dense_evals: int) -> bool:
         """Whether this route beats the dense pass: its pairs, counted on every
-        :data:`_LEAF_SAMPLE`-th range of points, cost :data:`_LEAF_PAIR_COST` dense exponents
-        each, and the walk of the tree (timed on that sample) must stay well below the dense
+        :data:`_LEAF_SAMPLE`-th range of points (so with no margin for a rough estimate), cost
+        :data:`_LEAF_PAIR_COST` dense exponents each, and the walk of the tree (timed on that sample) must stay well below the dense
         pass's time (a wide reach in many dimensions visits most of the tree)."""
         started = time.perf_counter()
         pairs = self.pairs(_LEAF_SAMPLE)
         walk = (time.perf_counter() - started) * _LEAF_SAMPLE
         dense = dense_evals * _dense_seconds_per_exponent()
-        return _LEAF_PAIR_COST * pairs < _PRUNE_BELOW * dense_evals and walk < 0.5 * dense
+        return _LEAF_PAIR_COST * pairs < dense_evals and walk < 0.5 * dense
 
     def run(self, out: torch.Tensor) -> None:
         problem = self.problem
