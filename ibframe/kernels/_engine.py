@@ -121,7 +121,6 @@ _U32 = 2.0**-24
 _NEAR_EXPONENT = 64.0
 _MAX_COLS = 512  # columns per block: 512 x 512 blocks run the GEMM ~30% faster than 64 x 4096
 _ITEM_BLOCKS = 16  # blocks per work item of the dense path
-_FUSED_MIN_COLS = 256  # centres per mixture from which the dense path runs the fused loop
 _DENSE_ONLY_EVALS = 2**22  # below this a dense pass is too cheap to plan around
 #: fewer points than this run densely: the chooser's fixed work on the centres (a sample
 #: of their reach, a k-d tree: a few hundred dense exponents per centre) would cost
@@ -370,9 +369,9 @@ class _Dense:
         self.operand = self.operand64.clone()
         self.operand[:, -1] *= LOG2E
         self.operand = self.operand.to(self.gemm_dtype)
-        # the fused loop where each mixture's rows are long enough to be worth a call; where a
-        # float32 inner product would round too much, it forms exact differences instead
-        self.fused = (problem.centers.shape[1] >= _FUSED_MIN_COLS and _fusable(problem)
+        # the fused loop (a batch of small mixtures in one call); where a float32 inner
+        # product would round too much, it forms exact differences instead
+        self.fused = (_fusable(problem)
                       and (self.gemm_dtype == torch.float64
                            or _fused_pays(operand.shape[-1], self.gemm_dtype)))
         if self.fused and self.gemm_dtype == torch.float64:
@@ -484,23 +483,19 @@ class _Dense:
 
     def _fused_sums(self, sums: torch.Tensor, p_aug: torch.Tensor, points: torch.Tensor,
                     o: torch.Tensor, m0: int) -> None:
-        """The item's sums (mixtures from ``m0``) by the fused loop (:mod:`._fused`), per
-        mixture and atom: inner products, or exact differences where float32 would round."""
-        atoms = [(atom, self.bounds[atom], self.bounds[atom + 1])
-                 for atom in range(self.problem.n_atoms)]
+        """The item's sums (mixtures from ``m0``) by the fused loop (:mod:`._fused`), all its
+        mixtures and atoms in one call: inner products, or exact differences where float32
+        would round."""
+        m1 = m0 + p_aug.shape[0]
+        bounds = torch.tensor(self.bounds, dtype=torch.int64)
         if self.gemm_dtype != torch.float64:
-            for m in range(p_aug.shape[0]):
-                for atom, a0, a1 in atoms:
-                    fused.exp2_row_sums(p_aug[m], self.operand[m0 + m], a0, a1, sums[m, :, atom])
+            fused.exp2_row_sums_batch(p_aug.contiguous(), self.operand[m0:m1], bounds, sums)
             return
         sigma = LOG2E * self.problem.scale
-        row_terms = (sigma * o).to(torch.float32)
-        points = points.to(self.diff_dtype)
-        for m in range(points.shape[0]):
-            for atom, a0, a1 in atoms:
-                fused.exp2_row_sums_diff(points[m].contiguous(), row_terms[m],
-                                         self.centers_t[m0 + m], self.col_terms[m0 + m], sigma,
-                                         a0, a1, sums[m, :, atom])
+        row_terms = (sigma * o).to(torch.float32).contiguous()
+        fused.exp2_row_sums_diff_batch(points.to(self.diff_dtype).contiguous(), row_terms,
+                                       self.centers_t[m0:m1], self.col_terms[m0:m1].contiguous(),
+                                       sigma, bounds, sums)
 
     def _logs(self, sums: torch.Tensor, p_aug64: torch.Tensor, m0: int, m1: int) -> torch.Tensor:
         logs = sums.log_() + self.lw_ref[m0:m1, None, None]
@@ -1104,29 +1099,32 @@ class _Leaves:
         step = max(1, min(points, n // (8 * kernel_threads())))
         return [(i, min(n, i + step)) for i in range(0, n, step)]
 
-    def pairs(self, sample: int = 1) -> float:
-        """The (point, centre) pairs the route evaluates: counted on every ``sample``-th range
-        of points (times ``sample``), at a fraction of the cost of evaluating them."""
+    def pairs(self, sample: int = 1) -> tuple[float, float]:
+        """The (point, centre) pairs the route evaluates, counted on every ``sample``-th range
+        of points (times ``sample``), at a fraction of the cost of evaluating them; and the
+        seconds the workers spent counting (the walk of the tree, summed over workers)."""
         counts = np.zeros(self.own.size, dtype=np.int64)
         items = self._items(_LEAF_POINTS)[::sample]
+        seconds = [0.0] * len(items)
 
         def work(item: object) -> None:
-            i0, i1 = item  # type: ignore[misc]
+            index, (i0, i1) = item  # type: ignore[misc]
+            started = time.perf_counter()
             fused.leaf_pairs(self.points, self.reach_sq, i0, i1, self.leaf_bounds, *self.tree,
                              counts)
+            seconds[index] = time.perf_counter() - started
 
-        run_parallel(work, items)
+        run_parallel(work, list(enumerate(items)))
         covered = sum(i1 - i0 for i0, i1 in items)
-        return float(counts.sum()) * self.own.size / covered
+        return float(counts.sum()) * self.own.size / covered, sum(seconds)
 
     def pays(self, dense_evals: int) -> bool:
         """Whether this route beats the dense pass: its pairs, counted on every
         :data:`_LEAF_SAMPLE`-th range of points (so with no margin for a rough estimate), cost
         :data:`_LEAF_PAIR_COST` dense exponents each, and the walk of the tree (timed on that sample) must stay well below the dense
         pass's time (a wide reach in many dimensions visits most of the tree)."""
-        started = time.perf_counter()
-        pairs = self.pairs(_LEAF_SAMPLE)
-        walk = (time.perf_counter() - started) * _LEAF_SAMPLE
+        pairs, seconds = self.pairs(_LEAF_SAMPLE)
+        walk = seconds * _LEAF_SAMPLE / kernel_threads()
         dense = dense_evals * _dense_seconds_per_exponent()
         return _LEAF_PAIR_COST * pairs < dense_evals and walk < 0.5 * dense
 

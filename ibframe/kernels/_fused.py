@@ -48,39 +48,51 @@ def enabled() -> bool:
 
 
 @functools.cache
-def _kernel() -> tuple[Callable[..., None], ...] | None:
-    """The compiled loops (the dense pass's inner-product and difference forms, the leaf
-    route's pair count and sums), or ``None`` without Numba."""
+def _kernel() -> dict[str, Callable[..., object]] | None:
+    """The compiled loops of :mod:`._fused_loops` by name, or ``None`` without Numba."""
     try:
         import numba  # noqa: F401 - only whether it is there
     except ImportError:
         return None
 
     try:  # compile (or load) the signatures the engine uses now: a failure means the torch path
-        from ibframe.kernels._fused_loops import (
-            build_tree,
-            exp2_row_sums,
-            exp2_row_sums_diff,
-            leaf_exp2_sums,
-            leaf_pairs,
-        )
+        from ibframe.kernels import _fused_loops as loops
 
         skip = np.full(2, -1, dtype=np.int64)
+        bounds = np.array([0, 4], np.int64)
         for dtype in (np.float32, np.float64):
-            exp2_row_sums(np.zeros((2, 3), dtype), np.zeros((3, 4), dtype), 0, 4, skip,
-                          np.zeros((2, 2))[:, 0])
-            exp2_row_sums_diff(np.zeros((2, 3), dtype), np.zeros(2, np.float32),
-                               np.zeros((3, 4), dtype), np.zeros(4, np.float32), 1.0, 0, 4,
-                               skip, np.zeros((2, 2))[:, 0])
+            loops.exp2_row_sums(np.zeros((2, 3), dtype), np.zeros((3, 4), dtype), 0, 4, skip,
+                                np.zeros((2, 2))[:, 0])
+            loops.exp2_row_sums_diff(np.zeros((2, 3), dtype), np.zeros(2, np.float32),
+                                     np.zeros((3, 4), dtype), np.zeros(4, np.float32), 1.0, 0,
+                                     4, skip, np.zeros((2, 2))[:, 0])
+            loops.exp2_row_sums_batch(np.zeros((1, 2, 3), dtype), np.zeros((1, 3, 4), dtype),
+                                      bounds, np.zeros((1, 2, 1)))
+            loops.exp2_row_sums_diff_batch(np.zeros((1, 2, 3), dtype),
+                                           np.zeros((1, 2), np.float32),
+                                           np.zeros((1, 3, 4), dtype),
+                                           np.zeros((1, 4), np.float32), 1.0, bounds,
+                                           np.zeros((1, 2, 1)))
         leaves = _TinyLeaves()
-        build_tree(np.zeros((2, 3)), 128)
-        leaf_pairs(*leaves.pair_args(), np.zeros(2, np.int64))
-        leaf_exp2_sums(*leaves.sum_args(), np.zeros((2, 1)))
+        loops.build_tree(np.zeros((2, 3)), 128)
+        loops.leaf_pairs(*leaves.pair_args(), np.zeros(2, np.int64))
+        loops.leaf_exp2_sums(*leaves.sum_args(), np.zeros((2, 1)))
     except Exception as err:  # noqa: BLE001 - whatever Numba raises, the torch path remains
         warnings.warn(f"ibframe: the fused kernel did not compile ({err!r}); the dense passes "
                       "run on torch", RuntimeWarning, stacklevel=2)
         return None
-    return exp2_row_sums, exp2_row_sums_diff, leaf_pairs, leaf_exp2_sums, build_tree
+    return {name: getattr(loops, name) for name in LOOPS}
+
+
+#: The compiled loops (each compiled for the dtypes the engine passes, then cached by Numba).
+LOOPS = ("exp2_row_sums", "exp2_row_sums_diff", "exp2_row_sums_batch",
+         "exp2_row_sums_diff_batch", "build_tree", "leaf_pairs", "leaf_exp2_sums")
+
+
+def _loop(name: str) -> Callable[..., object]:
+    kernels = _kernel()
+    assert kernels is not None, "call the fused loops only where enabled()"
+    return kernels[name]
 
 
 class _TinyLeaves:
@@ -111,11 +123,9 @@ def exp2_row_sums(p: torch.Tensor, c: torch.Tensor, start: int, stop: int, out: 
     ``p`` ``(rows, k)`` and ``c`` ``(k, cols)`` are contiguous CPU tensors of one float dtype;
     ``out`` is ``(rows,)`` float64 (a strided view is fine). Call only where :func:`enabled`.
     """
-    kernels = _kernel()
-    assert kernels is not None
     if skip is None:
         skip = _NO_SKIP.expand(p.shape[0])
-    kernels[0](p.numpy(), c.numpy(), start, stop, skip.numpy(), out.numpy())
+    _loop("exp2_row_sums")(p.numpy(), c.numpy(), start, stop, skip.numpy(), out.numpy())
 
 
 def exp2_row_sums_diff(p: torch.Tensor, a: torch.Tensor, c: torch.Tensor, b: torch.Tensor,
@@ -132,33 +142,42 @@ def exp2_row_sums_diff(p: torch.Tensor, a: torch.Tensor, c: torch.Tensor, b: tor
     own rounding adds an error that grows with their distance from the origin; the caller
     decides where that is small enough. ``a`` ``(rows,)`` and ``b`` ``(cols,)`` are float32.
     """
-    kernels = _kernel()
-    assert kernels is not None
     if skip is None:
         skip = _NO_SKIP.expand(p.shape[0])
-    kernels[1](p.numpy(), a.numpy(), c.numpy(), b.numpy(), sigma, start, stop, skip.numpy(),
-               out.numpy())
+    _loop("exp2_row_sums_diff")(p.numpy(), a.numpy(), c.numpy(), b.numpy(), sigma, start, stop,
+                                skip.numpy(), out.numpy())
+
+
+def exp2_row_sums_batch(p: torch.Tensor, c: torch.Tensor, bounds: torch.Tensor,
+                        out: torch.Tensor) -> None:
+    """:func:`exp2_row_sums` for a batch: ``p`` ``(m, rows, k)``, ``c`` ``(m, k, cols)``, every
+    atom ``a`` (columns ``bounds[a]:bounds[a + 1]``) into ``out[:, :, a]`` (``(m, rows, A)``
+    float64, contiguous), in one call."""
+    _loop("exp2_row_sums_batch")(p.numpy(), c.numpy(), bounds.numpy(), out.numpy())
+
+
+def exp2_row_sums_diff_batch(p: torch.Tensor, a: torch.Tensor, c: torch.Tensor,
+                             b: torch.Tensor, sigma: float, bounds: torch.Tensor,
+                             out: torch.Tensor) -> None:
+    """:func:`exp2_row_sums_diff` for a batch, as :func:`exp2_row_sums_batch`: ``a``
+    ``(m, rows)`` and ``b`` ``(m, cols)`` float32."""
+    _loop("exp2_row_sums_diff_batch")(p.numpy(), a.numpy(), c.numpy(), b.numpy(), sigma,
+                                      bounds.numpy(), out.numpy())
 
 
 def leaf_pairs(*args: object) -> None:
     """:func:`._fused_loops.leaf_pairs` (NumPy arguments); call only where :func:`enabled`."""
-    kernels = _kernel()
-    assert kernels is not None
-    kernels[2](*args)
+    _loop("leaf_pairs")(*args)
 
 
 def leaf_exp2_sums(*args: object) -> None:
     """:func:`._fused_loops.leaf_exp2_sums` (NumPy arguments); call only where :func:`enabled`."""
-    kernels = _kernel()
-    assert kernels is not None
-    kernels[3](*args)
+    _loop("leaf_exp2_sums")(*args)
 
 
 def build_tree(centres: np.ndarray, leaf_size: int) -> tuple[np.ndarray, ...]:
     """:func:`._fused_loops.build_tree`; call only where :func:`enabled`."""
-    kernels = _kernel()
-    assert kernels is not None
-    return kernels[4](centres, leaf_size)
+    return _loop("build_tree")(centres, leaf_size)  # type: ignore[return-value]
 
 
 _NO_SKIP = torch.full((1,), -1, dtype=torch.int64)

@@ -284,3 +284,29 @@ def leaf_exp2_sums(points: Any, row_terms: Any, reach_sq: Any, own: Any, i0: int
                 for j in range(segment.size):
                     part += segment[j]
                 out[i, a] += part
+
+
+# -- batches of small mixtures (the conditional mixtures h(T|X=x)) --------------------------------
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FASTMATH, boundscheck=False)
+def exp2_row_sums_batch(p: Any, c: Any, bounds: Any, out: Any) -> None:  # pragma: no cover - JIT
+    """:func:`exp2_row_sums` for every mixture ``m`` of a batch and every atom ``a`` (columns
+    ``bounds[a]:bounds[a + 1]``) into ``out[m, :, a]``, in one call: thousands of mixtures of a
+    few dozen centres cost a call each otherwise."""
+    skip = np.full(p.shape[1], -1, np.int64)
+    for m in range(p.shape[0]):
+        for a in range(bounds.shape[0] - 1):
+            exp2_row_sums(p[m], c[m], bounds[a], bounds[a + 1], skip, out[m, :, a])
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FASTMATH, boundscheck=False)
+def exp2_row_sums_diff_batch(p: Any, a: Any, c: Any, b: Any, sigma: float, bounds: Any,
+                             out: Any) -> None:  # pragma: no cover - JIT
+    """:func:`exp2_row_sums_diff` for every mixture and atom of a batch, as
+    :func:`exp2_row_sums_batch`."""
+    skip = np.full(p.shape[1], -1, np.int64)
+    for m in range(p.shape[0]):
+        for atom in range(bounds.shape[0] - 1):
+            exp2_row_sums_diff(p[m], a[m], c[m], b[m], sigma, bounds[atom], bounds[atom + 1],
+                               skip, out[m, :, atom])
