@@ -170,6 +170,32 @@ def test_a_second_process_loads_the_loops_from_numbas_cache(tmp_path: Path) -> N
                            check=True, env=env).stdout.split() for _ in range(2)]
     assert int(runs[0][1]) > 0  # the first process compiled ...
     hits, misses = map(int, runs[1])
-    # ... the second loaded every signature: float32 and float64 of the four dense loops, one
-    # of each of the leaf route's three
-    assert misses == 0 and hits == 11
+    # ... the second loaded every signature: the inner-product forms in float32, the
+    # difference forms in float32 and float64, and the leaf route's three loops
+    assert misses == 0 and hits == 9
+
+
+def test_batch_loops_equal_one_call_per_mixture_and_atom() -> None:
+    """A batch of small mixtures (h(T|X=x)) in one call gives each mixture's and atom's sums
+    exactly as the one-mixture loops do."""
+    g = torch.Generator().manual_seed(2)
+    p = torch.randn(6, 33, 5, generator=g).contiguous()
+    c = torch.randn(6, 5, 40, generator=g).contiguous()
+    points, centres = torch.randn(6, 33, 3, generator=g, dtype=torch.float64), torch.randn(
+        6, 3, 40, generator=g, dtype=torch.float64)
+    a, b = torch.randn(6, 33, generator=g), torch.randn(6, 40, generator=g)
+    bounds = torch.tensor([0, 25, 25, 40])  # three atoms, the second empty
+    batch, diff_batch = torch.zeros(6, 33, 3, dtype=torch.float64), torch.zeros(6, 33, 3,
+                                                                               dtype=torch.float64)
+    fused.exp2_row_sums_batch(p, c, bounds, batch)
+    fused.exp2_row_sums_diff_batch(points, a, centres, b, 2.0, bounds, diff_batch)
+    for m in range(6):
+        for atom in range(3):
+            one, diff = torch.zeros(33, dtype=torch.float64), torch.zeros(33, dtype=torch.float64)
+            start, stop = int(bounds[atom]), int(bounds[atom + 1])
+            fused.exp2_row_sums(p[m], c[m], start, stop, one)
+            fused.exp2_row_sums_diff(points[m].contiguous(), a[m], centres[m], b[m], 2.0, start,
+                                     stop, diff)
+            assert torch.equal(batch[m, :, atom], one)
+            assert torch.equal(diff_batch[m, :, atom], diff)
+    assert (batch[:, :, 1] == 0).all()

@@ -1007,8 +1007,6 @@ class _LocalDense:
         exact = math.sqrt(cand.shape[1] + 2) * _U32 * scale * reach <= 0.1 * FLOAT32_EXPONENT_TOL
         self.gemm_dtype = problem.exp_dtype if exact else torch.float64
         self.p_aug = _base2(p_aug).to(self.gemm_dtype)
-        self.fused = _fusable(problem)
-        self._c_fused: torch.Tensor | None = None
 
     def add(self, j0: int, j1: int, atom: int, own_pos: torch.Tensor, sums: torch.Tensor) -> None:
         """Add the terms of candidates ``j0:j1`` (all in ``atom``) to the chunk's points, but
@@ -1016,17 +1014,13 @@ class _LocalDense:
         own_col = torch.index_select(own_pos, 0, self.member_of_point)
         total = torch.zeros(self.point_ids.numel(), dtype=torch.float64,
                             device=self.owner.device)
-        if self.fused:
-            if self._c_fused is None:
-                self._c_fused = self.c_aug.T.to(self.gemm_dtype).contiguous()
-            fused.exp2_row_sums(self.p_aug, self._c_fused, j0, j1, total, own_col)
-        else:
-            self._torch_sums(j0, j1, own_col, total)
+        self._torch_sums(j0, j1, own_col, total)
         sums.index_put_((self.point_ids, torch.full_like(self.point_ids, atom)), total,
                         accumulate=True)
 
     def _torch_sums(self, j0: int, j1: int, own_col: torch.Tensor, total: torch.Tensor) -> None:
-        """:meth:`add`'s sums on torch, in blocks, each point's own column left out."""
+        """:meth:`add`'s sums on torch (this route runs where the fused loops do not: the
+        leaf route takes its place), in blocks, each point's own column left out."""
         owner = self.owner
         exp_dtype = owner.problem.exp_dtype
         rows = self.point_ids.numel()

@@ -60,14 +60,16 @@ def _kernel() -> dict[str, Callable[..., object]] | None:
 
         skip = np.full(2, -1, dtype=np.int64)
         bounds = np.array([0, 4], np.int64)
+        # the inner-product form runs in float32 only (where float32 would round too much, the
+        # engine takes the difference form, from float32 or float64 coordinates)
+        loops.exp2_row_sums(np.zeros((2, 3), np.float32), np.zeros((3, 4), np.float32), 0, 4,
+                            skip, np.zeros((2, 2))[:, 0])
+        loops.exp2_row_sums_batch(np.zeros((1, 2, 3), np.float32),
+                                  np.zeros((1, 3, 4), np.float32), bounds, np.zeros((1, 2, 1)))
         for dtype in (np.float32, np.float64):
-            loops.exp2_row_sums(np.zeros((2, 3), dtype), np.zeros((3, 4), dtype), 0, 4, skip,
-                                np.zeros((2, 2))[:, 0])
             loops.exp2_row_sums_diff(np.zeros((2, 3), dtype), np.zeros(2, np.float32),
                                      np.zeros((3, 4), dtype), np.zeros(4, np.float32), 1.0, 0,
                                      4, skip, np.zeros((2, 2))[:, 0])
-            loops.exp2_row_sums_batch(np.zeros((1, 2, 3), dtype), np.zeros((1, 3, 4), dtype),
-                                      bounds, np.zeros((1, 2, 1)))
             loops.exp2_row_sums_diff_batch(np.zeros((1, 2, 3), dtype),
                                            np.zeros((1, 2), np.float32),
                                            np.zeros((1, 3, 4), dtype),
