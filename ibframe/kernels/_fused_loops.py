@@ -123,6 +123,33 @@ def _gap_sq(point: Any, lo: Any, hi: Any) -> Any:  # pragma: no cover - JIT
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
+def _select(order: Any, centres: Any, dim: int, lo: int, hi: int,
+            k: int) -> None:  # pragma: no cover - JIT
+    """Reorder ``order[lo:hi]`` so that no centre before position ``k`` lies above it along
+    ``dim``, nor any after it below (Hoare's selection: linear time, and Numba compiles it in
+    a fraction of the time of ``np.argsort``)."""
+    hi -= 1
+    while lo < hi:
+        pivot = centres[order[(lo + hi) // 2], dim]
+        i, j = lo, hi
+        while i <= j:
+            while centres[order[i], dim] < pivot:
+                i += 1
+            while centres[order[j], dim] > pivot:
+                j -= 1
+            if i <= j:
+                order[i], order[j] = order[j], order[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            return
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
 def build_tree(centres: Any, leaf_size: int) -> Any:  # pragma: no cover - JIT
     """A k-d tree of ``centres`` ``(n, d)``: the centres' order (each leaf a run of it), each
     node's children (``-1``: a leaf), leaf number (``-1``: an inner node) and bounding box,
@@ -148,7 +175,6 @@ def build_tree(centres: Any, leaf_size: int) -> Any:  # pragma: no cover - JIT
     bounds[0, 0], bounds[0, 1] = 0, n
     nodes, leaves, top = 1, 0, 1
     stack[0] = 0
-    values = np.empty(n)
     while top:
         top -= 1
         node = stack[top]
@@ -177,15 +203,12 @@ def build_tree(centres: Any, leaf_size: int) -> Any:  # pragma: no cover - JIT
                 order[i], order[m] = order[m], order[i]
                 m += 1
         if m - s < quarter or e - m < quarter:
-            for i in range(s, e):
-                values[i] = centres[order[i], dim]
-            by_value = np.argsort(values[s:e], kind="mergesort")
-            order[s:e] = order[s:e][by_value]
             m = s + (e - s) // 2
-        for side, (a, b) in enumerate(((s, m), (m, e))):
-            bounds[nodes, 0], bounds[nodes, 1] = a, b
-            children[node, side] = nodes
-            nodes += 1
+            _select(order, centres, dim, s, e, m)
+        bounds[nodes, 0], bounds[nodes, 1] = s, m
+        bounds[nodes + 1, 0], bounds[nodes + 1, 1] = m, e
+        children[node, 0], children[node, 1] = nodes, nodes + 1
+        nodes += 2
         stack[top] = children[node, 1]
         stack[top + 1] = children[node, 0]
         top += 2
