@@ -21,7 +21,8 @@ sides alike (timings are the best of a few repetitions):
   sub-mixtures and a half-of-the-inputs subsample as groups of one pass (2 points per input),
   and the 4096 conditional mixtures h(T|X=x) as a batch (1 point per draw). Two regimes: an
   early network (gain 1) and a late, saturated one (gain 5, tightly clustered centres), at
-  beta = 0.005 and 0.1.
+  beta = 0.005 and 0.1. Each layer's pooled pass is timed again with ``strategy="dense"``
+  (``pooled_dense_s`` beside ``pooled_s``): what the chosen route saves.
 * ``fig4_single_neuron``: h(T) of the single tanh neuron of the paper's Fig. 4, n = 4e6 samples
   of T at d = 1 (X uniform on {-3, -1, 1, 3}, beta = 0.01), to a standard error of 0.005.
 * ``memory``: n = 10**6 centres at d = 10 (4096 points) in a fresh subprocess: its peak RSS,
@@ -39,6 +40,7 @@ sides alike (timings are the best of a few repetitions):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import multiprocessing
@@ -293,6 +295,7 @@ def szt_kernel_epoch(gain: float, beta: float) -> dict[str, Any]:
         start = time.perf_counter()
         points = draw_points(weights, 2 * n, d, seed=index)
         density = mixture_log_density(pooled, beta, points, weights=weights, groups=groups)
+        pooled_seconds = time.perf_counter() - start
         log_g = density.log_density
         own_class = torch.from_numpy(labels[owner])[points.centre[0]]
         # h(T) and I(T;Y) from the same points: paired per-point differences
@@ -303,10 +306,14 @@ def szt_kernel_epoch(gain: float, beta: float) -> dict[str, Any]:
                                                      return_stderr=True)
         seconds = time.perf_counter() - start
         total += seconds
+        dense_seconds = best_time(functools.partial(
+            mixture_log_density, pooled, beta, points, weights=weights, groups=groups,
+            strategy="dense"), 1)
         rows.append({
             "layer": f"h{index + 1}", "d": d, "centres": pooled.shape[0],
             "points": points.n_points, "strategy": density.strategy,
             "seconds": round(seconds, 3),
+            "pooled_s": round(pooled_seconds, 3), "pooled_dense_s": round(dense_seconds, 3),
             "h_t": round(h_t, 3),
             "h_t_stderr": round(float(h_se[0]), 4),
             "mi_t_y": round(float(pairs.mean()), 3),

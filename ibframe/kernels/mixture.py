@@ -218,8 +218,7 @@ def mixture_log_density(
     atom_weight = torch.zeros(b, n_atoms, dtype=torch.float64, device=target)
     atom_weight.index_add_(1, atoms, w)
     group_lw = torch.where(in_group[None], atom_weight[:, None, :], 0.0).sum(-1).log()
-    masked = torch.where(in_group[None, None], sums[:, :, None, :], -math.inf)
-    lse = torch.logsumexp(masked, dim=-1) - group_lw[:, None, :]
+    lse = _group_log_sums(sums, in_group) - group_lw[:, None, :]
     quad = pts.quad()
     log_g = lse - quad[..., None] - 0.5 * d * math.log(2.0 * math.pi * beta**2)
     own_in = in_group[:, atoms[pts.centre]].permute(1, 2, 0)  # (b, N, 1 + G)
@@ -227,6 +226,25 @@ def mixture_log_density(
     return MixtureDensity(
         log_density=log_g if batched else log_g[0], points=pts, strategy=used
     )
+
+
+def _group_log_sums(sums: torch.Tensor, in_group: torch.Tensor) -> torch.Tensor:
+    """``(b, N, 1 + G)``: per group, the log sum over its atoms of ``sums`` ``(b, N, A)``.
+
+    A group of one atom is that atom's column and a group of all atoms one ``logsumexp``: 3-4x
+    faster than one ``logsumexp`` over all atoms masked to -inf per group, which costs as much
+    as the kernel on 4096 conditional mixtures of 33 centres.
+    """
+    columns = []
+    for row in in_group.cpu():
+        atoms = row.nonzero().flatten()
+        if atoms.numel() == 1:
+            columns.append(sums[..., int(atoms[0])])
+        elif atoms.numel() == sums.shape[-1]:
+            columns.append(torch.logsumexp(sums, dim=-1))
+        else:
+            columns.append(torch.logsumexp(sums[..., atoms.to(sums.device)], dim=-1))
+    return torch.stack(columns, dim=-1)
 
 
 @single_threaded_caller
