@@ -130,7 +130,10 @@ _PLAN_POINTS = 512
 _LEAF_CENTRES = 256  # centres per leaf of the leaf route (at most): 128 and 512 were slower
 _LEAF_POINTS = 256  # points per work item of the leaf route
 _LEAF_SAMPLE = 8  # the leaf route counts its pairs on every 8th work item
-_LEAF_PAIR_COST = 2.0  # dense exponents per pair of the leaf route (measured 1.6-2.5, d = 3-4)
+#: Dense exponents per pair of the leaf route, 1.5 + 0.2 d: measured 2.1-2.6 at d = 3, 2.3-3.0
+#: at 4, 2.5 at 5 and 2.8 at 7 (SZT-sized pooled mixtures; at d = 7 a fixed 2 chose the leaf
+#: route where it took 0.83 s against the dense pass's 0.68 s)
+_LEAF_PAIR_COST = (1.5, 0.2)
 _LEAF = 64  # centres per leaf of the k-d tree that orders the neighbour search
 _CHUNK_SOURCES = 256  # own centres per chunk of the neighbour search
 _CHUNK_CENTRES = 2048  # and centres under it: chunks stay small where the points are few
@@ -1115,12 +1118,15 @@ class _Leaves:
     def pays(self, dense_evals: int) -> bool:
         """Whether this route beats the dense pass: its pairs, counted on every
         :data:`_LEAF_SAMPLE`-th range of points (so with no margin for a rough estimate), cost
-        :data:`_LEAF_PAIR_COST` dense exponents each, and the walk of the tree (timed on that sample) must stay well below the dense
-        pass's time (a wide reach in many dimensions visits most of the tree)."""
+        :data:`_LEAF_PAIR_COST` dense exponents each, and the walk of the tree (timed on that
+        sample) must stay well below the dense pass's time (a wide reach in many dimensions
+        visits most of the tree)."""
         pairs, seconds = self.pairs(_LEAF_SAMPLE)
         walk = seconds * _LEAF_SAMPLE / kernel_threads()
         dense = dense_evals * _dense_seconds_per_exponent()
-        return _LEAF_PAIR_COST * pairs < dense_evals and walk < 0.5 * dense
+        base, per_dim = _LEAF_PAIR_COST
+        pair_cost = base + per_dim * self.points.shape[1]
+        return pair_cost * pairs < dense_evals and walk < 0.5 * dense
 
     def run(self, out: torch.Tensor) -> None:
         problem = self.problem

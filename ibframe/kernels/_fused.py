@@ -23,7 +23,7 @@ tiles in float64, as on the torch path.
 Numba is optional (``pip install ibframe[fast]``). Without it, or with
 ``IBFRAME_FUSED=0`` in the environment, the torch path runs; both give the same sums to float32
 rounding (tests/test_fused.py). The first use in a process compiles the loops of
-:mod:`._fused_loops` (about 4 s the first time, then loaded from Numba's on-disk cache); if
+:mod:`._fused_loops` (about 12 s the first time, then loaded from Numba's on-disk cache); if
 that fails for any reason, a warning says so and the torch path runs.
 """
 
