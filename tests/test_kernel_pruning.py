@@ -122,6 +122,46 @@ def test_groups_are_pruned_exactly() -> None:
     assert float((dense[finite] - pruned[finite]).abs().max()) < 1e-7
 
 
+@pytest.mark.parametrize("n_inputs", [5, 300])
+def test_leaf_route_sums_each_group_in_float32(
+    n_inputs: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leaf route's atoms in float32, with a lone root leaf (40 centres) and with leaves of
+    many atoms: every input's first two draws coincide, and one of each pair of inputs lies in
+    another class than its twin, so equal centres sit in different groups."""
+    use_route("leaves", monkeypatch)
+    rng = np.random.default_rng(8)
+    centers = clustered(rng, n_inputs, 8, 5)
+    centers[1::8] = centers[::8]
+    n = centers.shape[0]
+    labels = np.arange(n) // 8 % 2
+    groups = np.stack([labels == 0, labels == 1, np.arange(n) < n // 2])
+    points = draw_points(np.ones(n), 2 * n, 5, seed=3)
+    dense = mixture_log_density(centers, 0.01, points, groups=groups, dtype="float64",
+                                strategy="dense").log_density
+    leaves = mixture_log_density(centers, 0.01, points, groups=groups,
+                                 strategy="neighbours").log_density
+    assert torch.equal(torch.isnan(dense), torch.isnan(leaves))
+    finite = ~torch.isnan(dense)
+    assert float((dense[finite] - leaves[finite]).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 1e17])
+def test_leaf_route_is_exact_at_any_scale(scale: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Centres and beta scaled together: the log densities move by -d ln(scale) and nothing
+    else, however far the reach (the own term once counted twice past a reach of 1e15)."""
+    use_route("leaves", monkeypatch)
+    rng = np.random.default_rng(4)
+    centers = clustered(rng, 200, 8, 3)
+    n, d = centers.shape
+    points = draw_points(np.ones(n), 2 * n, d, seed=5)
+    reference = mixture_log_density(centers, 0.02, points, dtype="float64",
+                                    strategy="dense").log_density
+    scaled = mixture_log_density(centers * scale, 0.02 * scale, points,
+                                 strategy="neighbours").log_density
+    assert float((scaled + d * math.log(scale) - reference).abs().max()) < 1e-4
+
+
 def test_float32_error_on_saturated_tanh_centres_at_beta_0_001() -> None:
     """The issue's accuracy bar: below 1e-4 nats against a float64 numpy reference."""
     rng = np.random.default_rng(11)

@@ -33,7 +33,7 @@ Two exact ways to evaluate it, chosen per call by an estimate of their cost:
 
     With Numba on the CPU (:class:`_Leaves`, the *leaf route*), a k-d tree of the centres is
     built in a compiled loop (sliding-midpoint splits, leaves of at most
-    :data:`_LEAF_CENTRES`, each node's bounding box), and each point walks it, skipping every
+    :data:`_LEAF_CENTRES` unless all of a leaf's centres coincide, each node's bounding box), and each point walks it, skipping every
     node whose box lies beyond its reach :math:`\sqrt{\beta^2\|z_k\|^2 - F/s}`. The centres of
     each leaf it reaches (sorted by atom within the leaf) run through the dense pass's
     difference loop: differences from float64 coordinates rounded to float32, powers of two in
@@ -45,8 +45,8 @@ Two exact ways to evaluate it, chosen per call by an estimate of their cost:
     :data:`_LEAF_SAMPLE`-th block of points (the same walk, without the arithmetic), and it is
     chosen where they cost less than the dense pass (:meth:`_Leaves.pays`).
 
-    Without Numba, and on CUDA, a k-d tree with sliding-midpoint splits (which
-    keep clusters apart) cuts the points' own centres into chunks, its largest subtrees with at
+    Without Numba, on CUDA, and for float64 exponentials, a k-d tree with sliding-midpoint
+    splits (which keep clusters apart) cuts the points' own centres into chunks, its largest subtrees with at
     most :data:`_CHUNK_SOURCES` own centres and :data:`_CHUNK_CENTRES` centres; a chunk's
     candidates are the centres within reach of its bounding ball. A sample of the chunk's own
     centres is tested first. Where many pairs are in reach (a cluster), the chunk's points are
@@ -188,8 +188,10 @@ class Problem:
 def log_sums(problem: Problem, strategy: str = "auto") -> tuple[torch.Tensor, str]:
     """``(b, N, A)`` float64 log sums per atom (module notes), and the strategy used.
 
-    ``"auto"`` prunes (``"neighbours"``) where its estimated cost is below 0.6 of the dense
-    pass; batches of mixtures, small problems and few points are always dense.
+    ``"auto"`` prunes (``"neighbours"``) where its estimated cost is below the dense pass's
+    (the leaf route, whose pairs are counted) or below 0.6 of it (the chunks route, whose cost
+    is estimated from a sample); batches of mixtures, small problems and few points are
+    always dense.
     """
     b, n_points = problem.own.shape
     if b == 1:
@@ -1072,7 +1074,10 @@ class _Leaves:
         sorted_centres = centres[order]
         self.atoms = problem.atoms.numpy()[order]
         self.centres_t = np.ascontiguousarray(sorted_centres.T)
-        self.col_terms = (LOG2E * (lw.numpy()[order] - self.lw_ref)).astype(np.float32)
+        # the centres' log weights (base 2, less the largest): float32 for the loop, float64
+        # for the own terms and the rows redone in float64
+        self.col_terms64 = LOG2E * (lw.numpy()[order] - self.lw_ref)
+        self.col_terms = self.col_terms64.astype(np.float32)
         self.tree = (children, leaf_of, lo, hi)
         # the points in the order of their own centres
         position = np.empty_like(order)
@@ -1134,7 +1139,7 @@ class _Leaves:
         sums = np.zeros((n_points, problem.n_atoms))
         # the own term of every point is exp(0) w_own, in the own centre's atom
         own_atom = problem.atoms.numpy()[problem.own[0].numpy()[self.point_order]]
-        sums[np.arange(n_points), own_atom] = np.exp2(self.col_terms[self.own].astype(np.float64))
+        sums[np.arange(n_points), own_atom] = np.exp2(self.col_terms64[self.own])
         sigma = LOG2E * problem.scale
 
         def work(item: object) -> None:
@@ -1159,9 +1164,11 @@ class _Leaves:
         problem = self.problem
         points = torch.from_numpy(self.points[rows])
         centres = torch.from_numpy(self.centres_t.T)
-        delta_sq = torch.cdist(points, centres).square()
+        # differences, not cdist's |p|^2 + |c|^2 - 2 p.c, which cancels for near pairs
+        delta_sq = torch.cdist(points, centres,
+                               compute_mode="donot_use_mm_for_euclid_dist").square()
         own_sq = torch.from_numpy(self.row_terms[rows] / (LOG2E * problem.scale))
-        lw = torch.from_numpy(self.col_terms.astype(np.float64) / LOG2E)
+        lw = torch.from_numpy(self.col_terms64 / LOG2E)
         exponent = problem.scale * (own_sq[:, None] - delta_sq) + lw
         logs = torch.full((rows.size, problem.n_atoms), -math.inf, dtype=torch.float64)
         for atom in range(problem.n_atoms):

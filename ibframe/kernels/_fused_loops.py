@@ -294,13 +294,13 @@ def leaf_exp2_sums(points: Any, row_terms: Any, reach_sq: Any, own: Any, i0: int
                 for j in range(w):
                     diff = np.float32(pk - ck[j])
                     dist[j] += diff * diff
-            skipped = own[i] - j0
-            if 0 <= skipped < w:
-                dist[skipped] = np.float32(1e30)  # the own term is the caller's
             cols = col_terms[j0:j1]
             for j in range(w):  # one vectorised pass over the leaf, then a sum per atom
                 t = _pow2(ri + cols[j] - sg * dist[j] - sg_lo * dist[j])
                 terms[j] = t if dist[j] <= ri_sq32 else np.float32(0.0)
+            skipped = own[i] - j0
+            if 0 <= skipped < w:
+                terms[skipped] = np.float32(0.0)  # the own term is the caller's
             for a in range(n_atoms):
                 segment = terms[atom_bounds[leaf, a] - j0:atom_bounds[leaf, a + 1] - j0]
                 part = np.float32(0.0)

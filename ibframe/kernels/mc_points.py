@@ -269,8 +269,8 @@ def _cell_stderr(x: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
     valid = torch.isfinite(x)
     count = valid.sum(dim=1)
     # group keys: cells with >= 2 valid points keep their cell; the rest are singletons. Cell
-    # ids run to the number of centres, so groups are numbered by the keys that occur (a sort
-    # of the points), never by the whole range
+    # ids run to the number of centres: where that range is small against the points, groups
+    # are counted over it (bincount), elsewhere numbered by the keys that occur (a sort)
     span = max(int(cell.max()) + 1 if cell.numel() else 1, 1)
     row = torch.arange(b, device=x.device)[:, None].expand(b, n_points)
     cell_key = row * span + cell.clamp(min=0)
