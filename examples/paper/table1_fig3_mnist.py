@@ -9,7 +9,7 @@ deterministic: the errors are counted with the noise and dropout off, on the who
 from the parameters recorded at the last epoch. Fig. 3's cosine similarities compare each
 model's recorded representations with the deterministic model's of the same seed.
 
-    python examples/paper/table1_fig3_mnist.py [--quick] [--out DIR] [--mnist DIR|mnist-5000|sklearn-digits] [--seeds N|A-B]
+    python examples/paper/table1_fig3_mnist.py [--quick] [--out DIR] [--mnist DIR|mnist-5000|sklearn-digits] [--seeds N|0-3,7]
 """
 
 from __future__ import annotations
