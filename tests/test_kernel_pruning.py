@@ -127,12 +127,12 @@ def test_leaf_route_sums_each_group_in_float32(
     n_inputs: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The leaf route's atoms in float32, with a lone root leaf (40 centres) and with leaves of
-    many atoms: every input's first two draws coincide, and one of each pair of inputs lies in
-    another class than its twin, so equal centres sit in different groups."""
+    many atoms: each input's second draw equals the next input's first, which lies in the
+    other class, so equal centres sit in different groups."""
     use_route("leaves", monkeypatch)
     rng = np.random.default_rng(8)
     centers = clustered(rng, n_inputs, 8, 5)
-    centers[1::8] = centers[::8]
+    centers[1:-8:8] = centers[8::8]
     n = centers.shape[0]
     labels = np.arange(n) // 8 % 2
     groups = np.stack([labels == 0, labels == 1, np.arange(n) < n // 2])

@@ -31,33 +31,31 @@ Two exact ways to evaluate it, chosen per call by an estimate of their cost:
     inequality only centres within :math:`R_k = \sqrt{\beta^2\|z_k\|^2 - F/s} +
     \beta\|z_k\|` of the own centre can matter.
 
-    With Numba on the CPU (:class:`_Leaves`, the *leaf route*), a k-d tree of the centres is
-    built in a compiled loop (sliding-midpoint splits, leaves of at most
-    :data:`_LEAF_CENTRES` unless all of a leaf's centres coincide, each node's bounding box), and each point walks it, skipping every
-    node whose box lies beyond its reach :math:`\sqrt{\beta^2\|z_k\|^2 - F/s}`. The centres of
-    each leaf it reaches (sorted by atom within the leaf) run through the dense pass's
-    difference loop: differences from float64 coordinates rounded to float32, powers of two in
-    float32, terms beyond the reach left out, the own centre's term added exactly apart. So the
-    float32 exponents are as accurate as the dense difference form's, with no bound to check
-    (2e-6 nat of float64 on the SZT run, against 6e-5 for the dense float32 pass). Rows whose
-    float32 terms overflow (a centre far nearer a point than its own, in many dimensions) are
-    redone in float64. The route's pairs are counted exactly on every
-    :data:`_LEAF_SAMPLE`-th block of points (the same walk, without the arithmetic), and it is
-    chosen where they cost less than the dense pass (:meth:`_Leaves.pays`).
+    With Numba on the CPU (:class:`_Leaves`, the *leaf route*), a k-d tree of the centres is built
+    in a compiled loop (sliding-midpoint splits, leaves of at most :data:`_LEAF_CENTRES` unless all
+    of a leaf's centres coincide, each node's bounding box), and each point walks it, skipping every
+    node whose box lies beyond its reach :math:`\sqrt{\beta^2\|z_k\|^2 - F/s}`. The centres of each
+    leaf it reaches (sorted by atom within the leaf) run through the dense pass's difference loop:
+    differences from float64 coordinates rounded to float32, powers of two in float32, terms beyond
+    the reach left out, the own centre's term added exactly apart. So the float32 exponents are as
+    accurate as the dense difference form's, with no bound to check (2e-6 nat of float64 on the SZT
+    run, against 6e-5 for the dense float32 pass). Rows whose float32 terms overflow (a centre far
+    nearer a point than its own, in many dimensions) are redone in float64. The route's pairs are
+    counted exactly on every :data:`_LEAF_SAMPLE`-th block of points (the same walk, without the
+    arithmetic), and it is chosen where they cost less than the dense pass (:meth:`_Leaves.pays`).
 
-    Without Numba, on CUDA, and for float64 exponentials, a k-d tree with sliding-midpoint
-    splits (which keep clusters apart) cuts the points' own centres into chunks, its largest subtrees with at
-    most :data:`_CHUNK_SOURCES` own centres and :data:`_CHUNK_CENTRES` centres; a chunk's
+    Without Numba, on CUDA, and for float64 exponentials, a k-d tree with sliding-midpoint splits
+    (which keep clusters apart) cuts the points' own centres into chunks, its largest subtrees with
+    at most :data:`_CHUNK_SOURCES` own centres and :data:`_CHUNK_CENTRES` centres; a chunk's
     candidates are the centres within reach of its bounding ball. A sample of the chunk's own
     centres is tested first. Where many pairs are in reach (a cluster), the chunk's points are
     evaluated densely against its candidates, about its centroid (float32 where the rounding
     estimate allows, else a float64 GEMM). Elsewhere every pair is tested (one GEMM of squared
-    distances, in float32 about the centroid with a margin for its rounding) and the pairs in
-    reach are evaluated with *exact differences*:
-    :math:`s(\beta^2\|z\|^2 - \|p - \mu_j\|^2) = -2s\beta\, z\cdot\delta_j - s\|\delta_j\|^2`,
-    :math:`\delta_j = \mu_{o} - \mu_j` formed in float64, so float32 loses nothing at small
-    :math:`\beta` (no term of size :math:`sR^2` cancels). The points of own centres of similar
-    degree run as one batched matrix product.
+    distances, in float32 about the centroid with a margin for its rounding) and the pairs in reach
+    are evaluated with *exact differences*: :math:`s(\beta^2\|z\|^2 - \|p - \mu_j\|^2) = -2s\beta\,
+    z\cdot\delta_j - s\|\delta_j\|^2`, :math:`\delta_j = \mu_{o} - \mu_j` formed in float64, so
+    float32 loses nothing at small :math:`\beta` (no term of size :math:`sR^2` cancels). The points
+    of own centres of similar degree run as one batched matrix product.
 
     Where that is cheaper (priced from a sample of 64 points, then from an exact count of the
     pairs, at most :data:`_MAX_PAIRS`), no chunks are planned: a k-d tree ball query about each point
